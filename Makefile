@@ -1,0 +1,39 @@
+# dmri-anomaly: `make book` (main job) and `make test`. Both set themselves up.
+SHELL := /bin/bash
+PROFILE ?= quick
+CORES ?= 2
+VENV := .venv
+PY := $(VENV)/bin/python
+SNAKEMAKE_PROFILE ?= workflow/profiles/local
+export PYTHONHASHSEED := 0
+
+.PHONY: setup book results book-only test test-fast clean-book help
+
+help:
+	@echo "make book [PROFILE=quick|smoke|gpu|paper]  run the pipeline and build the book"
+	@echo "make test                                  run the test suite"
+	@echo "make book-only PROFILE=...                 rebuild the book from existing results"
+	@echo "make setup                                 create .venv and install pinned packages"
+
+setup:
+	@bash tools/setup.sh
+
+results: setup
+	$(VENV)/bin/snakemake --snakefile workflow/Snakefile --profile $(SNAKEMAKE_PROFILE) \
+	    --cores $(CORES) --config profile=$(PROFILE)
+
+book: results
+	@$(MAKE) --no-print-directory book-only PROFILE=$(PROFILE)
+
+book-only: setup
+	DMRI_PROFILE=$(PROFILE) $(VENV)/bin/jupyter-book build book --quiet
+	@echo "Book: file://$$(pwd)/book/_build/html/index.html"
+
+test: setup
+	$(PY) -m pytest -n 2 --dist loadgroup tests
+
+test-fast: setup
+	$(PY) -m pytest -n 2 -m "not slow" tests
+
+clean-book:
+	rm -rf book/_build

@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# Idempotent environment setup for `make setup` (called by `make book` and `make test`).
+# - .venv with the pinned Python packages (constraints.txt), dmrilib installed editable;
+# - Debian's chromium for the headless book tests (apt-get as root).
+# A second run finds the stamp up to date and returns in well under a second.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-python3}
+VENV=.venv
+STAMP=$VENV/.setup-stamp
+# torch: the CPU build by default. GPU users: see README ("Running on a GPU").
+TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
+want=$(cat pyproject.toml constraints.txt tools/setup.sh | sha256sum | cut -c1-16)-$TORCH_SPEC
+
+need_python() {
+  if ! command -v "$PYTHON" >/dev/null 2>&1; then
+    echo "setup: $PYTHON not found. Install Python 3.11 or newer (or run make PYTHON=/path/to/python3)." >&2
+    exit 1
+  fi
+  if ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
+    echo "setup: $("$PYTHON" --version) is too old; dmri-anomaly needs Python >= 3.11." >&2
+    exit 1
+  fi
+}
+
+apt_install() {
+  # Debian packages: only when missing, only as root (say what to do otherwise).
+  local missing=()
+  for pkg in "$@"; do
+    dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
+  done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "setup: Debian packages ${missing[*]} are needed (headless book tests) but this is not root." >&2
+    echo "       Run: sudo apt-get install -y ${missing[*]}   then run make again." >&2
+    exit 1
+  fi
+  echo "setup: apt-get install ${missing[*]}"
+  apt-get update -qq >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ]; then
+  :  # Python environment up to date
+else
+  need_python
+  [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
+  echo "setup: installing pinned Python packages into $VENV (first run: a few minutes)"
+  "$VENV/bin/python" -m pip install -q --upgrade "pip>=24" >/dev/null
+  # One resolver run for everything (see DESIGN notes: mixed installs drift numpy).
+  "$VENV/bin/python" -m pip install -q -c constraints.txt "$TORCH_SPEC" -e ".[dev]"
+  "$VENV/bin/python" -m pip check
+  echo "$want" > "$STAMP"
+fi
+
+if [ "${DMRI_SKIP_APT:-0}" != 1 ] && command -v dpkg >/dev/null 2>&1; then
+  apt_install chromium
+fi

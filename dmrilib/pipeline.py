@@ -1,0 +1,425 @@
+"""Job-level functions: one per notebook of the workflow.
+
+Each function reads its inputs from and writes its outputs under
+``<results>/<profile>/`` (see ``ARCHITECTURE.md``), records the config hash,
+seed and package versions, and writes every file atomically. Notebooks call
+exactly one of these and plot; the logic lives here so it is tested.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from dmrilib._atomic import atomic_path, write_json_atomic
+from dmrilib.config import Profile, config_hash, provenance
+
+__all__ = [
+    "results_root",
+    "run_dir",
+    "run_cohort",
+    "run_train",
+    "run_evaluate",
+    "run_baseline",
+    "run_aggregate",
+    "run_followup",
+    "run_figures",
+    "cohort_overview",
+    "plot_training_log",
+    "load_tables",
+    "DICE_RULE_TABLES",
+]
+
+#: The paper's Tables 3-6: threshold rule of each.
+DICE_RULE_TABLES = {"table3": "fixed", "table4": "otsu", "table5": "pooled_max", "table6": "dice_optimal"}
+
+
+def results_root(profile: Profile, results: str | Path = "results") -> Path:
+    """``<results>/<profile name>``: where every output of a profile goes."""
+    return Path(results) / profile.name
+
+
+def run_dir(profile: Profile, model: str, variant: str, fold: int, results: str | Path = "results") -> Path:
+    """Folder of one (model, variant, fold) run."""
+    return results_root(profile, results) / "runs" / model / variant / f"fold-{int(fold)}"
+
+
+def _save_npy(path: Path, array: np.ndarray) -> None:
+    with atomic_path(path, suffix=".npy") as tmp:
+        np.save(tmp, array)
+
+
+# --------------------------------------------------------------------------- cohort
+
+def run_cohort(profile: Profile, results: str | Path = "results", *, bids_root: str | Path | None = None,
+               progress: bool = True) -> tuple[Path, Path]:
+    """Simulate the profile's cohort (or register a real BIDS dataset) and prepare its arrays.
+
+    Parameters
+    ----------
+    profile : Profile
+    results : path-like
+        Results root.
+    bids_root : path-like, optional
+        A real BIDS dataset to use instead of simulating one.
+
+    Returns
+    -------
+    (cohort_dir, prepared_dir) : tuple of Path
+    """
+    from dmrilib.dataset import prepare_cohort
+
+    root = results_root(profile, results)
+    cohort_dir = root / "cohort"
+    if bids_root is None:
+        from dmrilib.simulate import simulate_cohort
+
+        if not (cohort_dir / "dataset_description.json").is_file():
+            simulate_cohort(profile.cohort, cohort_dir, progress=progress)
+        source = cohort_dir
+    else:
+        source = Path(bids_root)
+        if not source.is_dir():
+            raise FileNotFoundError(f"{source}: BIDS dataset folder not found.")
+        write_json_atomic(cohort_dir / "dataset_description.json", {
+            "Name": f"external dataset {source.name}", "BIDSVersion": "1.9.0",
+            "DatasetType": "raw", "SourceDatasets": [{"URL": str(source.resolve())}],
+        })
+    prepared_dir = prepare_cohort(source, profile.prepare, root / "prepared", progress=progress)
+    return cohort_dir, Path(prepared_dir)
+
+
+def cohort_overview(profile: Profile, results: str | Path = "results") -> pd.DataFrame:
+    """Participants of the prepared cohort with their lesion volumes (voxels on the network grid)."""
+    from dmrilib.dataset import load_prepared
+
+    prepared = load_prepared(results_root(profile, results) / "prepared")
+    table = prepared.participants.copy()
+    table["lesion_voxels"] = prepared.lesion.reshape(len(prepared.subjects), -1).sum(axis=1)
+    table["infiltration_voxels"] = prepared.infiltration.reshape(len(prepared.subjects), -1).sum(axis=1)
+    return table
+
+
+# --------------------------------------------------------------------------- training
+
+def _folds(profile: Profile, prepared, results: str | Path):
+    from dmrilib.train import make_folds, write_folds
+
+    folds = make_folds(prepared.healthy_ids(), profile.train.n_folds, seed=profile.seed)
+    path = results_root(profile, results) / "folds.json"
+    write_folds(folds, path)
+    return folds
+
+
+def _fold(profile: Profile, prepared, fold: int, results: str | Path):
+    folds = _folds(profile, prepared, results)
+    if not 0 <= fold < len(folds):
+        raise ValueError(f"fold {fold} does not exist: profile {profile.name!r} has {len(folds)} folds (0..{len(folds) - 1}).")
+    return folds[fold]
+
+
+def run_train(profile: Profile, model: str, variant: str, fold: int, results: str | Path = "results",
+              *, progress: bool = True) -> dict[str, Any]:
+    """Train one (model, variant, fold) on the fold's healthy training subjects.
+
+    Resumes from ``checkpoint-last.pt`` when the run folder has one. Returns
+    the run record (``run.json``).
+    """
+    from dmrilib.dataset import load_prepared
+    from dmrilib.train import train_run
+
+    _check_variant(profile, model, variant)
+    prepared = load_prepared(results_root(profile, results) / "prepared")
+    f = _fold(profile, prepared, fold, results)
+    ids = list(f.train) + list(f.val)
+    idx = prepared.index(ids)
+    return train_run(
+        np.asarray(prepared.attenuation[idx], dtype=np.float32),
+        np.asarray(prepared.brain_mask[idx], dtype=bool),
+        ids,
+        train_ids=list(f.train),
+        val_ids=list(f.val),
+        model=model,
+        variant=variant,
+        model_config=profile.model,
+        train_config=profile.train,
+        out_dir=run_dir(profile, model, variant, fold, results),
+        progress=progress,
+    )
+
+
+def _check_variant(profile: Profile, model: str, variant: str) -> None:
+    if model not in ("dae", "recdisc"):
+        raise ValueError(f"model must be 'dae' or 'recdisc', got {model!r}.")
+    known = profile.variants.get(model, ())
+    if variant not in known:
+        raise ValueError(f"variant {variant!r} is not in profile {profile.name!r} for {model}; known: {list(known)}.")
+
+
+def plot_training_log(profile: Profile, model: str, variant: str, fold: int, results: str | Path = "results"):
+    """Training and validation loss per epoch of one run (a matplotlib Figure)."""
+    import matplotlib.pyplot as plt
+
+    log = pd.read_csv(run_dir(profile, model, variant, fold, results) / "log.csv")
+    fig, ax = plt.subplots(figsize=(5, 3.2), layout="constrained")
+    for col in ("train_loss", "val_loss"):
+        if col in log:
+            ax.plot(log["epoch"], log[col], marker="o", ms=3, label=col.replace("_", " "))
+    ax.set(xlabel="epoch", ylabel="loss", yscale="log", title=f"{model} {variant} fold {fold}")
+    ax.legend()
+    return fig
+
+
+# --------------------------------------------------------------------------- evaluation
+
+def _evaluate_maps(profile: Profile, prepared, *, model: str, variant: str, fold: int,
+                   maps_test: np.ndarray, test_ids: list[str], maps_val: np.ndarray, val_ids: list[str],
+                   out_dir: Path, threshold_model: str, extra: dict[str, Any]) -> dict[str, Any]:
+    """Evaluate test maps with every rule; healthy-FPR thresholds come from the validation maps."""
+    from dmrilib import metrics
+
+    cfg = profile.evaluate
+    test_idx = prepared.index(test_ids)
+    val_idx = prepared.index(val_ids)
+    healthy = metrics.healthy_fpr_thresholds(maps_val, np.asarray(prepared.eval_mask[val_idx]), cfg.healthy_fprs)
+    dice_rows, det_rows = [], []
+    key = {"model": model, "variant": variant, "fold": int(fold)}
+    for i, (subject, j) in enumerate(zip(test_ids, test_idx)):
+        truth = np.asarray(prepared.lesion[j], dtype=bool)
+        mask = np.asarray(prepared.eval_mask[j], dtype=bool)
+        for row in metrics.evaluate_map(maps_test[i], truth, mask, model=threshold_model, config=cfg,
+                                        healthy_thresholds=healthy):
+            dice_rows.append({**key, "subject": subject, **row})
+        det_rows.append({**key, "subject": subject, **metrics.detection_scores(maps_test[i], truth, mask)})
+    dice = pd.DataFrame(dice_rows)
+    det = pd.DataFrame(det_rows)
+    with atomic_path(out_dir / "eval-dice.csv") as tmp:
+        dice.to_csv(tmp, index=False)
+    with atomic_path(out_dir / "eval-auroc.csv") as tmp:
+        det.to_csv(tmp, index=False)
+    summary = {
+        **key,
+        "n_test": len(test_ids),
+        "auroc_mean": float(det["auroc"].mean()),
+        "healthy_fpr_thresholds": healthy,
+        "dice_post_mean_by_rule": dice.groupby("rule")["dice_post"].mean().round(4).to_dict(),
+        "config_hash": config_hash(profile.evaluate, profile.prepare),
+        "seed": profile.seed,
+        "provenance": provenance(),
+        **extra,
+    }
+    write_json_atomic(out_dir / "eval.json", summary)
+    return summary
+
+
+def run_evaluate(profile: Profile, model: str, variant: str, fold: int, results: str | Path = "results",
+                 *, device: str = "auto") -> dict[str, Any]:
+    """Predict the anomaly maps of one trained run and evaluate them.
+
+    Writes ``maps-test.npy`` (patients) and ``maps-val.npy`` (the fold's
+    validation healthy subjects, used for the healthy-FPR thresholds),
+    ``eval-dice.csv``, ``eval-auroc.csv`` and ``eval.json``.
+    """
+    from dmrilib.dataset import load_prepared
+    from dmrilib.scoring import predict_maps
+
+    _check_variant(profile, model, variant)
+    prepared = load_prepared(results_root(profile, results) / "prepared")
+    f = _fold(profile, prepared, fold, results)
+    out = run_dir(profile, model, variant, fold, results)
+    ckpt = out / "checkpoint-best.pt"
+    if not ckpt.is_file():
+        raise FileNotFoundError(f"{ckpt}: no trained checkpoint; run the train job for {model}/{variant} fold {fold} first.")
+    t0 = time.perf_counter()
+    test_ids = prepared.patient_ids()
+    val_ids = list(f.val)
+    maps_test = predict_maps(ckpt, prepared.attenuation[prepared.index(test_ids)], device=device)
+    maps_val = predict_maps(ckpt, prepared.attenuation[prepared.index(val_ids)], device=device)
+    _save_npy(out / "maps-test.npy", maps_test.astype(np.float16))
+    _save_npy(out / "maps-val.npy", maps_val.astype(np.float16))
+    run = json.loads((out / "run.json").read_text())
+    return _evaluate_maps(profile, prepared, model=model, variant=variant, fold=fold,
+                          maps_test=maps_test, test_ids=test_ids, maps_val=maps_val, val_ids=val_ids,
+                          out_dir=out, threshold_model=model,
+                          extra={"train_config_hash": run.get("config_hash"),
+                                 "predict_time_s": round(time.perf_counter() - t0, 2)})
+
+
+def run_baseline(profile: Profile, fold: int, results: str | Path = "results") -> dict[str, Any]:
+    """Normative FA/MD z-score baseline of one fold, evaluated like the models."""
+    from dmrilib.baselines import NormativeBaseline
+    from dmrilib.dataset import load_prepared
+
+    prepared = load_prepared(results_root(profile, results) / "prepared")
+    f = _fold(profile, prepared, fold, results)
+    t0 = time.perf_counter()
+    train_idx = prepared.index(list(f.train))
+    baseline = NormativeBaseline().fit(np.asarray(prepared.fa[train_idx]), np.asarray(prepared.md[train_idx]),
+                                       np.asarray(prepared.brain_mask[train_idx]))
+    test_ids, val_ids = prepared.patient_ids(), list(f.val)
+
+    def score(ids):
+        idx = prepared.index(ids)
+        return np.stack([baseline.score(prepared.fa[i], prepared.md[i]) for i in idx]).astype(np.float32)
+
+    maps_test, maps_val = score(test_ids), score(val_ids)
+    out = run_dir(profile, "baseline", "normative", fold, results)
+    _save_npy(out / "maps-test.npy", maps_test.astype(np.float16))
+    _save_npy(out / "maps-val.npy", maps_val.astype(np.float16))
+    return _evaluate_maps(profile, prepared, model="baseline", variant="normative", fold=fold,
+                          maps_test=maps_test, test_ids=test_ids, maps_val=maps_val, val_ids=val_ids,
+                          out_dir=out, threshold_model="baseline",
+                          extra={"fit_time_s": round(time.perf_counter() - t0, 2)})
+
+
+# --------------------------------------------------------------------------- aggregation
+
+def _collect(profile: Profile, results: str | Path, name: str) -> pd.DataFrame:
+    root = results_root(profile, results) / "runs"
+    frames = [pd.read_csv(p) for p in sorted(root.glob(f"*/*/fold-*/{name}"))]
+    if not frames:
+        raise FileNotFoundError(f"{root}: no {name} files; run the evaluate jobs first.")
+    return pd.concat(frames, ignore_index=True)
+
+
+def run_aggregate(profile: Profile, results: str | Path = "results") -> dict[str, pd.DataFrame]:
+    """Build the paper's Tables 1-6 (plus extras) from every evaluated run.
+
+    Writes ``tables/*.csv`` and ``tables/summary.json`` and returns the tables.
+    """
+    from dmrilib import metrics
+
+    root = results_root(profile, results)
+    cfg = profile.evaluate
+    dice = _collect(profile, results, "eval-dice.csv")
+    det = _collect(profile, results, "eval-auroc.csv")
+    models = dice[dice["model"].isin(["dae", "recdisc"])]
+    tables: dict[str, pd.DataFrame] = {
+        "dice_all": dice,
+        "auroc_all": det,
+        "table1": metrics.table_auroc(det, "dae", config=cfg),
+        "table2": metrics.table_auroc(det, "recdisc", config=cfg),
+        "auroc_baseline": metrics.table_auroc(det, "baseline", config=cfg),
+    }
+    for name, rule in DICE_RULE_TABLES.items():
+        tables[name] = metrics.table_dice(models, rule, config=cfg)
+    extra_rules = sorted(set(dice["rule"]) - set(DICE_RULE_TABLES.values()))
+    tables["dice_extra_rules"] = pd.concat([metrics.table_dice(dice, r, config=cfg) for r in extra_rules],
+                                           ignore_index=True) if extra_rules else pd.DataFrame()
+    tables["dice_baseline"] = pd.concat(
+        [metrics.table_dice(dice[dice["model"] == "baseline"], r, config=cfg) for r in sorted(set(dice["rule"]))],
+        ignore_index=True)
+    tables["runs"] = _runs_table(profile, results)
+    out = root / "tables"
+    for name, table in tables.items():
+        with atomic_path(out / f"{name}.csv") as tmp:
+            table.to_csv(tmp, index=False)
+    wilcoxon = metrics.paired_wilcoxon(models, config=cfg)
+    write_json_atomic(out / "summary.json", {
+        "profile": profile.name,
+        "profile_hash": profile.hash(),
+        "seed": profile.seed,
+        "tables": sorted(tables),
+        "wilcoxon_best_dae_vs_best_recdisc": wilcoxon,
+        "provenance": provenance(),
+    })
+    return tables
+
+
+def _runs_table(profile: Profile, results: str | Path) -> pd.DataFrame:
+    rows = []
+    for model, variant, fold in profile.runs():
+        d = run_dir(profile, model, variant, fold, results)
+        run = json.loads((d / "run.json").read_text()) if (d / "run.json").is_file() else {}
+        ev = json.loads((d / "eval.json").read_text()) if (d / "eval.json").is_file() else {}
+        rows.append({
+            "model": model, "variant": variant, "fold": fold,
+            "config_hash": run.get("config_hash"), "seed": run.get("seed"),
+            "epochs": run.get("epochs_done", run.get("epochs")), "best_epoch": run.get("best_epoch"),
+            "best_val_loss": run.get("best_val_loss"), "train_time_s": run.get("wall_time_s"),
+            "device": run.get("device"), "parameters": run.get("n_parameters"),
+            "auroc_mean": ev.get("auroc_mean"),
+            "command": f"papermill notebooks/train.ipynb out.ipynb -p profile {profile.name} "
+                       f"-p model {model} -p variant {variant} -p fold {fold}",
+        })
+    return pd.DataFrame(rows)
+
+
+def load_tables(profile: Profile | str, results: str | Path = "results") -> dict[str, pd.DataFrame]:
+    """Read every table written by :func:`run_aggregate` / :func:`run_followup`."""
+    name = profile if isinstance(profile, str) else profile.name
+    folder = Path(results) / name / "tables"
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder}: no tables; run the workflow for profile {name!r} first (make book PROFILE={name}).")
+    out = {}
+    for p in sorted(folder.glob("*.csv")):
+        try:
+            out[p.stem] = pd.read_csv(p)
+        except pd.errors.EmptyDataError:
+            out[p.stem] = pd.DataFrame()
+    return out
+
+
+# --------------------------------------------------------------------------- follow-up
+
+def best_variant(profile: Profile, model: str, results: str | Path = "results") -> str:
+    """The variant of ``model`` with the highest mean AUROC (the paper's choice for follow-up)."""
+    det = pd.read_csv(results_root(profile, results) / "tables" / "auroc_all.csv")
+    det = det[det["model"] == model]
+    return str(det.groupby("variant")["auroc"].mean().idxmax())
+
+
+def run_followup(profile: Profile, results: str | Path = "results", *, model: str = "dae",
+                 rule: str = "healthy_fpr_05") -> pd.DataFrame:
+    """Follow-up colocalisation per patient for the best ``model`` configuration.
+
+    The paper inspected the best DAE's maps visually; here the map is
+    thresholded with an unsupervised rule (default: the 5% healthy-FPR
+    threshold of the fold), opened, and the flagged volume outside the
+    pre-operative lesion is compared with the follow-up lesion.
+    """
+    from dmrilib import metrics
+    from dmrilib.dataset import load_prepared
+
+    root = results_root(profile, results)
+    prepared = load_prepared(root / "prepared")
+    variant = best_variant(profile, model, results)
+    rows = []
+    for fold in profile.folds:
+        d = run_dir(profile, model, variant, fold, results)
+        maps = np.load(d / "maps-test.npy").astype(np.float32)
+        dice = pd.read_csv(d / "eval-dice.csv")
+        thr = dice[dice["rule"] == rule].set_index("subject")["threshold"]
+        for i, subject in enumerate(prepared.patient_ids()):
+            j = prepared.index([subject])[0]
+            info = prepared.participants.iloc[j]
+            if str(info.get("followup", "no")) != "yes":
+                continue
+            res = metrics.followup_colocalisation(
+                maps[i], float(thr[subject]), np.asarray(prepared.lesion[j], bool),
+                np.asarray(prepared.followup_lesion[j], bool), np.asarray(prepared.eval_mask[j], bool),
+                opening_size=profile.evaluate.opening_size)
+            rows.append({"model": model, "variant": variant, "fold": fold, "rule": rule, "subject": subject,
+                         "grade": info.get("grade"), "size_class": info.get("size_class"), **res})
+    table = pd.DataFrame(rows)
+    with atomic_path(root / "tables" / "followup.csv") as tmp:
+        table.to_csv(tmp, index=False)
+    return table
+
+
+# --------------------------------------------------------------------------- figures
+
+def run_figures(profile: Profile, results: str | Path = "results") -> pd.DataFrame:
+    """Render every figure to ``figures/*.png`` and list them in ``figures/figures.json``."""
+    from dmrilib import figures
+
+    root = results_root(profile, results)
+    records = figures.render_all(profile, root)
+    write_json_atomic(root / "figures" / "figures.json", {
+        "profile": profile.name, "profile_hash": profile.hash(), "figures": records, "provenance": provenance(),
+    })
+    return pd.DataFrame(records)

@@ -1,0 +1,90 @@
+"""Write the papermill notebooks in notebooks/ (run once after editing this file).
+
+The notebooks are thin: a tagged ``parameters`` cell of literals, then a few
+cells that each call one ``dmrilib.pipeline`` function and show its result.
+Keeping their source here makes the set consistent; the committed ``.ipynb``
+files are what papermill and the workflow run.
+"""
+from pathlib import Path
+
+import nbformat as nbf
+
+KERNELSPEC = {"name": "python3", "display_name": "Python 3", "language": "python"}
+SETUP = "%matplotlib inline\nfrom dmrilib import pipeline\nfrom dmrilib.config import load_profile\n\np = load_profile(profile)"
+
+NOTEBOOKS = {
+    "cohort": (
+        "Simulate the cohort of a profile (or use real BIDS data) and prepare network-grid arrays.",
+        'profile = "quick"\nresults = "results"\nbids_root = ""  # empty: simulate; else a BIDS dataset to use instead',
+        [
+            "cohort_dir, prepared_dir = pipeline.run_cohort(p, results, bids_root=bids_root or None)\nprint(cohort_dir, prepared_dir)",
+            "pipeline.cohort_overview(p, results)",
+        ],
+    ),
+    "train": (
+        "Train one (model, configuration, fold) on the healthy subjects of the fold.",
+        'profile = "quick"\nresults = "results"\nmodel = "dae"\nvariant = "lsd512-sigmoid"\nfold = 0',
+        [
+            "run = pipeline.run_train(p, model, variant, fold, results)\n{k: run[k] for k in ('config_hash', 'seed', 'best_epoch', 'best_val_loss', 'wall_time_s') if k in run}",
+            "pipeline.plot_training_log(p, model, variant, fold, results)",
+        ],
+    ),
+    "evaluate": (
+        "Predict anomaly maps of one trained run and evaluate them (AUROC, Dice under every threshold rule).",
+        'profile = "quick"\nresults = "results"\nmodel = "dae"\nvariant = "lsd512-sigmoid"\nfold = 0',
+        [
+            "summary = pipeline.run_evaluate(p, model, variant, fold, results)\nsummary",
+        ],
+    ),
+    "baseline": (
+        "Normative DTI baseline (voxelwise FA/MD z-scores) for one fold, evaluated like the models.",
+        'profile = "quick"\nresults = "results"\nfold = 0',
+        [
+            "summary = pipeline.run_baseline(p, fold, results)\nsummary",
+        ],
+    ),
+    "aggregate": (
+        "Collect every evaluated run into the paper's tables, with bootstrap intervals.",
+        'profile = "quick"\nresults = "results"',
+        [
+            "tables = pipeline.run_aggregate(p, results)\nsorted(tables)",
+            "tables['table1']",
+            "tables['table2']",
+        ],
+    ),
+    "followup": (
+        "Follow-up analysis: regions flagged outside the pre-operative lesion that become lesion later.",
+        'profile = "quick"\nresults = "results"',
+        [
+            "followup = pipeline.run_followup(p, results)\nfollowup",
+        ],
+    ),
+    "figures": (
+        "Every figure of the paper, from result files.",
+        'profile = "quick"\nresults = "results"',
+        [
+            "figures = pipeline.run_figures(p, results)\nfigures",
+        ],
+    ),
+}
+
+
+def build(name, title, params, cells):
+    nb = nbf.v4.new_notebook()
+    nb.metadata["kernelspec"] = KERNELSPEC
+    nb.metadata["language_info"] = {"name": "python"}
+    nb.cells.append(nbf.v4.new_markdown_cell(f"# {name}\n\n{title}\n\nRun with papermill, e.g. "
+                                             f"`papermill notebooks/{name}.ipynb out.ipynb -p profile quick`."))
+    nb.cells.append(nbf.v4.new_code_cell(params, metadata={"tags": ["parameters"]}))
+    nb.cells.append(nbf.v4.new_code_cell(SETUP))
+    nb.cells.extend(nbf.v4.new_code_cell(src) for src in cells)
+    for i, cell in enumerate(nb.cells):
+        cell["id"] = f"{name}-{i}"
+    return nb
+
+
+if __name__ == "__main__":
+    out = Path(__file__).resolve().parent.parent / "notebooks"
+    for name, (title, params, cells) in NOTEBOOKS.items():
+        nbf.write(build(name, title, params, cells), out / f"{name}.ipynb")
+        print("wrote", out / f"{name}.ipynb")

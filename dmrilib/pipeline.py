@@ -35,7 +35,7 @@ __all__ = [
 ]
 
 #: The paper's Tables 3-6: threshold rule of each.
-DICE_RULE_TABLES = {"table3": "fixed", "table4": "otsu", "table5": "pooled_max", "table6": "dice_optimal"}
+DICE_RULE_TABLES = {"table3": "fixed", "table4": "otsu", "table5": "pool_max", "table6": "dice_optimal"}
 
 
 def results_root(profile: Profile, results: str | Path = "results") -> Path:
@@ -272,7 +272,7 @@ def run_baseline(profile: Profile, fold: int, results: str | Path = "results") -
     _save_npy(out / "maps-val.npy", maps_val.astype(np.float16))
     return _evaluate_maps(profile, prepared, model="baseline", variant="normative", fold=fold,
                           maps_test=maps_test, test_ids=test_ids, maps_val=maps_val, val_ids=val_ids,
-                          out_dir=out, threshold_model="baseline",
+                          out_dir=out, threshold_model="normative",
                           extra={"fit_time_s": round(time.perf_counter() - t0, 2)})
 
 
@@ -318,7 +318,7 @@ def run_aggregate(profile: Profile, results: str | Path = "results") -> dict[str
     for name, table in tables.items():
         with atomic_path(out / f"{name}.csv") as tmp:
             table.to_csv(tmp, index=False)
-    wilcoxon = metrics.paired_wilcoxon(models, config=cfg)
+    wilcoxon = {rule: metrics.paired_wilcoxon(models, rule, config=cfg) for rule in DICE_RULE_TABLES.values()}
     write_json_atomic(out / "summary.json", {
         "profile": profile.name,
         "profile_hash": profile.hash(),

@@ -5,7 +5,11 @@ CORES ?= 2
 VENV := .venv
 PY := $(VENV)/bin/python
 SNAKEMAKE_PROFILE ?= workflow/profiles/local
+RESULTS ?= results
+BOOK_OUT ?= book
 export PYTHONHASHSEED := 0
+# Workflow jobs call papermill, snakemake etc. from the project environment.
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
 .PHONY: setup book results book-only test test-fast clean-book help
 
@@ -20,14 +24,15 @@ setup:
 
 results: setup
 	$(VENV)/bin/snakemake --snakefile workflow/Snakefile --profile $(SNAKEMAKE_PROFILE) \
-	    --cores $(CORES) --config profile=$(PROFILE)
+	    --cores $(CORES) --config profile=$(PROFILE) results=$(abspath $(RESULTS))
 
 book: results
 	@$(MAKE) --no-print-directory book-only PROFILE=$(PROFILE)
 
 book-only: setup
-	DMRI_PROFILE=$(PROFILE) $(VENV)/bin/jupyter-book build book --quiet
-	@echo "Book: file://$$(pwd)/book/_build/html/index.html"
+	DMRI_PROFILE=$(PROFILE) DMRI_RESULTS=$(abspath $(RESULTS)) $(VENV)/bin/jupyter-book build book \
+	    --path-output $(abspath $(BOOK_OUT)) --quiet
+	@echo "Book ($(PROFILE) profile): file://$(abspath $(BOOK_OUT))/_build/html/index.html"
 
 test: setup
 	$(PY) -m pytest -n 2 --dist loadgroup tests

@@ -1,0 +1,231 @@
+"""Render every figure of the book from result files (the ``figures`` job).
+
+This module decides *what* each figure shows (which configuration is the
+best, which patients are the large / medium / small examples); the drawing
+itself is in :mod:`dmrilib.plotting`. Each figure is written as a PNG under
+``results/<profile>/figures/`` and described by a record
+``{name, file, caption}``.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+from dmrilib._atomic import atomic_path
+from dmrilib.config import Profile
+
+__all__ = ["render_all", "FIGURES", "qualitative_cases"]
+
+#: name -> caption of every figure the book embeds.
+FIGURES = {
+    "cohort_slices": "Colour FA and MD of a healthy subject and of large, medium and small tumours.",
+    "cohort_histograms": "FA and MD of simulated healthy tissue against literature ranges.",
+    "fig3_noise": "JOOD noise distributions (paper Fig. 3).",
+    "roc_curves": "Mean ROC curves of the best and worst configuration of each model and the baseline.",
+    "fig4_densities": "Score densities of the best/worst RecDiscNet for half and full mean (paper Fig. 4).",
+    "dice_by_rule": "Dice of each model's best configuration under every threshold rule.",
+    "fig5_dae_unsupervised": "Best DAE, Otsu threshold (paper Fig. 5).",
+    "fig6_dae_optimal": "Best DAE, Dice-optimal threshold (paper Fig. 6).",
+    "fig7_recdisc_unsupervised": "Best RecDiscNet, pooled-maximum threshold (paper Fig. 7).",
+    "fig8_recdisc_optimal": "Best RecDiscNet, Dice-optimal threshold (paper Fig. 8).",
+    "fig9_followup": "Follow-up colocalisation of one patient (paper Fig. 9).",
+}
+
+_QUALITATIVE = {
+    "fig5_dae_unsupervised": ("dae", "otsu"),
+    "fig6_dae_optimal": ("dae", "dice_optimal"),
+    "fig7_recdisc_unsupervised": ("recdisc", "pool_max"),
+    "fig8_recdisc_optimal": ("recdisc", "dice_optimal"),
+}
+
+
+class _Results:
+    """Lazy access to one profile's prepared cohort, tables and maps."""
+
+    def __init__(self, profile: Profile, root: Path):
+        from dmrilib.dataset import load_prepared
+
+        self.profile = profile
+        self.root = root
+        self.prepared = load_prepared(root / "prepared")
+        tables = root / "tables"
+        self.dice = pd.read_csv(tables / "dice_all.csv")
+        self.auroc = pd.read_csv(tables / "auroc_all.csv")
+        self.patients = self.prepared.patient_ids()
+        self._maps: dict[tuple[str, str], np.ndarray] = {}
+
+    def maps(self, model: str, variant: str, fold: int | None = None) -> np.ndarray:
+        fold = self.profile.folds[0] if fold is None else fold
+        key = (model, variant, fold)
+        if key not in self._maps:
+            path = self.root / "runs" / model / variant / f"fold-{fold}" / "maps-test.npy"
+            self._maps[key] = np.load(path).astype(np.float32)
+        return self._maps[key]
+
+    def arrays(self, name: str, ids: list[str]) -> np.ndarray:
+        return np.asarray(getattr(self.prepared, name)[self.prepared.index(ids)])
+
+    def ranked(self, model: str) -> list[str]:
+        """Variants of ``model`` from highest to lowest mean AUROC."""
+        sub = self.auroc[self.auroc["model"] == model]
+        return list(sub.groupby("variant")["auroc"].mean().sort_values(ascending=False).index)
+
+    def threshold(self, model: str, variant: str, rule: str, subject: str, fold: int | None = None) -> float:
+        fold = self.profile.folds[0] if fold is None else fold
+        d = self.dice
+        row = d[(d["model"] == model) & (d["variant"] == variant) & (d["rule"] == rule)
+                & (d["subject"] == subject) & (d["fold"] == fold)]
+        return float(row["threshold"].iloc[0])
+
+
+def qualitative_cases(participants: pd.DataFrame, patient_ids: list[str]) -> list[tuple[str, str]]:
+    """One (size class, subject) per class large / medium / small, first patient of each."""
+    table = participants.copy()
+    table.index = [str(s) if str(s).startswith("sub-") else f"sub-{s}" for s in table.index]
+    cases = []
+    for size in ("large", "medium", "small"):
+        match = [s for s in patient_ids if str(table.loc[s].get("size_class", "")) == size] if len(table) else []
+        if match:
+            cases.append((size, match[0]))
+    if not cases:  # real data without size classes: the first three patients
+        cases = [(s, s) for s in patient_ids[:3]]
+    return cases
+
+
+def _fig_noise(r: _Results) -> Figure:
+    from dmrilib.plotting.noise import plot_noise_distributions
+
+    return plot_noise_distributions(seed=r.profile.seed)
+
+
+def _fig_roc(r: _Results) -> Figure:
+    from dmrilib import metrics
+    from dmrilib.plotting.results import plot_roc_curves
+
+    truth = r.arrays("lesion", r.patients).astype(bool)
+    mask = r.arrays("eval_mask", r.patients).astype(bool)
+    curves, aurocs = {}, {}
+    picks = []
+    for model in ("dae", "recdisc"):
+        ranked = r.ranked(model)
+        if ranked:
+            picks += [(model, ranked[0], "best"), (model, ranked[-1], "worst")]
+    picks += [("baseline", "normative", "")]
+    for model, variant, tag in dict.fromkeys(picks):
+        maps = r.maps(model, variant)
+        label = f"{model} {variant}" + (f" ({tag})" if tag else "")
+        curves[label] = [metrics.roc_curve(maps[i], truth[i], mask[i])[:2] for i in range(len(maps))]
+        aurocs[label] = float(r.auroc[(r.auroc["model"] == model) & (r.auroc["variant"] == variant)]["auroc"].mean())
+    return plot_roc_curves(curves, aurocs=aurocs, title="mean ROC over test patients")
+
+
+def _fig_densities(r: _Results) -> Figure:
+    from dmrilib import metrics
+    from dmrilib.plotting.results import plot_score_densities
+
+    truth = r.arrays("lesion", r.patients).astype(bool)
+    mask = r.arrays("eval_mask", r.patients).astype(bool)
+    ranked = r.ranked("recdisc")
+    panels = {}
+    for rank, pick in (("best", 0), ("worst", -1)):
+        for mean in ("half", "full"):
+            group = [v for v in ranked if v.endswith(f"-{mean}")]
+            if not group:
+                continue
+            variant = group[pick]
+            panels[f"{rank} μ{mean.title()}: {variant}"] = metrics.score_densities(
+                r.maps("recdisc", variant), truth, mask, bins=60, value_range=(0.0, 1.0))
+    return plot_score_densities(panels, ncols=2, log_density=True)
+
+
+def _fig_dice_by_rule(r: _Results) -> Figure:
+    from dmrilib import metrics
+    from dmrilib.plotting.results import plot_dice_by_rule
+
+    cfg = r.profile.evaluate
+    frames = []
+    for rule in dict.fromkeys(r.dice["rule"]):
+        best = metrics.best_variants(r.dice, rule, cfg)
+        for model, variant in best.items():
+            g = r.dice[(r.dice["rule"] == rule) & (r.dice["model"] == model) & (r.dice["variant"] == variant)]
+            s = metrics.summarise(g, [], ["dice", "dice_post"], cfg)
+            s["model"], s["rule"] = model, rule
+            frames.append(s)
+    return plot_dice_by_rule(pd.concat(frames, ignore_index=True), title="best configuration per rule")
+
+
+def _fig_qualitative(r: _Results, model: str, rule: str) -> Figure:
+    from dmrilib import metrics
+    from dmrilib.plotting.results import plot_qualitative
+
+    variant = metrics.best_variants(r.dice, rule, r.profile.evaluate)[model]
+    maps = r.maps(model, variant)
+    cases, thresholds = [], []
+    for label, subject in qualitative_cases(r.prepared.participants, r.patients):
+        i = r.patients.index(subject)
+        j = r.prepared.index([subject])[0]
+        cases.append({"label": f"{label} ({subject})", "score_map": maps[i], "md": np.asarray(r.prepared.md[j]),
+                      "truth": np.asarray(r.prepared.lesion[j]), "mask": np.asarray(r.prepared.eval_mask[j])})
+        thresholds.append(r.threshold(model, variant, rule, subject))
+    return plot_qualitative(cases, thresholds, opening_size=r.profile.evaluate.opening_size,
+                            title=f"{model} {variant}, {rule} threshold")
+
+
+def _fig_followup(r: _Results) -> Figure:
+    from dmrilib.plotting.results import plot_followup
+
+    fu = pd.read_csv(r.root / "tables" / "followup.csv")
+    if fu.empty:
+        raise ValueError("no patient with a follow-up in this cohort")
+    row = fu.sort_values(["mismatch_in_followup", "flagged_outside"], ascending=False).iloc[0]
+    subject, variant = row["subject"], row["variant"]
+    i = r.patients.index(subject)
+    j = r.prepared.index([subject])[0]
+    thr = r.threshold(row["model"], variant, row["rule"], subject, int(row["fold"]))
+    p = r.prepared
+    return plot_followup(np.asarray(p.md[j]), r.maps(row["model"], variant, int(row["fold"]))[i],
+                         np.asarray(p.lesion[j]), np.asarray(p.followup_lesion[j]), np.asarray(p.eval_mask[j]),
+                         threshold=thr, opening_size=r.profile.evaluate.opening_size,
+                         title=f"{subject} (grade {row['grade']}), {row['model']} {variant}")
+
+
+def _cohort_figures(r: _Results) -> dict[str, Callable[[], Figure]]:
+    from dmrilib.plotting import cohort
+
+    return {
+        "cohort_slices": lambda: cohort.plot_cohort_slices(r.prepared, r.root / "cohort"),
+        "cohort_histograms": lambda: cohort.plot_tissue_histograms(r.prepared, r.root / "cohort"),
+    }
+
+
+def render_all(profile: Profile, root: Path, *, dpi: int = 110) -> list[dict[str, Any]]:
+    """Render every figure of :data:`FIGURES` for the results under ``root``.
+
+    Returns
+    -------
+    list of dict
+        ``{name, file, caption}`` per figure written.
+    """
+    r = _Results(profile, Path(root))
+    makers: dict[str, Callable[[], Figure]] = {
+        **_cohort_figures(r),
+        "fig3_noise": lambda: _fig_noise(r),
+        "roc_curves": lambda: _fig_roc(r),
+        "fig4_densities": lambda: _fig_densities(r),
+        "dice_by_rule": lambda: _fig_dice_by_rule(r),
+        **{name: (lambda m=m, rule=rule: _fig_qualitative(r, m, rule)) for name, (m, rule) in _QUALITATIVE.items()},
+        "fig9_followup": lambda: _fig_followup(r),
+    }
+    out_dir = Path(root) / "figures"
+    records = []
+    for name in FIGURES:
+        fig = makers[name]()
+        path = out_dir / f"{name}.png"
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=dpi, format="png")
+        records.append({"name": name, "file": path.name, "caption": FIGURES[name]})
+    return records

@@ -1,0 +1,125 @@
+"""End to end: `make book PROFILE=smoke` from cohort to the built book, read in headless Chromium.
+
+This is the README's main command on the CI-sized profile: simulate, train
+every configuration of the profile, evaluate, aggregate, figures, book. The
+built site is then opened as a reader would: pages render, images load,
+tables hold numbers, the comparison page lists every paper table. A
+screenshot of the results page is kept in ``test-artifacts/``.
+"""
+import json
+import os
+import re
+import shutil
+import subprocess
+from html.parser import HTMLParser
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+import pandas as pd
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+ARTIFACTS = ROOT / "test-artifacts"
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("e2e")]
+
+
+@pytest.fixture(scope="module")
+def smoke_build(tmp_path_factory):
+    work = tmp_path_factory.mktemp("e2e")
+    results, book_out = work / "results", work / "book"
+    env = {**os.environ, "DMRI_PROGRESS": "0"}
+    proc = subprocess.run(
+        ["make", "--no-print-directory", "book", "PROFILE=smoke", f"RESULTS={results}", f"BOOK_OUT={book_out}"],
+        cwd=ROOT, capture_output=True, text=True, timeout=1500, env=env,
+    )
+    assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-6000:]
+    return results / "smoke", book_out / "_build" / "html"
+
+
+def test_every_job_wrote_its_notebook_and_provenance(smoke_build):
+    root, _ = smoke_build
+    for nb in ("cohort", "aggregate", "followup", "figures"):
+        assert (root / "notebooks" / f"{nb}.ipynb").is_file()
+    runs = pd.read_csv(root / "tables" / "runs.csv")
+    assert len(runs) == 4 and runs["config_hash"].notna().all() and runs["seed"].notna().all()
+    summary = json.loads((root / "tables" / "summary.json").read_text())
+    assert summary["provenance"]["versions"]["torch"]
+    for run in (root / "runs").glob("*/*/fold-0"):
+        assert (run / "eval.json").is_file(), run
+        assert (run / ("baseline.ipynb" if run.parts[-3] == "baseline" else "evaluate.ipynb")).is_file()
+
+
+def test_tables_have_the_paper_layout(smoke_build):
+    root, _ = smoke_build
+    t1 = pd.read_csv(root / "tables" / "table1.csv")
+    assert set(t1["variant"]) == {"lsd16-linear", "lsd512-sigmoid"}
+    assert t1["auroc_mean"].between(0, 1).all()
+    for name in ("table3", "table4", "table5", "table6"):
+        t = pd.read_csv(root / "tables" / f"{name}.csv")
+        assert sorted(t["model"]) == ["dae", "recdisc"], name
+        assert t["dice_post_mean"].between(0, 1).all(), name
+
+
+class _Links(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.images, self.links = [], []
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        if tag == "img" and a.get("src"):
+            self.images.append(a["src"])
+        if tag == "a" and a.get("href"):
+            self.links.append(a["href"])
+
+
+def _local_targets(page: Path, refs):
+    for ref in refs:
+        url = urlparse(ref)
+        if url.scheme or ref.startswith("#") or not url.path:
+            continue
+        yield ref, (page.parent / unquote(url.path)).resolve()
+
+
+def test_built_pages_have_no_broken_images_or_links(smoke_build):
+    _, html = smoke_build
+    for name in ("index", "data", "methods", "results", "comparison", "reproducibility", "usage"):
+        page = html / f"{name}.html"
+        assert page.is_file(), page
+        parser = _Links()
+        parser.feed(page.read_text())
+        for ref, target in _local_targets(page, parser.images + parser.links):
+            assert target.exists(), f"{page.name}: broken reference {ref}"
+    results = (html / "results.html").read_text()
+    assert results.count("<img") >= 8
+    assert "Simulated data" in results and "smoke" in results
+    assert "Traceback" not in results
+
+
+def test_comparison_page_lists_every_paper_table(smoke_build):
+    _, html = smoke_build
+    text = re.sub(r"<[^>]+>", " ", (html / "comparison.html").read_text())
+    for n in range(1, 7):
+        assert f"Table {n}" in text
+    assert "(paper)" in text and "(ours)" in text
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="Debian chromium not installed (make setup installs it)")
+def test_results_page_renders_in_headless_chromium(smoke_build):
+    _, html = smoke_build
+    ARTIFACTS.mkdir(exist_ok=True)
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={html.parent / 'chromium-profile'}"]
+    url = (html / "results.html").as_uri()
+    dom = subprocess.run(["chromium", *flags, "--virtual-time-budget=5000", "--dump-dom", url],
+                         capture_output=True, text=True, timeout=120)
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    text = re.sub(r"<[^>]+>", " ", dom.stdout)
+    assert "Table 1" in text or "AUROC" in text
+    numbers = re.findall(r"\b0\.\d{3}\b", text)
+    assert len(numbers) > 20, "the rendered results tables hold too few numbers"
+    shot = ARTIFACTS / "results-page.png"
+    subprocess.run(["chromium", *flags, "--window-size=1280,2400", f"--screenshot={shot}", url],
+                   capture_output=True, text=True, timeout=120)
+    assert shot.is_file() and shot.stat().st_size > 10_000

@@ -122,8 +122,16 @@ def _fold(profile: Profile, prepared, fold: int, results: str | Path):
     return folds[fold]
 
 
+def _set_threads(threads: int) -> None:
+    # The workflow decides how many cores a job gets; 0 leaves torch's default.
+    if threads and threads > 0:
+        import torch
+
+        torch.set_num_threads(int(threads))
+
+
 def run_train(profile: Profile, model: str, variant: str, fold: int, results: str | Path = "results",
-              *, progress: bool = True) -> dict[str, Any]:
+              *, threads: int = 0, progress: bool = True) -> dict[str, Any]:
     """Train one (model, variant, fold) on the fold's healthy training subjects.
 
     Resumes from ``checkpoint-last.pt`` when the run folder has one. Returns
@@ -132,6 +140,7 @@ def run_train(profile: Profile, model: str, variant: str, fold: int, results: st
     from dmrilib.dataset import load_prepared
     from dmrilib.train import train_run
 
+    _set_threads(threads)
     _check_variant(profile, model, variant)
     prepared = load_prepared(results_root(profile, results) / "prepared")
     f = _fold(profile, prepared, fold, results)
@@ -217,7 +226,7 @@ def _evaluate_maps(profile: Profile, prepared, *, model: str, variant: str, fold
 
 
 def run_evaluate(profile: Profile, model: str, variant: str, fold: int, results: str | Path = "results",
-                 *, device: str = "auto") -> dict[str, Any]:
+                 *, threads: int = 0, device: str = "auto") -> dict[str, Any]:
     """Predict the anomaly maps of one trained run and evaluate them.
 
     Writes ``maps-test.npy`` (patients) and ``maps-val.npy`` (the fold's
@@ -228,6 +237,7 @@ def run_evaluate(profile: Profile, model: str, variant: str, fold: int, results:
     from dmrilib.scoring import predict_maps
 
     _check_variant(profile, model, variant)
+    _set_threads(threads)
     prepared = load_prepared(results_root(profile, results) / "prepared")
     f = _fold(profile, prepared, fold, results)
     out = run_dir(profile, model, variant, fold, results)
@@ -374,7 +384,7 @@ def best_variant(profile: Profile, model: str, results: str | Path = "results") 
 
 
 def run_followup(profile: Profile, results: str | Path = "results", *, model: str = "dae",
-                 rule: str = "healthy_fpr_05") -> pd.DataFrame:
+                 rule: str = "healthy_fpr_0.05") -> pd.DataFrame:
     """Follow-up colocalisation per patient for the best ``model`` configuration.
 
     The paper inspected the best DAE's maps visually; here the map is

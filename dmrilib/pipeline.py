@@ -200,8 +200,10 @@ def _evaluate_maps(profile: Profile, prepared, *, model: str, variant: str, fold
     for i, (subject, j) in enumerate(zip(test_ids, test_idx)):
         truth = np.asarray(prepared.lesion[j], dtype=bool)
         mask = np.asarray(prepared.eval_mask[j], dtype=bool)
+        # Otsu and the pooled maximum see the brain-masked map, as in the paper.
+        brain = np.asarray(prepared.brain_mask[j], dtype=bool)
         for row in metrics.evaluate_map(maps_test[i], truth, mask, model=threshold_model, config=cfg,
-                                        healthy_thresholds=healthy):
+                                        healthy_thresholds=healthy, brain_mask=brain):
             dice_rows.append({**key, "subject": subject, **row})
         det_rows.append({**key, "subject": subject, **metrics.detection_scores(maps_test[i], truth, mask)})
     dice = pd.DataFrame(dice_rows)
@@ -384,7 +386,7 @@ def best_variant(profile: Profile, model: str, results: str | Path = "results") 
 
 
 def run_followup(profile: Profile, results: str | Path = "results", *, model: str = "dae",
-                 rule: str = "healthy_fpr_0.05") -> pd.DataFrame:
+                 rule: str = "healthy_fpr_05") -> pd.DataFrame:
     """Follow-up colocalisation per patient for the best ``model`` configuration.
 
     The paper inspected the best DAE's maps visually; here the map is

@@ -93,3 +93,28 @@ def test_bad_inputs_are_clear_errors():
     fit = NormativeBaseline().fit(*_healthy())
     with pytest.raises(ValueError, match="fitted grid"):
         fit.score(fa[0, :-1], md[0, :-1])
+
+
+def _phantom(rng, shift):
+    """A white-matter ball in CSF, displaced by ``shift`` voxels (unregistered subjects)."""
+    shape = (20, 20, 16)
+    idx = np.indices(shape)
+    centre = (np.array([10, 10, 8]) + shift).reshape(3, 1, 1, 1)
+    wm = np.sqrt(((idx - centre) ** 2).sum(axis=0)) < 5
+    fa = np.where(wm, 0.5, 0.1) + rng.normal(0, 0.02, shape)
+    md = np.where(wm, 0.7e-3, 3e-3) + rng.normal(0, 0.03e-3, shape)
+    return fa, md
+
+
+def test_smoothing_keeps_misaligned_tissue_borders_from_dominating():
+    rng = np.random.default_rng(0)
+    train = [_phantom(rng, rng.integers(-1, 2, 3)) for _ in range(8)]
+    fa, md = np.stack([t[0] for t in train]), np.stack([t[1] for t in train])
+    masks = np.ones(fa.shape, bool)
+    tests = [_phantom(rng, rng.integers(-1, 2, 3)) for _ in range(4)]
+    raw = NormativeBaseline(smooth_sigma=0, sd_floor=0).fit(fa, md, masks)
+    guarded = NormativeBaseline().fit(fa, md, masks)
+    flagged_raw = np.mean([np.mean(raw.score(*t) >= 3) for t in tests])
+    flagged = np.mean([np.mean(guarded.score(*t) >= 3) for t in tests])
+    assert flagged < 0.5 * flagged_raw
+    assert max(guarded.score(*t).max() for t in tests) < 10

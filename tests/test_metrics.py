@@ -155,7 +155,7 @@ def test_supervised_rule_without_truth_is_a_clear_error():
 
 def test_healthy_fpr_threshold_flags_at_most_the_fraction():
     rng = np.random.default_rng(10)
-    maps = np.round(rng.random((3, 8, 8, 8)), 2)  # many ties
+    maps = np.round(rng.random((3, 8, 8, 8)), 2).astype(np.float32)  # many ties, float32 like real maps
     masks = rng.random((3, 8, 8, 8)) > 0.2
     out = M.healthy_fpr_thresholds(maps, masks, (0.01, 0.05, 0.1))
     assert list(out) == ["healthy_fpr_01", "healthy_fpr_05", "healthy_fpr_10"]
@@ -427,3 +427,20 @@ def test_evaluate_nifti_maps_shape_mismatch_names_file(tmp_path):
     _write_truth(tmp_path / "bids", "P01", truth, mask)
     with pytest.raises(ValueError, match="sub-P01_anomaly.nii.gz"):
         M.evaluate_nifti_maps(maps, tmp_path / "bids", tmp_path / "e.csv", model="dae")
+
+
+def test_evaluate_nifti_maps_reads_sessionless_truth_and_brain_mask(tmp_path):
+    score, truth, mask = _case(21)
+    maps = tmp_path / "maps"
+    maps.mkdir()
+    nib.save(nib.Nifti1Image(score, np.eye(4)), maps / "sub-P07_desc-anomaly.nii.gz")
+    folder = tmp_path / "bids" / "derivatives" / "simulation" / "sub-P07" / "dwi"
+    folder.mkdir(parents=True)
+    brain = np.ones(SHAPE, bool)
+    for desc, arr in (("lesion", truth), ("wmgm", mask), ("brain", brain)):
+        nib.save(nib.Nifti1Image(arr.astype(np.uint8), np.eye(4)),
+                 folder / f"sub-P07_space-dwi_desc-{desc}_mask.nii.gz")
+    out = M.evaluate_nifti_maps(maps, tmp_path / "bids", tmp_path / "e.csv", model="recdisc")
+    back = pd.read_csv(out).set_index("rule")
+    expected = M.THRESHOLD_RULES["otsu"](score, None, mask, brain_mask=brain).value
+    assert back.loc["otsu", "threshold"] == pytest.approx(expected)

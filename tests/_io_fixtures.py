@@ -123,6 +123,7 @@ def make_bids(
             write_mask(deriv / f"{prefix}_space-dwi_desc-lesion_mask.nii.gz", lesion)
             follow = np.zeros(shape, bool)
             follow[3:6, 4:7, 3:6] = True
-            write_mask(deriv / f"{sub}_ses-followup_space-dwi_desc-lesion_mask.nii.gz", follow)
+            followup_dir = root / "derivatives" / pipeline / sub / "ses-followup" / "dwi"
+            write_mask(followup_dir / f"{sub}_ses-followup_space-dwi_desc-lesion_mask.nii.gz", follow)
     (root / "participants.tsv").write_text("\n".join(rows) + "\n")
     return root

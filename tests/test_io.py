@@ -327,7 +327,7 @@ def test_describe_file_lists_shells_directions_and_grid(tmp_path):
     data, bvals, bvecs, _ = synthetic_dwi(bvals=(0, 700, 1200, 1200, 2800))
     text = describe(write_dwi(tmp_path, "x_dwi", data, bvals, bvecs))
     assert "8x10x8 voxels, 5 volumes" in text
-    assert "0: 1, 700: 1, 1200: 2, 2800: 1" in text
+    assert "shells: b=0 x1, b=700 x1, b=1200 x2, b=2800 x1" in text
     assert "diffusion directions: 4" in text
     assert "2 x 2 x 2 mm" in text
 
@@ -337,8 +337,17 @@ def test_describe_bids_lists_subjects_groups_and_masks(tmp_path):
     text = describe(root)
     assert "subjects: 3" in text and "ses-pre (3)" in text
     assert "healthy: 2, patient: 1" in text
-    assert "0: 1, 1000: 6: 3 subject(s)" in text
-    assert "derivatives/simulation: brain: 3, wmgm: 3, lesion: 1" in text
+    assert "grid 8x10x8 (7 volumes) at 2 x 2 x 2 mm: 3 subject(s)" in text
+    assert "shells b=0 x1, b=1000 x6: 3 subject(s)" in text
+    assert "derivatives/simulation: brain: 3, wmgm: 3, lesion: 1, followup_lesion: 1" in text
+
+
+def test_describe_bids_reports_a_broken_subject_instead_of_failing(tmp_path):
+    root = make_bids(tmp_path / "bids")
+    (root / "sub-H02/ses-pre/dwi/sub-H02_ses-pre_dwi.bval").write_text("0 1000\n")
+    text = describe(root)
+    assert "problem: sub-H02_ses-pre_dwi.bval: 2 b-values" in text
+    assert "2 subject(s)" in text
 
 
 def test_describe_missing_path_raises(tmp_path):

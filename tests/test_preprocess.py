@@ -83,8 +83,10 @@ def test_attenuation_rejects_mask_on_other_grid(dwi):
 def test_brain_mask_from_b0_finds_the_head():
     data, bvals, bvecs, mask = synthetic_dwi(shape=(20, 22, 18))
     found = brain_mask_from_b0(_volume(data, bvals, bvecs))
-    overlap = (found & mask).sum() / (found | mask).sum()
-    assert overlap > 0.8
+    # a generous mask is fine: it centres the crop and zeroes the background
+    assert (found & mask).sum() / mask.sum() > 0.95
+    assert (found & mask).sum() / found.sum() > 0.6
+    assert not found[0, 0, 0]
 
 
 def test_mean_b0_averages_only_b0_volumes(dwi):
@@ -159,6 +161,7 @@ def test_map_written_back_as_nifti_is_aligned_with_input(tmp_path):
     ijk_in = np.stack(np.meshgrid(*[np.arange(s) for s in shape], indexing="ij"), -1)
     expected_x = (ijk_in @ AFFINE[:3, :3].T + AFFINE[:3, 3])[..., 0]
     np.testing.assert_allclose(back[window], expected_x[window], atol=1e-5)
+    assert crop.to_nifti(world_x.astype(np.float16), AFFINE).get_data_dtype() == np.float32
 
 
 def test_crop_serialises_to_json_ready_dict():

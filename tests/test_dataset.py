@@ -1,0 +1,227 @@
+"""dmrilib.dataset: BIDS cohort -> network-grid arrays and back."""
+from __future__ import annotations
+
+import json
+import os
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from _io_fixtures import AFFINE, make_bids, synthetic_dwi, write_dwi, write_mask
+from dmrilib.config import Profile, load_profile
+from dmrilib.dataset import PrepareConfig, load_prepared, prepare_cohort, to_input_grid
+from dmrilib.io import DwiInputError
+
+GRID = (8, 12, 8)
+
+
+@pytest.fixture
+def bids(tmp_path):
+    return make_bids(tmp_path / "bids")
+
+
+@pytest.fixture
+def config():
+    return PrepareConfig(grid=GRID)
+
+
+def _listing(folder):
+    return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
+
+
+def test_prepare_writes_arrays_on_the_network_grid(bids, config, tmp_path):
+    out = prepare_cohort(bids, config, tmp_path / "prepared", progress=False)
+    cohort = load_prepared(out)
+    assert cohort.subjects == ["sub-H01", "sub-H02", "sub-P01"]
+    assert cohort.attenuation.shape == (3, 6) + GRID
+    att = cohort.attenuation[0]
+    assert att.dtype == np.float32
+    assert 0.0 <= att.min() and att.max() <= 1.0
+    assert (cohort.attenuation[:, :, ~cohort.brain_mask[0]][0] == 0).all()
+    for name in ("brain_mask", "eval_mask", "lesion", "infiltration", "followup_lesion"):
+        assert getattr(cohort, name).shape == (3,) + GRID
+        assert getattr(cohort, name).dtype == bool
+    assert cohort.lesion[2].sum() == 8 and not cohort.lesion[:2].any()
+    assert cohort.followup_lesion[2].sum() == 27
+    assert not cohort.infiltration.any()  # no such derivative: all False
+    assert cohort.fa.dtype == np.float32 and 0 <= cohort.fa.min() and cohort.fa.max() <= 1
+    assert 0.3e-3 < np.median(cohort.md[cohort.brain_mask]) < 1.5e-3
+    assert cohort.affines.shape == (3, 4, 4)
+    np.testing.assert_allclose(cohort.affines[0], AFFINE)
+    assert cohort.input_shapes[0] == (8, 10, 8)
+    assert cohort.bvals.shape == (3, 6) and cohort.bvecs.shape == (3, 6, 3)
+
+
+def test_attenuation_is_float16_on_disk_and_float32_on_access(bids, tmp_path):
+    out = prepare_cohort(bids, PrepareConfig(grid=GRID), tmp_path / "p16", progress=False)
+    assert np.load(out / "attenuation.npy", mmap_mode="r").dtype == np.float16
+    cohort = load_prepared(out)
+    assert np.asarray(cohort.attenuation).dtype == np.float32
+    assert cohort.attenuation[cohort.index(["H01", "P01"])].shape == (2, 6) + GRID
+    out32 = prepare_cohort(bids, PrepareConfig(grid=GRID, dtype="float32"), tmp_path / "p32", progress=False)
+    full = load_prepared(out32).attenuation
+    np.testing.assert_allclose(np.asarray(cohort.attenuation), full, atol=1e-3)
+
+
+def test_groups_and_index_follow_participants_tsv(bids, config, tmp_path):
+    cohort = load_prepared(prepare_cohort(bids, config, tmp_path / "prepared", progress=False))
+    assert cohort.healthy_ids() == ["sub-H01", "sub-H02"]
+    assert cohort.patient_ids() == ["sub-P01"]
+    assert cohort.index(["sub-P01", "H01"]).tolist() == [2, 0]
+    assert cohort.participants.loc["sub-P01", "grade"] == "IV"
+    with pytest.raises(KeyError, match="X9"):
+        cohort.index(["X9"])
+
+
+def test_meta_records_hashes_crops_and_provenance(bids, config, tmp_path):
+    out = prepare_cohort(bids, config, tmp_path / "prepared", progress=False)
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["config_hash"] == config.hash()
+    assert meta["config"]["grid"] == list(GRID)
+    assert meta["provenance"]["versions"]["dipy"]
+    assert meta["crops"][0]["grid_shape"] == list(GRID)
+    assert meta["labels_present"]["sub-P01"] == ["brain_mask", "eval_mask", "followup_lesion", "lesion"]
+    assert meta["brain_mask_source"]["sub-H01"].endswith("desc-brain_mask.nii.gz")
+
+
+def test_map_on_network_grid_goes_back_to_the_input_grid(bids, config, tmp_path):
+    cohort = load_prepared(prepare_cohort(bids, config, tmp_path / "prepared", progress=False))
+    i = int(cohort.index(["P01"])[0])
+    img = to_input_grid(cohort, "sub-P01", cohort.lesion[i])
+    path = tmp_path / "lesion_back.nii.gz"
+    nib.save(img, str(path))
+    back = nib.load(str(path))
+    np.testing.assert_allclose(back.affine, AFFINE)
+    original = nib.load(str(bids / "derivatives/simulation/sub-P01/ses-pre/dwi/sub-P01_ses-pre_space-dwi_desc-lesion_mask.nii.gz"))
+    np.testing.assert_array_equal(back.get_fdata() > 0, original.get_fdata() > 0)
+    with pytest.raises(ValueError, match="network grid"):
+        to_input_grid(cohort, "sub-P01", np.zeros((3, 3, 3)))
+
+
+def test_rerun_with_same_inputs_is_a_no_op(bids, config, tmp_path):
+    out = prepare_cohort(bids, config, tmp_path / "prepared", progress=False)
+    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    prepare_cohort(bids, config, out, progress=False)
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
+
+
+def test_changed_config_replaces_the_output(bids, config, tmp_path):
+    out = prepare_cohort(bids, config, tmp_path / "prepared", progress=False)
+    prepare_cohort(bids, PrepareConfig(grid=(16, 16, 16)), out, progress=False)
+    assert load_prepared(out).grid == (16, 16, 16)
+    assert _listing(tmp_path) == ["bids", "prepared"]  # no leftover temp folders
+
+
+def test_grid_smaller_than_the_brain_warns(bids, tmp_path):
+    with pytest.warns(UserWarning, match="cuts off brain"):
+        out = prepare_cohort(bids, PrepareConfig(grid=(4, 4, 4)), tmp_path / "small", progress=False)
+    assert max(load_prepared(out).meta["brain_fraction_in_grid"].values()) < 0.9
+
+
+def test_bad_subject_writes_nothing(bids, config, tmp_path):
+    bval = bids / "sub-H02/ses-pre/dwi/sub-H02_ses-pre_dwi.bval"
+    bval.write_text("0 1000 1000\n")
+    out = tmp_path / "prepared"
+    with pytest.raises(DwiInputError, match="sub-H02_ses-pre_dwi.bval: 3 b-values"):
+        prepare_cohort(bids, config, out, progress=False)
+    assert not out.exists()
+    assert _listing(tmp_path) == ["bids"]
+
+
+def test_nan_voxel_found_late_still_writes_nothing(bids, config, tmp_path):
+    path = bids / "sub-P01/ses-pre/dwi/sub-P01_ses-pre_dwi.nii.gz"
+    img = nib.load(str(path))
+    data = img.get_fdata()
+    data[1, 1, 1, 1] = np.nan
+    nib.save(nib.Nifti1Image(data, img.affine), str(path))
+    with pytest.raises(DwiInputError, match="NaN"):
+        prepare_cohort(bids, config, tmp_path / "prepared", progress=False)
+    assert _listing(tmp_path) == ["bids"]
+
+
+def test_interrupted_run_leaves_no_output(bids, config, tmp_path, monkeypatch):
+    import dmrilib.dataset as dataset
+
+    calls = []
+    original = dataset.dti_maps
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(dataset, "dti_maps", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        prepare_cohort(bids, config, tmp_path / "prepared", progress=False)
+    assert _listing(tmp_path) == ["bids"]
+
+
+def test_misaligned_mask_is_rejected_before_writing(bids, config, tmp_path):
+    mask = bids / "derivatives/simulation/sub-H01/ses-pre/dwi/sub-H01_ses-pre_space-dwi_desc-wmgm_mask.nii.gz"
+    write_mask(mask, np.ones((8, 10, 9), bool))
+    with pytest.raises(DwiInputError, match="desc-wmgm_mask.nii.gz: shape"):
+        prepare_cohort(bids, config, tmp_path / "prepared", progress=False)
+    assert _listing(tmp_path) == ["bids"]
+
+
+def test_subjects_with_different_channel_counts_are_rejected(bids, config, tmp_path):
+    data, bvals, bvecs, _ = synthetic_dwi(bvals=(0,) + (1000,) * 5)
+    write_dwi(bids / "sub-H02/ses-pre/dwi", "sub-H02_ses-pre_dwi", data, bvals, bvecs)
+    with pytest.raises(DwiInputError, match="same channels"):
+        prepare_cohort(bids, config, tmp_path / "prepared", progress=False)
+
+
+def test_real_layout_without_sessions_or_derivatives_uses_b0_mask_and_chosen_shell(tmp_path):
+    # like OpenNeuro ds001226: multi-shell, no tumour derivatives
+    root = make_bids(
+        tmp_path / "ds", subjects=(("CON01", "control"), ("PAT01", "patient")),
+        shape=(14, 16, 12), bvals=(0, 700, 1200, 2800, 1200, 700, 1200, 2800),
+        session=None, pipeline=None,
+    )
+    cfg = PrepareConfig(grid=(16, 16, 16), target_bvalue=1200, pipeline=None)
+    cohort = load_prepared(prepare_cohort(root, cfg, tmp_path / "prepared", progress=False))
+    assert cohort.attenuation.shape == (2, 3, 16, 16, 16)
+    assert (cohort.bvals == 1200).all()
+    assert cohort.brain_mask.any(axis=(1, 2, 3)).all()
+    assert not cohort.eval_mask.any() and not cohort.lesion.any()
+    assert cohort.meta["brain_mask_source"]["sub-CON01"].startswith("median_otsu")
+    assert cohort.healthy_ids() == ["sub-CON01"]
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"grid": (64, 80)}, "three positive integers"),
+        ({"grid": (64, -1, 64)}, "three positive integers"),
+        ({"dtype": "int8"}, "float16"),
+        ({"target_bvalue": 100, "bvalue_tolerance": 60}, "b0_threshold"),
+        ({"dti_fit": "NLLS"}, "OLS"),
+        ({"session": ""}, "session"),
+    ],
+)
+def test_prepare_config_rejects_bad_values(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        PrepareConfig(**kwargs)
+
+
+def test_prepare_config_accepts_lists_from_yaml():
+    assert PrepareConfig(grid=[16, 32, 16]).grid == (16, 32, 16)
+    assert PrepareConfig(grid=[16, 32, 16]).hash() == PrepareConfig(grid=(16, 32, 16)).hash()
+
+
+@pytest.mark.parametrize("name", ["smoke", "quick", "gpu", "paper"])
+def test_shipped_profiles_build_a_prepare_config(name):
+    if not os.path.exists(load_profile(name).source):
+        pytest.skip("profile missing")
+    cfg = load_profile(name).prepare
+    assert isinstance(cfg, PrepareConfig) and len(cfg.grid) == 3
+
+
+def test_unknown_prepare_setting_is_a_config_error():
+    from dmrilib.config import ConfigError
+
+    profile = Profile.from_dict({"name": "x", "variants": {}, "folds": [0], "prepare": {"grid_size": 3}})
+    with pytest.raises(ConfigError, match="grid_size"):
+        profile.prepare

@@ -75,6 +75,11 @@ def run_cohort(profile: Profile, results: str | Path = "results", *, bids_root: 
 
     root = results_root(profile, results)
     cohort_dir = root / "cohort"
+    for folder in (cohort_dir, root / "prepared"):
+        # Workflow managers create output folders before the job runs; an
+        # empty one is not a previous result.
+        if folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
     if bids_root is None:
         from dmrilib.simulate import simulate_cohort
 

@@ -103,3 +103,8 @@ def test_model_config_rejects_bad_values_and_normalises_lists():
         ModelConfig(dae_widths=[])
     with pytest.raises(ValueError, match="recon_base"):
         ModelConfig(recon_base=0)
+
+
+def test_build_model_refuses_grid_the_recdisc_depth_cannot_halve():
+    with pytest.raises(ValueError, match="multiples of"):
+        build_model("recdisc", "mix-mix-half", TINY, 3, grid=(8, 10, 8))

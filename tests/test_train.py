@@ -86,21 +86,32 @@ def test_same_seed_gives_same_weights(tmp_path):
 
 
 @pytest.mark.parametrize("model,variant", [("dae", "lsd16-linear"), ("recdisc", "uniform-isotropic-half")])
-def test_resume_matches_uninterrupted_run(tmp_path, model, variant):
+def test_resume_matches_uninterrupted_run(tmp_path, model, variant, monkeypatch):
+    import dmrilib.train as train_module
+
     full = _run(tmp_path, model, variant, name="full", epochs=2)
-    _run(tmp_path, model, variant, name="part", epochs=1)
-    # A config with more epochs is a different run; simulate the interruption by
-    # rewriting the stored hash of the one-epoch run into that of the two-epoch run.
+    # Kill the second run right after its first epoch's checkpoint (before the log is written).
+    real_write = train_module.write_text_atomic
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_module, "write_text_atomic", killed)
+    with pytest.raises(KeyboardInterrupt):
+        _run(tmp_path, model, variant, name="part", epochs=2)
     last = tmp_path / "part" / "checkpoint-last.pt"
-    payload = torch.load(last, weights_only=True)
-    payload["config_hash"] = full["config_hash"]
-    torch.save(payload, last)
+    assert torch.load(last, weights_only=True)["epoch"] == 0
+    monkeypatch.setattr(train_module, "write_text_atomic", real_write)
     resumed = _run(tmp_path, model, variant, name="part", epochs=2)
+
     a = torch.load(tmp_path / "full" / "checkpoint-last.pt", weights_only=True)
     b = torch.load(last, weights_only=True)
     assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"])
     assert [r["val_loss"] for r in a["log"]] == [r["val_loss"] for r in b["log"]]
     assert resumed["best_epoch"] == full["best_epoch"]
+    assert resumed["config_hash"] == full["config_hash"]
+    rows = list(csv.DictReader((tmp_path / "part" / "log.csv").open()))
+    assert [int(r["epoch"]) for r in rows] == [0, 1]
 
 
 def test_run_of_other_config_is_refused(tmp_path):
@@ -141,3 +152,18 @@ def test_train_run_rejects_overlapping_folds(tmp_path):
     with pytest.raises(ValueError, match="both train and val"):
         train_run(vols, brain, ids, train_ids=ids[:4], val_ids=ids[3:], model="dae", variant="lsd16-linear",
                   model_config=MODEL, train_config=_config(), out_dir=tmp_path, progress=False)
+
+
+def test_recdisc_trains_on_crops_and_validates_on_whole_volumes(tmp_path):
+    record = _run(tmp_path, "recdisc", "normal-isotropic-full", epochs=1, recdisc_crop=(8, 8, 8))
+    net, meta = load_checkpoint(tmp_path / "run" / "checkpoint-best.pt")
+    assert meta["grid"] == list(GRID) and np.isfinite(record["best_val_loss"])
+    with pytest.raises(ValueError, match="recdisc_crop"):
+        _run(tmp_path, "recdisc", "normal-isotropic-full", name="bad", epochs=1, recdisc_crop=(6, 8, 8))
+
+
+def test_checkpoint_every_keeps_resume_point_and_logs_every_epoch(tmp_path):
+    _run(tmp_path, "dae", "lsd16-linear", epochs=3, checkpoint_every=2)
+    rows = list(csv.DictReader((tmp_path / "run" / "log.csv").open()))
+    assert len(rows) == 3
+    assert torch.load(tmp_path / "run" / "checkpoint-last.pt", weights_only=True)["epoch"] == 2

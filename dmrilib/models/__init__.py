@@ -1,0 +1,135 @@
+"""The paper's two anomaly-detection networks: DAE and RecDiscNet.
+
+:class:`ModelConfig` (profile section ``model``) holds the sizes that small
+profiles shrink; :func:`build_model` turns a model name and a variant id
+(``lsd512-sigmoid`` for the DAE; RecDiscNet variants only change the JOOD
+noise, see :class:`dmrilib.noise.JoodConfig`) into a network.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Literal, Sequence
+
+from torch import nn
+
+from dmrilib.models.dae import DAE, KL_WEIGHT, DAEOutput, dae_loss, kl_divergence
+from dmrilib.models.recdisc import RecDiscNet, RecDiscOutput, recdisc_loss
+
+__all__ = [
+    "ModelConfig",
+    "DAE",
+    "DAEOutput",
+    "RecDiscNet",
+    "RecDiscOutput",
+    "build_model",
+    "parse_dae_variant",
+    "dae_loss",
+    "recdisc_loss",
+    "kl_divergence",
+    "KL_WEIGHT",
+    "MODELS",
+]
+
+#: Model names accepted by :func:`build_model`.
+MODELS = ("dae", "recdisc")
+
+_DAE_VARIANT = re.compile(r"^lsd(\d+)-(linear|sigmoid)$")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Network sizes (profile section ``model``).
+
+    Parameters
+    ----------
+    dae_widths : tuple of int
+        DAE encoder widths, one stride-2 block each (paper: 64, 128, 256, 512).
+        The grid must be divisible by ``2 ** len(dae_widths)``.
+    recon_base, recon_depth : int
+        RecDiscNet reconstruction network: first-level width (paper: 128) and
+        number of poolings (widths double per level).
+    disc_base, disc_depth : int
+        RecDiscNet discriminative U-Net: first-level width (paper: 16) and
+        number of poolings.
+    negative_slope : float
+        LeakyReLU slope (paper: 0.01).
+    """
+
+    dae_widths: tuple[int, ...] = (64, 128, 256, 512)
+    recon_base: int = 128
+    recon_depth: int = 3
+    disc_base: int = 16
+    disc_depth: int = 4
+    negative_slope: float = 0.01
+
+    def __post_init__(self) -> None:
+        widths = tuple(int(w) for w in self.dae_widths)
+        if not widths or any(w < 1 for w in widths):
+            raise ValueError(f"model.dae_widths must be positive integers, got {list(self.dae_widths)}.")
+        object.__setattr__(self, "dae_widths", widths)
+        for name in ("recon_base", "recon_depth", "disc_base", "disc_depth"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"model.{name} must be a positive integer, got {getattr(self, name)}.")
+        if not 0.0 <= self.negative_slope < 1.0:
+            raise ValueError(f"model.negative_slope must be in [0, 1), got {self.negative_slope}.")
+
+    def divisor(self, model: str) -> int:
+        """Every grid size must be a multiple of this for ``model``."""
+        if model == "dae":
+            return 2 ** len(self.dae_widths)
+        return 2 ** max(self.recon_depth, self.disc_depth)
+
+
+def parse_dae_variant(variant: str) -> tuple[int, Literal["linear", "sigmoid"]]:
+    """``"lsd512-sigmoid"`` -> ``(512, "sigmoid")``.
+
+    Raises
+    ------
+    ValueError
+        If ``variant`` is not ``lsd<N>-linear`` or ``lsd<N>-sigmoid``.
+    """
+    match = _DAE_VARIANT.match(str(variant))
+    if not match or int(match.group(1)) < 1:
+        raise ValueError(f"DAE variant {variant!r} is not of the form 'lsd<N>-linear' or 'lsd<N>-sigmoid' "
+                         "(e.g. 'lsd512-sigmoid').")
+    return int(match.group(1)), match.group(2)  # type: ignore[return-value]
+
+
+def build_model(model: str, variant: str, config: ModelConfig, in_channels: int, *,
+                grid: Sequence[int]) -> nn.Module:
+    """Build the network of one (model, variant) configuration.
+
+    Parameters
+    ----------
+    model : {"dae", "recdisc"}
+    variant : str
+        DAE: ``lsd<N>-<linear|sigmoid>``. RecDiscNet: a JOOD variant id such as
+        ``normal-directional-half`` (validated here, used by the noise only).
+    config : ModelConfig
+    in_channels : int
+        Diffusion-weighted channels C of the input volumes.
+    grid : sequence of 3 int
+        Network grid (X, Y, Z) of the input volumes.
+
+    Returns
+    -------
+    DAE or RecDiscNet
+    """
+    grid = tuple(int(g) for g in grid)
+    if model == "dae":
+        lsd, activation = parse_dae_variant(variant)
+        return DAE(in_channels, grid, lsd, activation, widths=config.dae_widths,
+                   negative_slope=config.negative_slope)
+    if model == "recdisc":
+        from dmrilib.noise import JoodConfig  # validates the variant id
+
+        JoodConfig.from_variant(variant)
+        divisor = config.divisor("recdisc")
+        if len(grid) != 3 or any(g < 1 or g % divisor for g in grid):
+            raise ValueError(f"RecDiscNet: grid must be 3 positive multiples of 2**max(recon_depth, disc_depth) "
+                             f"= {divisor}, got {grid}.")
+        # Fully convolutional: not pinned to ``grid`` so it can train on crops (TrainConfig.recdisc_crop).
+        return RecDiscNet(in_channels, config.recon_base, config.recon_depth, config.disc_base,
+                          config.disc_depth, negative_slope=config.negative_slope)
+    raise ValueError(f"unknown model {model!r}; choose one of {MODELS}.")

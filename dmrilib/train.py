@@ -1,0 +1,555 @@
+"""Cross-validation folds, the training loop, checkpoints and resume.
+
+One call of :func:`train_run` trains one (model, variant, fold) and writes a
+run folder::
+
+    checkpoint-best.pt   weights with the lowest validation loss
+    checkpoint-last.pt   weights + optimiser/scheduler state + log after the last epoch
+    log.csv              epoch, train_loss, val_loss, lr, seconds
+    run.json             config hash, seed, provenance, best epoch/loss, wall time, device
+
+Killing a run and calling :func:`train_run` again continues after the last
+finished epoch. Every random draw of an epoch comes from generators seeded by
+``(seed, epoch)``, so a resumed run on CPU ends with exactly the weights of an
+uninterrupted one.
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import hashlib
+import io
+import json
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from dmrilib._atomic import atomic_path, write_json_atomic, write_text_atomic
+from dmrilib.config import config_hash, provenance
+from dmrilib.models import MODELS, ModelConfig, build_model, dae_loss, recdisc_loss
+from dmrilib.noise import JoodConfig, add_jood
+
+__all__ = [
+    "TrainConfig",
+    "Fold",
+    "make_folds",
+    "write_folds",
+    "read_folds",
+    "train_run",
+    "load_checkpoint",
+    "run_hash",
+    "resolve_device",
+    "CheckpointMismatchError",
+]
+
+_CHECKPOINT_FORMAT = "dmrilib-checkpoint/1"
+#: TrainConfig fields that change speed, not results: left out of the run hash
+#: so a run started on one machine can be resumed on another.
+_RUNTIME_FIELDS = ("device", "compile", "num_threads", "checkpoint_every")
+_LOG_FIELDS = ("epoch", "train_loss", "val_loss", "lr", "seconds")
+
+
+class CheckpointMismatchError(ValueError):
+    """A checkpoint was written by another configuration than the one asked for."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation, folds and runtime settings (profile section ``train``).
+
+    Parameters
+    ----------
+    epochs : int
+        Training epochs (paper: 500).
+    batch_size : int
+        Volumes per step (paper: 4).
+    lr : float
+        Adam learning rate. The paper does not state it; 1e-4 is the default.
+    lr_gamma : float
+        ExponentialLR decay per epoch (paper: 0.95).
+    n_folds : int
+        Folds of the healthy subjects (paper: 7).
+    copies_per_subject : int
+        Disturbed copies of each training subject per epoch (RecDiscNet; paper: 4).
+    val_copies : int
+        Fixed disturbed copies of each validation subject (RecDiscNet).
+    kl_weight : float
+        Weight of the KL term of the DAE loss (paper: 1.22e-5).
+    recon_weight, bce_weight, bce_pos_weight : float
+        RecDiscNet loss ``recon_weight * MSE + bce_weight * BCE`` with the
+        positive class weighted ``bce_pos_weight`` (authors' code: 5, 1, 20).
+    jood_radius : (float, float)
+        Ellipsoid semi-axis range in voxels (paper: 5 to 11 at 64x80x64).
+    recdisc_crop : (int, int, int) or None
+        Train RecDiscNet on random windows of this size instead of whole
+        volumes (validation and prediction still use whole volumes). A CPU
+        shortcut for small profiles; None (paper) trains on whole volumes.
+        The DAE always trains on whole volumes (its latent is tied to the grid).
+    checkpoint_every : int
+        Write ``checkpoint-last.pt`` (weights + optimiser state, the resume
+        point) every this many epochs and after the last one. The best
+        checkpoint is written whenever the validation loss improves.
+    precision : {"fp32", "bf16"}
+        ``bf16`` runs forward passes under bfloat16 autocast (losses in fp32).
+    channels_last : bool
+        Use the ``channels_last_3d`` memory format (fast on GPUs).
+    compile : bool
+        Wrap the model in ``torch.compile``.
+    device : {"auto", "cpu", "cuda"}
+        ``auto``: CUDA when available.
+    num_threads : int or None
+        CPU threads for torch (None: leave torch's setting alone).
+    seed : int
+        Seeds initial weights, shuffling, latent noise and JOOD patches.
+    """
+
+    epochs: int = 500
+    batch_size: int = 4
+    lr: float = 1e-4
+    lr_gamma: float = 0.95
+    n_folds: int = 7
+    copies_per_subject: int = 4
+    val_copies: int = 1
+    kl_weight: float = 1.22e-5
+    recon_weight: float = 5.0
+    bce_weight: float = 1.0
+    bce_pos_weight: float = 20.0
+    jood_radius: tuple[float, float] = (5.0, 11.0)
+    recdisc_crop: tuple[int, int, int] | None = None
+    checkpoint_every: int = 1
+    precision: Literal["fp32", "bf16"] = "fp32"
+    channels_last: bool = False
+    compile: bool = False
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    num_threads: int | None = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size", "n_folds", "copies_per_subject", "val_copies", "checkpoint_every"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"train.{name} must be a positive integer, got {getattr(self, name)}.")
+        if self.n_folds < 2:
+            raise ValueError(f"train.n_folds must be at least 2 (one fold validates, the rest train), got {self.n_folds}.")
+        if not self.lr > 0:
+            raise ValueError(f"train.lr must be positive, got {self.lr}.")
+        if not 0 < self.lr_gamma <= 1:
+            raise ValueError(f"train.lr_gamma must be in (0, 1], got {self.lr_gamma}.")
+        for name in ("kl_weight", "recon_weight", "bce_weight", "bce_pos_weight"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"train.{name} must be non-negative, got {getattr(self, name)}.")
+        if self.precision not in ("fp32", "bf16"):
+            raise ValueError(f"train.precision must be 'fp32' or 'bf16', got {self.precision!r}.")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ValueError(f"train.device must be 'auto', 'cpu' or 'cuda', got {self.device!r}.")
+        if self.num_threads is not None and int(self.num_threads) < 1:
+            raise ValueError(f"train.num_threads must be positive or null, got {self.num_threads}.")
+        radius = tuple(float(r) for r in self.jood_radius)
+        if len(radius) != 2 or not 0 < radius[0] <= radius[1]:
+            raise ValueError(f"train.jood_radius must be [min, max] voxels with 0 < min <= max, got {self.jood_radius}.")
+        object.__setattr__(self, "jood_radius", radius)
+        if self.recdisc_crop is not None:
+            crop = tuple(int(c) for c in self.recdisc_crop)
+            if len(crop) != 3 or min(crop) < 1:
+                raise ValueError(f"train.recdisc_crop must be null or 3 positive sizes, got {self.recdisc_crop}.")
+            object.__setattr__(self, "recdisc_crop", crop)
+
+
+@dataclass(frozen=True)
+class Fold:
+    """One cross-validation fold: subject ids to train on and to validate on."""
+
+    index: int
+    train: tuple[str, ...]
+    val: tuple[str, ...]
+
+
+def make_folds(subject_ids: Sequence[str], n_folds: int, seed: int) -> list[Fold]:
+    """Split subjects into ``n_folds`` folds, deterministically from ``seed``.
+
+    Subjects are shuffled once with ``numpy.random.default_rng(seed)`` and
+    cut into ``n_folds`` near-equal validation groups (28 subjects, 7 folds:
+    4 each); every subject validates in exactly one fold. Within a fold the ids
+    keep the order of ``subject_ids``.
+
+    Returns
+    -------
+    list of Fold
+    """
+    ids = [str(s) for s in subject_ids]
+    if len(set(ids)) != len(ids):
+        raise ValueError("make_folds: subject_ids contains duplicates.")
+    if not 2 <= n_folds <= len(ids):
+        raise ValueError(f"make_folds: n_folds must be between 2 and the number of subjects ({len(ids)}), "
+                         f"got {n_folds}.")
+    order = np.random.default_rng(seed).permutation(len(ids))
+    folds = []
+    for k, part in enumerate(np.array_split(order, n_folds)):
+        val = set(part.tolist())
+        folds.append(Fold(k, tuple(s for i, s in enumerate(ids) if i not in val),
+                          tuple(s for i, s in enumerate(ids) if i in val)))
+    return folds
+
+
+def write_folds(folds: Sequence[Fold], path: str | os.PathLike, **extra: Any) -> Path:
+    """Write folds as JSON (``{"folds": [{"index", "train", "val"}, ...], **extra}``), atomically."""
+    record = {"folds": [dataclasses.asdict(f) for f in folds], **extra}
+    return write_json_atomic(path, record)
+
+
+def read_folds(path: str | os.PathLike) -> list[Fold]:
+    """Read folds written by :func:`write_folds`."""
+    data = json.loads(Path(path).read_text())
+    return [Fold(int(f["index"]), tuple(f["train"]), tuple(f["val"])) for f in data["folds"]]
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` -> CUDA when available, else CPU; ``cuda`` without a GPU is an error."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' was asked for but torch sees no CUDA GPU; use 'auto' or 'cpu'.")
+    return torch.device(device)
+
+
+def run_hash(model: str, variant: str, model_config: ModelConfig, train_config: TrainConfig, *,
+             in_channels: int, grid: Sequence[int], train_ids: Sequence[str], val_ids: Sequence[str]) -> str:
+    """Config hash of one training run (runtime-only settings excluded)."""
+    train = {k: v for k, v in dataclasses.asdict(train_config).items() if k not in _RUNTIME_FIELDS}
+    return config_hash({"model": model, "variant": variant, "model_config": model_config, "train": train,
+                        "in_channels": int(in_channels), "grid": [int(g) for g in grid],
+                        "train_ids": list(train_ids), "val_ids": list(val_ids)})
+
+
+def _seed(*parts: Any) -> int:
+    """A 63-bit seed from any printable parts (stable across processes, unlike ``hash``)."""
+    digest = hashlib.sha256(repr(parts).encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+def _generator(device: torch.device, *parts: Any) -> torch.Generator:
+    return torch.Generator(device=device).manual_seed(_seed(*parts))
+
+
+def _build(model: str, variant: str, model_config: ModelConfig, in_channels: int, grid: Sequence[int],
+           seed: int) -> nn.Module:
+    # nn.Module initialisers draw from the global RNG; fork it so the caller's state is untouched.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(_seed(seed, "init"))
+        return build_model(model, variant, model_config, in_channels, grid=grid)
+
+
+def _meta_config(model: str, variant: str, model_config: ModelConfig, in_channels: int,
+                 grid: Sequence[int]) -> dict[str, Any]:
+    return {"model": model, "variant": variant, "model_config": json.loads(json.dumps(dataclasses.asdict(model_config))),
+            "in_channels": int(in_channels), "grid": [int(g) for g in grid]}
+
+
+def _save(path: Path, payload: dict[str, Any]) -> None:
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+
+
+def load_checkpoint(path: str | os.PathLike, *, expected_hash: str | None = None,
+                    map_location: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild the network of a checkpoint (loaded with ``weights_only=True``).
+
+    Parameters
+    ----------
+    path : path-like
+        ``checkpoint-best.pt`` or ``checkpoint-last.pt`` of a run.
+    expected_hash : str, optional
+        Refuse the checkpoint unless its config hash equals this.
+    map_location : str or torch.device
+
+    Returns
+    -------
+    model : nn.Module
+        In eval mode, on ``map_location``.
+    meta : dict
+        Everything else in the checkpoint (``model``, ``variant``,
+        ``model_config``, ``in_channels``, ``grid``, ``config_hash``, ``seed``,
+        ``epoch``, ``provenance``, ...), without tensors.
+
+    Raises
+    ------
+    FileNotFoundError, ValueError, CheckpointMismatchError
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such checkpoint. Train the run first (dmrilib.train.train_run).")
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - torch raises many types for corrupt files
+        raise ValueError(f"{path}: not a readable dmrilib checkpoint ({exc}).") from exc
+    if not isinstance(payload, dict) or payload.get("format") != _CHECKPOINT_FORMAT:
+        raise ValueError(f"{path}: not a dmrilib checkpoint (format {_CHECKPOINT_FORMAT!r} expected).")
+    if expected_hash is not None and payload["config_hash"] != expected_hash:
+        raise CheckpointMismatchError(
+            f"{path}: written by config hash {payload['config_hash']}, expected {expected_hash}. "
+            "It belongs to another configuration: choose the matching run folder or retrain."
+        )
+    net = build_model(payload["model"], payload["variant"], ModelConfig(**payload["model_config"]),
+                      payload["in_channels"], grid=payload["grid"])
+    net.load_state_dict(payload["state_dict"])
+    net.to(map_location).eval()
+    meta = {k: v for k, v in payload.items() if k not in ("state_dict", "optimizer", "scheduler")}
+    return net, meta
+
+
+def _log_csv(rows: list[dict[str, Any]]) -> str:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=_LOG_FIELDS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buf.getvalue()
+
+
+class _Step:
+    """Loss of one batch for either model (the part ``torch.compile`` may wrap)."""
+
+    def __init__(self, model_name: str, net: nn.Module, config: TrainConfig, jood: JoodConfig | None,
+                 device: torch.device) -> None:
+        self.model_name = model_name
+        self.net = net
+        self.config = config
+        self.jood = jood
+        self.device = device
+        self.memory_format = torch.channels_last_3d if config.channels_last else torch.contiguous_format
+        self.autocast = config.precision == "bf16"
+
+    def _prep(self, x: torch.Tensor) -> torch.Tensor:
+        return x.contiguous(memory_format=self.memory_format)
+
+    def loss(self, clean: torch.Tensor, *, disturbed: torch.Tensor | None = None,
+             patch_mask: torch.Tensor | None = None, latent_noise: torch.Tensor | None = None) -> torch.Tensor:
+        cfg = self.config
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
+            if self.model_name == "dae":
+                out = self.net(self._prep(clean), latent_noise)
+                return dae_loss(out, clean, cfg.kl_weight)
+            assert disturbed is not None and patch_mask is not None
+            out = self.net(self._prep(disturbed))
+            return recdisc_loss(out, clean, patch_mask, mse_weight=cfg.recon_weight,
+                                bce_weight=cfg.bce_weight, pos_weight=cfg.bce_pos_weight)
+
+
+def train_run(volumes: np.ndarray, brain_masks: np.ndarray, subject_ids: Sequence[str], *,
+              train_ids: Sequence[str], val_ids: Sequence[str], model: str, variant: str,
+              model_config: ModelConfig, train_config: TrainConfig, out_dir: str | os.PathLike,
+              progress: bool = True) -> dict[str, Any]:
+    """Train one (model, variant, fold) and write its run folder.
+
+    Parameters
+    ----------
+    volumes : ndarray, shape (S, C, X, Y, Z)
+        Attenuation in [0, 1] on the network grid (float32, or a float16
+        memmap: only the subjects used are read, once).
+    brain_masks : ndarray of bool, shape (S, X, Y, Z)
+        Brain masks (JOOD patches are centred inside them).
+    subject_ids : sequence of str, length S
+        Ids of the rows of ``volumes``.
+    train_ids, val_ids : sequence of str
+        Subjects to train on and to select the best epoch with (a fold).
+    model : {"dae", "recdisc"}
+    variant : str
+        ``lsd512-sigmoid`` style for the DAE, JOOD variant for RecDiscNet.
+    model_config : ModelConfig
+    train_config : TrainConfig
+    out_dir : path-like
+        Run folder; an existing run of the same configuration is resumed, one
+        of another configuration is refused.
+    progress : bool
+        Show a tqdm progress bar over epochs.
+
+    Returns
+    -------
+    dict
+        The content of ``run.json``.
+
+    Raises
+    ------
+    ValueError
+        For inconsistent inputs; :class:`CheckpointMismatchError` when
+        ``out_dir`` holds a run of another configuration.
+    """
+    if model not in MODELS:
+        raise ValueError(f"train_run: unknown model {model!r}; choose one of {MODELS}.")
+    ids = [str(s) for s in subject_ids]
+    if volumes.ndim != 5 or volumes.shape[0] != len(ids):
+        raise ValueError(f"train_run: volumes must be (S, C, X, Y, Z) with S = len(subject_ids) = {len(ids)}, "
+                         f"got shape {tuple(volumes.shape)}.")
+    if tuple(brain_masks.shape) != (volumes.shape[0],) + tuple(volumes.shape[2:]):
+        raise ValueError(f"train_run: brain_masks must have shape (S, X, Y, Z) = "
+                         f"{(volumes.shape[0],) + tuple(volumes.shape[2:])}, got {tuple(brain_masks.shape)}.")
+    missing = sorted(set(train_ids) - set(ids) | set(val_ids) - set(ids))
+    if missing:
+        raise ValueError(f"train_run: ids {missing} are not in subject_ids.")
+    if not train_ids or not val_ids:
+        raise ValueError("train_run: train_ids and val_ids must both be non-empty.")
+    if set(train_ids) & set(val_ids):
+        raise ValueError(f"train_run: subjects {sorted(set(train_ids) & set(val_ids))} are in both train and val.")
+    cfg = train_config
+    in_channels, grid = int(volumes.shape[1]), tuple(int(g) for g in volumes.shape[2:])
+    divisor = model_config.divisor(model)
+    if any(g % divisor for g in grid):
+        raise ValueError(f"train_run: grid {grid} is not divisible by {divisor} as {model} with this model "
+                         "config needs; change prepare.grid or the model depth/widths.")
+    crop = cfg.recdisc_crop if model == "recdisc" else None
+    if crop is not None and any(c > g or c % divisor for c, g in zip(crop, grid)):
+        raise ValueError(f"train_run: train.recdisc_crop {crop} must fit in the grid {grid} and be divisible "
+                         f"by {divisor}.")
+    chash = run_hash(model, variant, model_config, cfg, in_channels=in_channels, grid=grid,
+                     train_ids=train_ids, val_ids=val_ids)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    last_path, best_path = out / "checkpoint-last.pt", out / "checkpoint-best.pt"
+
+    if cfg.num_threads is not None:
+        torch.set_num_threads(int(cfg.num_threads))
+    device = resolve_device(cfg.device)
+    net = _build(model, variant, model_config, in_channels, grid, cfg.seed)
+    jood = JoodConfig.from_variant(variant, radius=cfg.jood_radius) if model == "recdisc" else None
+    memory_format = torch.channels_last_3d if cfg.channels_last else torch.contiguous_format
+    net.to(device=device, memory_format=memory_format)
+    optimizer = torch.optim.Adam(net.parameters(), lr=cfg.lr, fused=device.type == "cuda" or None)
+    scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=cfg.lr_gamma)
+
+    meta_config = _meta_config(model, variant, model_config, in_channels, grid)
+    start_epoch, best_loss, best_epoch, rows, wall = 0, math.inf, -1, [], 0.0
+    if last_path.exists():
+        payload = torch.load(last_path, map_location=device, weights_only=True)
+        if payload.get("config_hash") != chash:
+            raise CheckpointMismatchError(
+                f"{last_path}: belongs to config hash {payload.get('config_hash')}, this run has {chash}. "
+                "Delete the folder to retrain, or use another out_dir."
+            )
+        net.load_state_dict(payload["state_dict"])
+        optimizer.load_state_dict(payload["optimizer"])
+        scheduler.load_state_dict(payload["scheduler"])
+        start_epoch = int(payload["epoch"]) + 1
+        best_loss, best_epoch = float(payload["best_val_loss"]), int(payload["best_epoch"])
+        rows, wall = list(payload["log"]), float(payload["wall_seconds"])
+
+    # Resident data: the fold's subjects go to the device once, in their stored dtype.
+    index = {s: i for i, s in enumerate(ids)}
+    tr_idx = [index[s] for s in train_ids]
+    va_idx = [index[s] for s in val_ids]
+    data_tr = torch.from_numpy(np.ascontiguousarray(volumes[tr_idx])).to(device)
+    data_va = torch.from_numpy(np.ascontiguousarray(volumes[va_idx])).to(device)
+    brain_tr = torch.from_numpy(np.ascontiguousarray(brain_masks[tr_idx]).astype(bool)).to(device)
+    step = _Step(model, net, cfg, jood, device)
+    loss_fn = torch.compile(step.loss) if cfg.compile else step.loss
+
+    # Fixed disturbed validation copies: one generator per validation subject id, so
+    # the validation loss is comparable across epochs and does not depend on fold order.
+    val_batches: list[tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]] = []
+    brain_va = torch.from_numpy(np.ascontiguousarray(brain_masks[va_idx]).astype(bool)).to(device)
+    for j, sid in enumerate(val_ids):
+        clean = data_va[j:j + 1].float()
+        if jood is None:
+            val_batches.append((clean, None, None))
+            continue
+        gen = _generator(device, cfg.seed, "val", sid)
+        for _ in range(cfg.val_copies):
+            disturbed, mask = add_jood(clean, brain_va[j:j + 1], jood, gen)
+            val_batches.append((clean, disturbed, mask))
+
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=cfg.epochs, initial=start_epoch, desc=f"{model} {variant}", unit="epoch")
+    copies = cfg.copies_per_subject if model == "recdisc" else 1
+    n_train = len(tr_idx) * copies
+    for epoch in range(start_epoch, cfg.epochs):
+        t0 = time.perf_counter()
+        cpu_gen = _generator(torch.device("cpu"), cfg.seed, "order", epoch)
+        dev_gen = _generator(device, cfg.seed, "noise", epoch)
+        # one host-to-device copy per epoch instead of one (blocking) copy per step
+        order = (torch.randperm(n_train, generator=cpu_gen) % len(tr_idx)).to(device)
+        net.train()
+        total = torch.zeros((), device=device)
+        for start in range(0, n_train, cfg.batch_size):
+            sel = order[start:start + cfg.batch_size]
+            clean = data_tr.index_select(0, sel).float()
+            optimizer.zero_grad(set_to_none=True)
+            if model == "dae":
+                eps = torch.randn(clean.shape[0], net.lsd, generator=dev_gen, device=device)  # type: ignore[union-attr]
+                loss = loss_fn(clean, latent_noise=eps)
+            else:
+                brain = brain_tr.index_select(0, sel)
+                if crop is not None:
+                    # window offsets come from the CPU generator: no device sync
+                    window = tuple(slice(o, o + n) for o, n in zip(
+                        (int(torch.randint(0, g - n + 1, (), generator=cpu_gen)) for g, n in zip(grid, crop)), crop))
+                    clean, brain = clean[(..., *window)], brain[(..., *window)]
+                disturbed, mask = add_jood(clean, brain, jood, dev_gen)  # type: ignore[arg-type]
+                loss = loss_fn(clean, disturbed=disturbed, patch_mask=mask)
+            loss.backward()
+            optimizer.step()
+            total += loss.detach() * clean.shape[0]
+        lr = optimizer.param_groups[0]["lr"]
+        scheduler.step()
+
+        net.eval()
+        val_total = torch.zeros((), device=device)
+        with torch.no_grad():
+            for clean, disturbed, mask in val_batches:
+                val_total += loss_fn(clean, disturbed=disturbed, patch_mask=mask)
+        train_loss = float(total.item()) / n_train  # the one host sync per epoch
+        val_loss = float(val_total.item()) / len(val_batches)
+        seconds = time.perf_counter() - t0
+        wall += seconds
+        rows.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "lr": lr, "seconds": seconds})
+
+        common = {"format": _CHECKPOINT_FORMAT, **meta_config, "config_hash": chash, "seed": cfg.seed,
+                  "epoch": epoch, "val_loss": val_loss}
+        save_last = (epoch + 1) % cfg.checkpoint_every == 0 or epoch + 1 == cfg.epochs
+        improved = val_loss < best_loss or not math.isfinite(best_loss)
+        if save_last or improved:
+            state = {k: v.detach().to("cpu") for k, v in net.state_dict().items()}
+        if improved:
+            best_loss, best_epoch = val_loss, epoch
+            _save(best_path, {**common, "state_dict": state, "provenance": _prov_json(chash, cfg.seed)})
+        if save_last:
+            _save(last_path, {**common, "state_dict": state, "optimizer": optimizer.state_dict(),
+                              "scheduler": scheduler.state_dict(), "best_val_loss": best_loss,
+                              "best_epoch": best_epoch, "log": rows, "wall_seconds": wall,
+                              "provenance": _prov_json(chash, cfg.seed)})
+        write_text_atomic(out / "log.csv", _log_csv(rows))
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(train=f"{train_loss:.4g}", val=f"{val_loss:.4g}")
+    if bar is not None:
+        bar.close()
+
+    record = {
+        "model": model, "variant": variant, "config_hash": chash, "seed": cfg.seed,
+        "epochs": cfg.epochs, "best_epoch": best_epoch, "best_val_loss": best_loss,
+        "wall_seconds": wall, "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "parameters": int(sum(p.numel() for p in net.parameters())),
+        "train_ids": list(train_ids), "val_ids": list(val_ids),
+        "model_config": meta_config["model_config"], "train_config": dataclasses.asdict(cfg),
+        "grid": list(grid), "in_channels": in_channels,
+        "provenance": _prov_json(chash, cfg.seed),
+    }
+    write_json_atomic(out / "run.json", record)
+    return record
+
+
+_PROV_CACHE: dict[str, Any] = {}
+
+
+def _prov_json(chash: str, seed: int) -> dict[str, Any]:
+    """Provenance as plain JSON types (``weights_only`` loading accepts nothing else)."""
+    if "base" not in _PROV_CACHE:
+        _PROV_CACHE["base"] = json.loads(json.dumps(provenance(), default=str))
+    return {**_PROV_CACHE["base"], "config_hash": chash, "seed": seed}

@@ -77,3 +77,10 @@ def test_atomic_path_leaves_nothing_on_failure(tmp_path):
     assert list(tmp_path.iterdir()) == []
     write_json_atomic(target, {"a": 1})
     assert target.read_text().strip().startswith("{") and list(tmp_path.iterdir()) == [target]
+
+
+def test_public_api_names_all_resolve():
+    import dmrilib
+
+    for name in dmrilib.__all__:
+        assert getattr(dmrilib, name) is not None, name

@@ -1,0 +1,170 @@
+"""Writing simulated subjects as BIDS, and sha256 manifests of a dataset.
+
+Files are reproducible byte for byte: NIfTI images are serialised in memory
+and gzip-compressed with a zero timestamp and no embedded file name, JSON is
+key-sorted, and nothing time- or machine-dependent is written.
+"""
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from dmrilib._atomic import atomic_path, write_text_atomic
+from dmrilib.simulate.subject import SimulatedSubject
+
+__all__ = ["write_nifti", "write_subject", "subject_files", "write_manifest", "verify_manifest", "PIPELINE"]
+
+#: Derivatives pipeline name of simulated ground truth.
+PIPELINE = "simulation"
+
+
+def write_nifti(path: str | os.PathLike, data: np.ndarray, affine: np.ndarray, *, dtype=None,
+                compresslevel: int = 1) -> Path:
+    """Write a NIfTI-1 image reproducibly (``.nii`` or ``.nii.gz``), atomically.
+
+    Parameters
+    ----------
+    dtype : numpy dtype, optional
+        On-disk type. Float data written as ``int16`` are rounded to integer
+        intensities with ``scl_slope = 1``, as scanners store magnitude images
+        (the simulated intensities are scaled so white matter b0 is 1000, so
+        rounding is far below the noise).
+    compresslevel : int
+        gzip level (1 is fast; the noise in diffusion images barely compresses).
+    """
+    path = Path(path)
+    if dtype is not None and np.dtype(dtype) == np.int16 and np.issubdtype(data.dtype, np.floating):
+        data = np.rint(data)
+        if data.size and (data.max() > 32767 or data.min() < -32768):
+            data = np.clip(data, -32768, 32767)
+        data = data.astype(np.int16)
+    img = nib.Nifti1Image(data, affine)
+    img.header.set_xyzt_units("mm", "sec")
+    img.set_qform(affine, code=1)
+    img.set_sform(affine, code=1)
+    if dtype is not None:
+        img.set_data_dtype(dtype)
+    if data.dtype == np.int16:
+        img.header.set_slope_inter(1.0, 0.0)
+    raw = img.to_bytes()
+    payload = gzip.compress(raw, compresslevel=compresslevel, mtime=0) if path.name.endswith(".gz") else raw
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(payload)
+    return path
+
+
+def _json(path: Path, obj) -> None:
+    write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def subject_files(root: str | os.PathLike, label: str, *, followup: bool) -> list[Path]:
+    """Every file :func:`write_subject` writes for ``sub-<label>`` (for checks)."""
+    root = Path(root)
+    sub = f"sub-{label}"
+    pre = root / sub / "ses-pre"
+    base = f"{sub}_ses-pre"
+    deriv = root / "derivatives" / PIPELINE / sub / "ses-pre" / "dwi"
+    files = [pre / "dwi" / f"{base}_dwi{ext}" for ext in (".nii.gz", ".bval", ".bvec", ".json")]
+    files += [pre / "anat" / f"{base}_T1w.nii.gz", pre / "anat" / f"{base}_FLAIR.nii.gz"]
+    files += [deriv / f"{base}_space-dwi_{name}.nii.gz" for name in (
+        "desc-brain_mask", "desc-wmgm_mask", "dseg", "desc-lesion_mask", "desc-infiltration_mask",
+        "desc-tumour_dseg")]
+    if followup:
+        files.append(root / sub / "ses-followup" / "anat" / f"{sub}_ses-followup_FLAIR.nii.gz")
+        files.append(root / "derivatives" / PIPELINE / sub / "ses-followup" / "dwi"
+                     / f"{sub}_ses-followup_space-dwi_desc-lesion_mask.nii.gz")
+    return files
+
+
+def write_subject(root: str | os.PathLike, label: str, subject: SimulatedSubject) -> list[Path]:
+    """Write one simulated subject into the BIDS dataset at ``root``.
+
+    Layout (see ARCHITECTURE.md): raw DWI (int16 with scale factor), T1w and
+    FLAIR in ``sub-<label>/ses-pre``; the follow-up FLAIR in
+    ``ses-followup``; masks and ground truth in ``derivatives/simulation``.
+    """
+    followup = subject.flair_followup is not None
+    files = subject_files(root, label, followup=followup)
+    it = iter(files)
+    dwi_path, bval_path, bvec_path, json_path, t1_path, flair_path = (next(it) for _ in range(6))
+    write_nifti(dwi_path, subject.dwi, subject.affine, dtype=np.int16)
+    write_text_atomic(bval_path, " ".join(f"{b:g}" for b in subject.bvals) + "\n")
+    write_text_atomic(bvec_path, "\n".join(" ".join(f"{v:.6f}" for v in row) for row in subject.bvecs.T) + "\n")
+    _json(json_path, {
+        "Simulated": True,
+        "Manufacturer": "dmrilib.simulate",
+        "SNR_b0_WhiteMatter": round(subject.snr, 4),
+        "NoiseSigma": round(subject.sigma, 4),
+        "GradientScheme": "dipy small_64D (real 64-direction scheme)",
+        "Seed": subject.info["seed"],
+    })
+    if subject.t1w is not None:
+        write_nifti(t1_path, subject.t1w, subject.structural_affine, dtype=np.int16)
+        write_nifti(flair_path, subject.flair, subject.structural_affine, dtype=np.int16)
+    masks = (subject.brain_mask, subject.wmgm_mask, subject.dseg, subject.lesion, subject.infiltration,
+             subject.tumour_dseg)
+    for data in masks:
+        write_nifti(next(it), np.asarray(data, dtype=np.uint8), subject.affine, compresslevel=6)
+    if followup:
+        write_nifti(next(it), subject.flair_followup, subject.structural_affine, dtype=np.int16)
+        write_nifti(next(it), subject.followup_lesion.astype(np.uint8), subject.affine, compresslevel=6)
+    return files
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _dataset_files(root: Path) -> list[Path]:
+    return sorted(p for p in root.rglob("*") if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts))
+
+
+def write_manifest(cohort_dir: str | os.PathLike, out_file: str | os.PathLike) -> Path:
+    """Write ``sha256  relative/path`` lines (``sha256sum -c`` format) for every file.
+
+    Hidden files and folders are skipped.
+    """
+    root = Path(cohort_dir)
+    if not root.is_dir():
+        raise ValueError(f"{root}: not a folder; pass the root of a simulated cohort.")
+    lines = [f"{_sha256(p)}  {p.relative_to(root).as_posix()}" for p in _dataset_files(root)]
+    return write_text_atomic(out_file, "\n".join(lines) + "\n")
+
+
+def verify_manifest(cohort_dir: str | os.PathLike, manifest: str | os.PathLike) -> list[str]:
+    """Compare a dataset with a manifest.
+
+    Returns
+    -------
+    list of str
+        One line per problem (``missing``, ``changed`` or ``extra`` file); empty
+        when the dataset matches the manifest exactly.
+    """
+    root = Path(cohort_dir)
+    manifest = Path(manifest)
+    if not manifest.is_file():
+        raise ValueError(f"{manifest}: no such manifest file.")
+    expected = {}
+    for line in manifest.read_text().splitlines():
+        if line.strip():
+            digest, rel = line.split(maxsplit=1)
+            expected[rel.strip()] = digest
+    problems = []
+    present = {p.relative_to(root).as_posix(): p for p in _dataset_files(root)} if root.is_dir() else {}
+    for rel, digest in sorted(expected.items()):
+        if rel not in present:
+            problems.append(f"missing: {rel}")
+        elif _sha256(present[rel]) != digest:
+            problems.append(f"changed: {rel}")
+    problems += [f"extra: {rel}" for rel in sorted(set(present) - set(expected))]
+    return problems

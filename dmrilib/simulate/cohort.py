@@ -1,0 +1,200 @@
+"""The whole simulated cohort: who is who, and writing it as a BIDS dataset."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import multiprocessing
+import os
+import shutil
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from dmrilib._atomic import write_json_atomic, write_text_atomic
+from dmrilib.simulate.anatomy import load_template
+from dmrilib.simulate.bids import PIPELINE, subject_files, write_subject
+from dmrilib.simulate.config import GRADES, CohortConfig
+from dmrilib.simulate.fibres import fibre_field
+from dmrilib.simulate.signal import small64d_scheme
+from dmrilib.simulate.subject import simulate_subject
+
+__all__ = ["SubjectPlan", "cohort_plan", "simulate_cohort"]
+
+_SIZES = ("large", "medium", "small")
+_DONE = ".done"
+
+
+@dataclass(frozen=True)
+class SubjectPlan:
+    """One row of ``participants.tsv``."""
+
+    label: str
+    group: str
+    grade: str | None
+    size_class: str | None
+    followup: bool
+    seed: int
+
+    def row(self) -> str:
+        return "\t".join([f"sub-{self.label}", self.group, self.grade or "n/a", self.size_class or "n/a",
+                          "yes" if self.followup else "no", str(self.seed)])
+
+
+def cohort_plan(config: CohortConfig) -> list[SubjectPlan]:
+    """Subjects of the cohort with their group, grade, size class, follow-up and seed.
+
+    Healthy controls are ``H01..``, patients ``P01..``. Grades are shuffled
+    over patient labels; within each grade the size classes cycle through
+    large/medium/small from a random start, so sizes are balanced per grade.
+    Deterministic in ``config.seed``.
+    """
+    n = config.n_healthy + config.n_patients
+    children = np.random.SeedSequence(config.seed).spawn(n + 1)
+    seeds = [int(c.generate_state(1)[0]) for c in children[:n]]
+    rng = np.random.default_rng(children[n])
+    grades = [g for g in GRADES for _ in range(config.patient_grades.get(g, 0))]
+    sizes = []
+    for g in GRADES:
+        start = int(rng.integers(3))
+        sizes += [_SIZES[(start + i) % 3] for i in range(config.patient_grades.get(g, 0))]
+    order = rng.permutation(len(grades))
+    grades = [grades[i] for i in order]
+    sizes = [sizes[i] for i in order]
+    with_followup = set(rng.choice(config.n_patients, size=config.followup_count, replace=False).tolist())
+    width = max(2, len(str(max(config.n_healthy, config.n_patients))))
+    plan = [SubjectPlan(f"H{i + 1:0{width}d}", "healthy", None, None, False, seeds[i]) for i in range(config.n_healthy)]
+    plan += [
+        SubjectPlan(f"P{i + 1:0{width}d}", "patient", grades[i], sizes[i], i in with_followup, seeds[config.n_healthy + i])
+        for i in range(config.n_patients)
+    ]
+    return plan
+
+
+def _simulate_one(config: CohortConfig, plan: SubjectPlan, root: str) -> str:
+    subject = simulate_subject(config, plan.seed, grade=plan.grade, size_class=plan.size_class,
+                               followup=plan.followup)
+    write_subject(root, plan.label, subject)
+    # The marker is written last: a subject without it is redone on resume.
+    write_text_atomic(Path(root) / _DONE / plan.label, "")
+    return plan.label
+
+
+def _description(config: CohortConfig) -> dict:
+    from dmrilib import __version__
+    from dmrilib.config import config_hash
+
+    return {
+        "Name": "dmri-anomaly simulated glioma diffusion MRI cohort",
+        "BIDSVersion": "1.9.0",
+        "DatasetType": "raw",
+        "License": "CC0",
+        "Simulated": True,
+        "HowToAcknowledge": "Simulated data: anatomy from the MNI152 2009 templates (nilearn), "
+                            "gradient scheme from dipy's small_64D; not patient data.",
+        "GeneratedBy": [{"Name": "dmrilib.simulate", "Version": __version__,
+                         "Description": "Simulated by dmrilib.simulate.simulate_cohort"}],
+        "SimulationConfig": json.loads(json.dumps(dataclasses.asdict(config), default=list)),
+        "ConfigHash": config_hash(config),
+    }
+
+
+def _is_complete(root: Path, config: CohortConfig) -> bool:
+    desc = root / "dataset_description.json"
+    return desc.is_file() and json.loads(desc.read_text()).get("ConfigHash") == _description(config)["ConfigHash"]
+
+
+def simulate_cohort(config: CohortConfig, out_dir: str | os.PathLike, *, progress: bool = True,
+                    n_jobs: int | None = None) -> Path:
+    """Simulate the cohort and write it as a BIDS dataset at ``out_dir``.
+
+    The dataset is assembled in ``<out_dir>.partial`` and renamed onto
+    ``out_dir`` only when every subject is written, so an interrupted run never
+    leaves a cohort that looks complete. Calling again resumes: subjects
+    already finished in the partial folder (same config) are kept. The same
+    config gives bit-identical files, whatever ``n_jobs``.
+
+    Parameters
+    ----------
+    config : CohortConfig
+    out_dir : path-like
+        Destination folder; must not exist unless it holds this very cohort
+        (then it is returned as is).
+    progress : bool
+        Show a tqdm progress bar.
+    n_jobs : int, optional
+        Worker processes (default: up to 2, the CPU count permitting).
+
+    Returns
+    -------
+    pathlib.Path
+        ``out_dir``.
+    """
+    out = Path(out_dir)
+    if out.exists():
+        if _is_complete(out, config):
+            return out
+        raise ValueError(
+            f"{out}: exists and does not hold the cohort of this config (hash "
+            f"{_description(config)['ConfigHash']}). Remove it or choose another output folder."
+        )
+    partial = out.with_name(out.name + ".partial")
+    description = _description(config)
+    marker = partial / _DONE / "config.json"
+    if partial.exists() and (not marker.is_file() or json.loads(marker.read_text()) != description):
+        shutil.rmtree(partial)
+    partial.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(marker, description)
+
+    plan = cohort_plan(config)
+    todo = [p for p in plan if not (partial / _DONE / p.label).is_file()]
+    n_jobs = max(1, min(n_jobs or min(2, os.cpu_count() or 1), len(todo) or 1))
+    # Build the cached template, fibre field and gradient scheme once in this
+    # process; forked workers inherit them instead of rebuilding.
+    load_template(config.voxel_size)
+    load_template(config.structural_spacing)
+    fibre_field(config.voxel_size)
+    small64d_scheme(config.bvalues, config.n_b0)
+
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=len(plan), initial=len(plan) - len(todo), desc="simulate cohort", unit="subject",
+               disable=not progress)
+    if n_jobs == 1:
+        for p in todo:
+            _simulate_one(config, p, str(partial))
+            bar.update()
+    else:
+        ctx = multiprocessing.get_context("fork")
+        with ProcessPoolExecutor(max_workers=n_jobs, mp_context=ctx) as pool:
+            futures = [pool.submit(_simulate_one, config, p, str(partial)) for p in todo]
+            for fut in as_completed(futures):
+                fut.result()
+                bar.update()
+    bar.close()
+
+    missing = [f for p in plan for f in subject_files(partial, p.label, followup=p.followup) if not f.is_file()]
+    if missing:
+        raise RuntimeError(f"{partial}: {len(missing)} expected files missing after simulation, e.g. {missing[0]}.")
+    header = "participant_id\tgroup\tgrade\tsize_class\tfollowup\tseed"
+    write_text_atomic(partial / "participants.tsv", "\n".join([header] + [p.row() for p in plan]) + "\n")
+    write_json_atomic(partial / "participants.json", {
+        "group": {"Description": "healthy control or glioma patient", "Levels": {"healthy": "control", "patient": "glioma"}},
+        "grade": {"Description": "WHO grade of the simulated glioma"},
+        "size_class": {"Description": "size class of the visible tumour (large/medium/small)"},
+        "followup": {"Description": "whether a follow-up session (FLAIR) exists"},
+        "seed": {"Description": "seed of dmrilib.simulate.simulate_subject for this subject"},
+    })
+    deriv = partial / "derivatives" / PIPELINE
+    write_json_atomic(deriv / "dataset_description.json", {
+        "Name": "Ground truth of the simulated cohort",
+        "BIDSVersion": "1.9.0",
+        "DatasetType": "derivative",
+        "GeneratedBy": description["GeneratedBy"],
+    })
+    shutil.rmtree(partial / _DONE)
+    # Written last: its presence (with the config hash) marks a complete cohort.
+    write_json_atomic(partial / "dataset_description.json", description)
+    os.replace(partial, out)
+    return out

@@ -1,0 +1,156 @@
+"""Glioma model: location, size, grade-dependent composition, mass effect, growth.
+
+A tumour is a star-shaped region around a centre ``c`` (subject anatomy mm)
+whose radius varies smoothly with direction. In normalised radius
+``rho = |x - c| / r(direction)`` it is layered, by grade:
+
+========= ============== ============== ============================
+grade     necrosis       enhancing rim  visible edema / tumour
+========= ============== ============== ============================
+IV        rho < 0.35     rho < 0.55     rho < 0.85 + 0.3 * WM share
+III       none           rho < 0.3 (half of the patients)  as IV
+II        none           none           as IV (non-enhancing tumour)
+========= ============== ============== ============================
+
+Edema reaches further in white matter than in grey matter (it spreads along
+fibres). Beyond the visible border lies the infiltration zone: tumour cells
+at low density, invisible on FLAIR, with a raised free-water fraction and
+radial diffusivity that fade with distance. Its width and strength depend on
+grade. The solid part of the tumour pushes the surrounding tissue outwards
+(volume-preserving radial displacement), so anatomy is displaced rather than
+painted over. At follow-up part of the infiltration zone has become visible
+tumour; how much depends on grade (WHO II grows slowly).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from dmrilib.simulate.variability import SmoothField, smooth_field
+
+__all__ = ["GRADE_PARAMS", "SIZE_RADII_MM", "Tumour", "random_tumour", "tumour_layers", "TumourLayers"]
+
+#: Visible radius (mm) by size class.
+SIZE_RADII_MM = {"large": 24.0, "medium": 16.0, "small": 10.0}
+
+#: Grade -> parameters of the composition (see module docstring).
+GRADE_PARAMS: dict[str, dict[str, float]] = {
+    "IV": dict(necrosis=0.35, enhancing=0.55, enhancing_prob=1.0, mass=0.5, edema_fw=0.35,
+               edema_perp=0.7, infiltration_mm=12.0, infiltration_strength=1.0, growth=0.75),
+    "III": dict(necrosis=0.0, enhancing=0.3, enhancing_prob=0.5, mass=0.4, edema_fw=0.28,
+                edema_perp=0.55, infiltration_mm=14.0, infiltration_strength=0.8, growth=0.45),
+    "II": dict(necrosis=0.0, enhancing=0.0, enhancing_prob=0.0, mass=0.3, edema_fw=0.18,
+               edema_perp=0.4, infiltration_mm=16.0, infiltration_strength=0.6, growth=0.2),
+}
+
+
+@dataclass(frozen=True)
+class Tumour:
+    """One glioma in subject-anatomy millimetres."""
+
+    grade: str
+    size_class: str
+    centre: np.ndarray
+    radius: float
+    enhancing: float
+    shape: SmoothField
+    growth_shape: SmoothField
+    params: dict = field(default_factory=dict)
+
+    @property
+    def mass_radius(self) -> float:
+        """Radius (mm) of the tissue volume displaced by the solid tumour."""
+        return self.params["mass"] * self.radius
+
+    def displace(self, points: np.ndarray) -> np.ndarray:
+        """Map displaced (with-tumour) positions back to pre-tumour anatomy.
+
+        Tissue at distance ``s`` from the centre moves to ``r`` with
+        ``r^3 = s^3 + R^3 t(r)``: the displaced volume ``R^3`` fades with
+        distance (``t``), so the map is monotonic in ``r`` and invertible.
+        """
+        d = points - self.centre.astype(np.float32)
+        r = np.linalg.norm(d, axis=-1, keepdims=True)
+        rm = self.mass_radius
+        taper = np.exp(-((r / (3.5 * rm)) ** 2))
+        s = np.cbrt(np.maximum(r**3 - rm**3 * taper, 0.0))
+        return self.centre.astype(np.float32) + d * (s / np.maximum(r, 1e-6))
+
+
+def random_tumour(rng: np.random.Generator, grade: str, size_class: str, centre: np.ndarray) -> Tumour:
+    """Draw the shape and composition of a glioma at ``centre`` (mm)."""
+    if grade not in GRADE_PARAMS:
+        raise ValueError(f"grade must be one of {sorted(GRADE_PARAMS)}, got {grade!r}")
+    if size_class not in SIZE_RADII_MM:
+        raise ValueError(f"size_class must be one of {sorted(SIZE_RADII_MM)}, got {size_class!r}")
+    params = dict(GRADE_PARAMS[grade])
+    radius = SIZE_RADII_MM[size_class] * rng.uniform(0.85, 1.15)
+    enhancing = params["enhancing"] if rng.uniform() < params["enhancing_prob"] else 0.0
+    shape = smooth_field(rng, n_waves=8, wavelength=2 * np.pi / 2.5, std=0.18)
+    growth = smooth_field(rng, n_waves=8, wavelength=2 * np.pi / 3.0, std=0.5)
+    return Tumour(grade, size_class, np.asarray(centre, dtype=float), float(radius), float(enhancing),
+                  shape, growth, params)
+
+
+@dataclass(frozen=True)
+class TumourLayers:
+    """Soft weights and hard labels of the tumour compartments at some points."""
+
+    necrosis: np.ndarray  # soft weights in [0, 1]
+    enhancing: np.ndarray
+    edema: np.ndarray
+    infiltration: np.ndarray  # infiltration intensity q in [0, strength]
+    labels: np.ndarray  # uint8: 0 none, 1 necrosis, 2 enhancing, 3 edema, 4 infiltration
+    followup: np.ndarray  # bool: visible at follow-up
+    grown: np.ndarray  # soft weight of the infiltration that is visible at follow-up
+
+
+def _ramp(x: np.ndarray, width: float) -> np.ndarray:
+    return np.clip(0.5 + x / width, 0.0, 1.0)
+
+
+def tumour_layers(tumour: Tumour, points: np.ndarray, wm_share: np.ndarray, parenchyma: np.ndarray,
+                  voxel_size: float) -> TumourLayers:
+    """Compartment weights of ``tumour`` at displaced-anatomy points (..., 3) mm.
+
+    Parameters
+    ----------
+    wm_share : ndarray
+        WM / (WM + GM) at the points (edema spreads further in WM).
+    parenchyma : ndarray
+        Fraction of brain tissue (GM + WM) at the points; tumour lives there.
+    voxel_size : float
+        Width (mm) of the soft edges, so coarse voxels get partial volume.
+    """
+    d = points - tumour.centre.astype(np.float32)
+    dist = np.linalg.norm(d, axis=-1)
+    unit = d / np.maximum(dist, 1e-6)[..., None]
+    r_dir = tumour.radius * np.exp(tumour.shape(unit)[..., 0])
+    rho = dist / r_dir
+    p = tumour.params
+    edge = voxel_size / np.maximum(r_dir, 1e-6)
+    visible_rho = 0.85 + 0.3 * np.clip(wm_share, 0, 1)
+    tissue = np.clip(parenchyma * 1.5, 0, 1)
+    nec = _ramp(p["necrosis"] - rho, edge) * (p["necrosis"] > 0) * tissue
+    enh = _ramp(tumour.enhancing - rho, edge) * (tumour.enhancing > 0) * tissue
+    enh = np.clip(enh - nec, 0, 1)
+    vis = _ramp(visible_rho - rho, edge) * tissue
+    edema = np.clip(vis - nec - enh, 0, 1)
+    out_mm = (rho - visible_rho) * r_dir
+    q = p["infiltration_strength"] * np.clip(1.0 - out_mm / p["infiltration_mm"], 0, 1) * (out_mm > -voxel_size / 2)
+    q = q * tissue * (1 - vis)
+
+    brain = parenchyma > 0.5
+    labels = np.zeros(points.shape[:-1], dtype=np.uint8)
+    labels[brain & (out_mm < p["infiltration_mm"])] = 4
+    labels[brain & (rho < visible_rho)] = 3
+    if tumour.enhancing > 0:
+        labels[brain & (rho < tumour.enhancing)] = 2
+    if p["necrosis"] > 0:
+        labels[brain & (rho < p["necrosis"])] = 1
+    grown_mm = p["infiltration_mm"] * p["growth"] * np.exp(tumour.growth_shape(unit)[..., 0])
+    followup = ((labels > 0) & (labels < 4)) | ((labels == 4) & (out_mm < grown_mm))
+    grown = np.clip(0.5 + (grown_mm - out_mm) / voxel_size, 0, 1) * tissue * (1 - vis)
+    return TumourLayers(nec.astype(np.float32), enh.astype(np.float32), edema.astype(np.float32),
+                        q.astype(np.float32), labels, followup, grown.astype(np.float32))

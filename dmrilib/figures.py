@@ -193,12 +193,47 @@ def _fig_followup(r: _Results) -> Figure:
                          title=f"{subject} (grade {row['grade']}), {row['model']} {variant}")
 
 
+def _cohort_subjects(profile: Profile) -> tuple[dict[str, Any], list[Any]]:
+    """Re-simulate (from their seeds) a healthy subject and one patient per size class.
+
+    The figures need the simulator's full-resolution arrays (tissue fractions,
+    tumour compartments), which the BIDS files do not all carry; the same seed
+    gives the same subject as in the cohort.
+    """
+    from dmrilib.simulate import cohort_plan, simulate_subject
+
+    plan = cohort_plan(profile.cohort)
+    healthy = [p for p in plan if p.group == "healthy"]
+    shown: dict[str, Any] = {}
+    if healthy:
+        h = healthy[0]
+        shown[f"healthy ({h.label})"] = simulate_subject(profile.cohort, h.seed, structural=False)
+    for size in ("large", "medium", "small"):
+        match = [p for p in plan if p.group == "patient" and p.size_class == size]
+        if match:
+            p = match[0]
+            shown[f"{size}, WHO {p.grade} ({p.label})"] = simulate_subject(
+                profile.cohort, p.seed, grade=p.grade, size_class=p.size_class, followup=p.followup, structural=False)
+    extra = [simulate_subject(profile.cohort, h.seed, structural=False) for h in healthy[1:3]]
+    return shown, [s for k, s in shown.items() if k.startswith("healthy")] + extra
+
+
 def _cohort_figures(r: _Results) -> dict[str, Callable[[], Figure]]:
     from dmrilib.plotting import cohort
 
+    if not (r.root / "cohort" / "participants.tsv").is_file() or "simulat" not in (
+            r.root / "cohort" / "dataset_description.json").read_text().lower():
+        return {}  # a real dataset: nothing simulated to show
+    cache: dict[str, Any] = {}
+
+    def subjects():
+        if not cache:
+            cache["shown"], cache["healthy"] = _cohort_subjects(r.profile)
+        return cache["shown"], cache["healthy"]
+
     return {
-        "cohort_slices": lambda: cohort.plot_cohort_slices(r.prepared, r.root / "cohort"),
-        "cohort_histograms": lambda: cohort.plot_tissue_histograms(r.prepared, r.root / "cohort"),
+        "cohort_slices": lambda: cohort.plot_cohort_slices(subjects()[0]),
+        "cohort_histograms": lambda: cohort.plot_tissue_histograms(subjects()[1]),
     }
 
 
@@ -223,6 +258,8 @@ def render_all(profile: Profile, root: Path, *, dpi: int = 110) -> list[dict[str
     out_dir = Path(root) / "figures"
     records = []
     for name in FIGURES:
+        if name not in makers:
+            continue
         fig = makers[name]()
         path = out_dir / f"{name}.png"
         with atomic_path(path) as tmp:

@@ -9,3 +9,5 @@ The functions draw only; :mod:`dmrilib.figures` decides what to show and
 writes the files.
 """
 __all__ = ["cohort", "noise", "results"]
+
+from dmrilib.plotting import cohort, noise, results  # noqa: E402  (submodules are the API)

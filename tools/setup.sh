@@ -48,8 +48,12 @@ else
   [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
   echo "setup: installing pinned Python packages into $VENV (first run: a few minutes)"
   "$VENV/bin/python" -m pip install -q --upgrade "pip>=24" >/dev/null
-  # One resolver run for everything (see DESIGN notes: mixed installs drift numpy).
-  "$VENV/bin/python" -m pip install -q -c constraints.txt "$TORCH_SPEC" -e ".[dev]"
+  # One resolver run for everything (mixed installs drift numpy). torch is
+  # pinned by TORCH_SPEC alone, so a CUDA build can replace the CPU one.
+  constraints=$(mktemp)
+  trap 'rm -f "$constraints"' EXIT
+  grep -v '^torch==' constraints.txt > "$constraints"
+  "$VENV/bin/python" -m pip install -q -c "$constraints" "$TORCH_SPEC" -e ".[dev]"
   "$VENV/bin/python" -m pip check
   echo "$want" > "$STAMP"
 fi

@@ -49,6 +49,14 @@ def test_every_job_wrote_its_notebook_and_provenance(smoke_build):
         assert (run / ("baseline.ipynb" if run.parts[-3] == "baseline" else "evaluate.ipynb")).is_file()
 
 
+def test_smoke_cohort_is_bit_identical_to_the_shipped_manifest(smoke_build):
+    from dmrilib.simulate import verify_manifest
+
+    root, _ = smoke_build
+    problems = verify_manifest(root / "cohort", ROOT / "data_manifest" / "simulated_cohort_smoke.sha256")
+    assert problems == [], problems[:5]
+
+
 def test_tables_have_the_paper_layout(smoke_build):
     root, _ = smoke_build
     t1 = pd.read_csv(root / "tables" / "table1.csv")

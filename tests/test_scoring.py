@@ -107,3 +107,26 @@ def test_predict_dwi_without_mask_uses_b0_brain_mask(dae_checkpoint, tmp_path):
     data = np.asarray(nib.load(out).dataobj)
     assert data.shape == mask.shape and np.isfinite(data).all()
     assert (data > 0).sum() <= mask.sum() * 1.5  # background stays zero
+
+
+def test_dmri_predict_cli_writes_the_map(dae_checkpoint, tmp_path, capsys):
+    from dmrilib.cli import main
+
+    dwi_path, mask, _ = _write_dwi(tmp_path)
+    out = tmp_path / "cli" / "sub-x_anomaly.nii.gz"
+    status = main(["predict", "--checkpoint", str(dae_checkpoint), "--dwi", str(dwi_path),
+                   "--mask", str(tmp_path / "x_mask.nii.gz"), "--out", str(out)])
+    assert status == 0 and "anomaly map written" in capsys.readouterr().out
+    assert np.asarray(nib.load(out).dataobj).shape == mask.shape
+
+
+def test_dmri_predict_cli_reports_bad_gradients_and_writes_nothing(dae_checkpoint, tmp_path, capsys):
+    from dmrilib.cli import main
+
+    dwi_path, _, _ = _write_dwi(tmp_path)
+    np.savetxt(tmp_path / "x_dwi.bval", np.array([[0] + [1000] * (C - 1)]), fmt="%g")  # one b-value short
+    out = tmp_path / "cli" / "map.nii.gz"
+    status = main(["predict", "--checkpoint", str(dae_checkpoint), "--dwi", str(dwi_path), "--out", str(out)])
+    err = capsys.readouterr().err
+    assert status == 2 and "x_dwi.bval" in err and "Traceback" not in err
+    assert not out.exists()

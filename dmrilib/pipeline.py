@@ -23,6 +23,7 @@ __all__ = [
     "run_dir",
     "run_cohort",
     "run_train",
+    "predict_run",
     "run_evaluate",
     "run_baseline",
     "run_aggregate",
@@ -139,8 +140,9 @@ def run_train(profile: Profile, model: str, variant: str, fold: int, results: st
               *, threads: int = 0, progress: bool = True) -> dict[str, Any]:
     """Train one (model, variant, fold) on the fold's healthy training subjects.
 
-    Resumes from ``checkpoint-last.pt`` when the run folder has one. Returns
-    the run record (``run.json``).
+    Resumes from ``checkpoint-last.pt`` when the run folder has one, and ends
+    by storing the best checkpoint's maps (:func:`predict_run`). Returns the
+    run record (``run.json``).
     """
     from dmrilib.dataset import load_prepared
     from dmrilib.train import train_run
@@ -151,7 +153,7 @@ def run_train(profile: Profile, model: str, variant: str, fold: int, results: st
     f = _fold(profile, prepared, fold, results)
     ids = list(f.train) + list(f.val)
     idx = prepared.index(ids)
-    return train_run(
+    run = train_run(
         np.asarray(prepared.attenuation[idx], dtype=np.float32),
         np.asarray(prepared.brain_mask[idx], dtype=bool),
         ids,
@@ -164,6 +166,9 @@ def run_train(profile: Profile, model: str, variant: str, fold: int, results: st
         out_dir=run_dir(profile, model, variant, fold, results),
         progress=progress,
     )
+    # Predict while the data are loaded: the evaluate job then only evaluates.
+    predict_run(profile, model, variant, fold, results, prepared=prepared)
+    return run
 
 
 def _check_variant(profile: Profile, model: str, variant: str) -> None:
@@ -232,38 +237,75 @@ def _evaluate_maps(profile: Profile, prepared, *, model: str, variant: str, fold
     return summary
 
 
-def run_evaluate(profile: Profile, model: str, variant: str, fold: int, results: str | Path = "results",
-                 *, threads: int = 0, device: str = "auto") -> dict[str, Any]:
-    """Predict the anomaly maps of one trained run and evaluate them.
+def _checkpoint_id(ckpt: Path) -> dict[str, Any]:
+    stat = ckpt.stat()
+    return {"name": ckpt.name, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
 
-    Writes ``maps-test.npy`` (patients) and ``maps-val.npy`` (the fold's
-    validation healthy subjects, used for the healthy-FPR thresholds),
-    ``eval-dice.csv``, ``eval-auroc.csv`` and ``eval.json``.
+
+def predict_run(profile: Profile, model: str, variant: str, fold: int, results: str | Path = "results",
+                *, prepared=None, device: str = "auto") -> tuple[np.ndarray, list[str], np.ndarray, list[str]]:
+    """Anomaly maps of a trained run: the patients and the fold's validation healthy subjects.
+
+    The maps are stored beside the checkpoint (``maps-test.npy``,
+    ``maps-val.npy``, float16) with the identity of the checkpoint that made
+    them (``maps.json``); a later call reuses them while that checkpoint is
+    unchanged. Maps are always returned as stored (float16 values), so
+    evaluation gives the same numbers whether they were just predicted or read.
+
+    Returns
+    -------
+    maps_test, test_ids, maps_val, val_ids
     """
     from dmrilib.dataset import load_prepared
-    from dmrilib.scoring import predict_maps
 
-    _check_variant(profile, model, variant)
-    _set_threads(threads)
-    prepared = load_prepared(results_root(profile, results) / "prepared")
+    if prepared is None:
+        prepared = load_prepared(results_root(profile, results) / "prepared")
     f = _fold(profile, prepared, fold, results)
     out = run_dir(profile, model, variant, fold, results)
     ckpt = out / "checkpoint-best.pt"
     if not ckpt.is_file():
         raise FileNotFoundError(f"{ckpt}: no trained checkpoint; run the train job for {model}/{variant} fold {fold} first.")
+    test_ids, val_ids = prepared.patient_ids(), list(f.val)
+    ident = {"checkpoint": _checkpoint_id(ckpt), "test_ids": test_ids, "val_ids": val_ids}
+    record = out / "maps.json"
+    paths = (out / "maps-test.npy", out / "maps-val.npy")
+    if record.is_file() and all(p.is_file() for p in paths):
+        if json.loads(record.read_text()).get("identity") == ident:
+            return np.load(paths[0]).astype(np.float32), test_ids, np.load(paths[1]).astype(np.float32), val_ids
+    from dmrilib.scoring import predict_maps
+
     t0 = time.perf_counter()
-    test_ids = prepared.patient_ids()
-    val_ids = list(f.val)
-    maps_test = predict_maps(ckpt, prepared.attenuation[prepared.index(test_ids)], device=device)
-    maps_val = predict_maps(ckpt, prepared.attenuation[prepared.index(val_ids)], device=device)
-    _save_npy(out / "maps-test.npy", maps_test.astype(np.float16))
-    _save_npy(out / "maps-val.npy", maps_val.astype(np.float16))
+    maps = []
+    for ids, path in zip((test_ids, val_ids), paths):
+        m = predict_maps(ckpt, prepared.attenuation[prepared.index(ids)], device=device).astype(np.float16)
+        _save_npy(path, m)
+        maps.append(m.astype(np.float32))
+    write_json_atomic(record, {"identity": ident, "predict_time_s": round(time.perf_counter() - t0, 2)})
+    return maps[0], test_ids, maps[1], val_ids
+
+
+def run_evaluate(profile: Profile, model: str, variant: str, fold: int, results: str | Path = "results",
+                 *, threads: int = 0, device: str = "auto") -> dict[str, Any]:
+    """Predict the anomaly maps of one trained run (or reuse them) and evaluate them.
+
+    Uses :func:`predict_run` (the train job already stores the maps of its
+    best checkpoint), then writes ``eval-dice.csv``, ``eval-auroc.csv`` and
+    ``eval.json``; healthy-FPR thresholds come from the validation maps.
+    """
+    from dmrilib.dataset import load_prepared
+
+    _check_variant(profile, model, variant)
+    _set_threads(threads)
+    prepared = load_prepared(results_root(profile, results) / "prepared")
+    maps_test, test_ids, maps_val, val_ids = predict_run(profile, model, variant, fold, results,
+                                                         prepared=prepared, device=device)
+    out = run_dir(profile, model, variant, fold, results)
     run = json.loads((out / "run.json").read_text())
     return _evaluate_maps(profile, prepared, model=model, variant=variant, fold=fold,
                           maps_test=maps_test, test_ids=test_ids, maps_val=maps_val, val_ids=val_ids,
                           out_dir=out, threshold_model=model,
                           extra={"train_config_hash": run.get("config_hash"),
-                                 "predict_time_s": round(time.perf_counter() - t0, 2)})
+                                 "predict_time_s": json.loads((out / "maps.json").read_text()).get("predict_time_s")})
 
 
 def run_baseline(profile: Profile, fold: int, results: str | Path = "results") -> dict[str, Any]:
@@ -283,10 +325,12 @@ def run_baseline(profile: Profile, fold: int, results: str | Path = "results") -
         idx = prepared.index(ids)
         return np.stack([baseline.score(prepared.fa[i], prepared.md[i]) for i in idx]).astype(np.float32)
 
-    maps_test, maps_val = score(test_ids), score(val_ids)
+    # Stored as float16 like the model maps; evaluate exactly what is stored.
+    maps_test, maps_val = (score(ids).astype(np.float16) for ids in (test_ids, val_ids))
     out = run_dir(profile, "baseline", "normative", fold, results)
-    _save_npy(out / "maps-test.npy", maps_test.astype(np.float16))
-    _save_npy(out / "maps-val.npy", maps_val.astype(np.float16))
+    _save_npy(out / "maps-test.npy", maps_test)
+    _save_npy(out / "maps-val.npy", maps_val)
+    maps_test, maps_val = maps_test.astype(np.float32), maps_val.astype(np.float32)
     return _evaluate_maps(profile, prepared, model="baseline", variant="normative", fold=fold,
                           maps_test=maps_test, test_ids=test_ids, maps_val=maps_val, val_ids=val_ids,
                           out_dir=out, threshold_model="normative",

@@ -369,11 +369,12 @@ def run_aggregate(profile: Profile, results: str | Path = "results") -> dict[str
     for name, rule in DICE_RULE_TABLES.items():
         tables[name] = metrics.table_dice(models, rule, config=cfg)
     extra_rules = sorted(set(dice["rule"]) - set(DICE_RULE_TABLES.values()))
-    tables["dice_extra_rules"] = pd.concat([metrics.table_dice(dice, r, config=cfg) for r in extra_rules],
-                                           ignore_index=True) if extra_rules else pd.DataFrame()
-    tables["dice_baseline"] = pd.concat(
-        [metrics.table_dice(dice[dice["model"] == "baseline"], r, config=cfg) for r in sorted(set(dice["rule"]))],
-        ignore_index=True)
+    def per_rule(frame: pd.DataFrame, rules) -> pd.DataFrame:
+        tables_ = [metrics.table_dice(frame, r, config=cfg).assign(rule=r) for r in rules]
+        return pd.concat(tables_, ignore_index=True) if tables_ else pd.DataFrame()
+
+    tables["dice_extra_rules"] = per_rule(models, extra_rules)
+    tables["dice_baseline"] = per_rule(dice[dice["model"] == "baseline"], sorted(set(dice["rule"])))
     tables["runs"] = _runs_table(profile, results)
     out = root / "tables"
     for name, table in tables.items():

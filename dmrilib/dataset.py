@@ -279,14 +279,7 @@ def _validate_inputs(entries: Sequence[BidsDwi], config: PrepareConfig) -> int:
     """Check every header, gradient file and mask before anything is written; return C."""
     channels: dict[int, list[str]] = {}
     for e in entries:
-        header = inspect_dwi(
-            e.dwi,
-            bval=e.bval,
-            bvec=e.bvec,
-            b0_threshold=config.b0_threshold,
-            target_bvalue=config.target_bvalue,
-            bvalue_tolerance=config.bvalue_tolerance,
-        )
+        header = inspect_dwi(e.dwi, bval=e.bval, bvec=e.bvec, **_shell_kwargs(config))
         n_dw = int((header.bvals[header.selected] > config.b0_threshold).sum())
         channels.setdefault(n_dw, []).append(e.subject)
         for key in MASK_NAMES.values():
@@ -310,6 +303,12 @@ def _swap_into_place(tmp: Path, out_dir: Path) -> None:
     os.replace(tmp, out_dir)
     if trash is not None:
         shutil.rmtree(trash, ignore_errors=True)
+
+
+def _shell_kwargs(config: PrepareConfig) -> dict[str, Any]:
+    """Shell selection settings, the same for the up-front check and the load."""
+    return {"b0_threshold": config.b0_threshold, "target_bvalue": config.target_bvalue,
+            "bvalue_tolerance": config.bvalue_tolerance}
 
 
 def prepare_cohort(
@@ -381,15 +380,8 @@ def prepare_cohort(
         crops, input_shapes, voxel_sizes, labels_present, brain_source, sessions = [], [], [], {}, {}, []
         brain_kept: dict[str, float] = {}
         for i, e in enumerate(tqdm(entries, desc="prepare", unit="subject", disable=not progress)):
-            dwi = load_dwi(
-                e.dwi,
-                bval=e.bval,
-                bvec=e.bvec,
-                b0_threshold=config.b0_threshold,
-                target_bvalue=config.target_bvalue,
-                bvalue_tolerance=config.bvalue_tolerance,
-                clip_negative=config.clip_negative,
-            )
+            dwi = load_dwi(e.dwi, bval=e.bval, bvec=e.bvec, clip_negative=config.clip_negative,
+                           **_shell_kwargs(config))
             labels = {name: load_mask(e.derivatives[key], dwi) for name, key in MASK_NAMES.items() if key in e.derivatives}
             if "brain_mask" not in labels:
                 labels["brain_mask"] = brain_mask_from_b0(dwi)

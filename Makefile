@@ -34,7 +34,8 @@ book-only: setup
 	    --path-output $(abspath $(BOOK_OUT)) --quiet
 	@echo "Book ($(PROFILE) profile): file://$(abspath $(BOOK_OUT))/_build/html/index.html"
 
-test: setup
+test:
+	@bash tools/setup.sh --browser
 	$(PY) -m pytest -n 2 --dist loadgroup tests
 
 test-fast: setup

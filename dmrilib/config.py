@@ -5,14 +5,14 @@ into the frozen dataclass of the module that owns the stage, so profiles
 differ only in values, never in code paths:
 
 ========== ==================================== =====================
-section    dataclass                            stage
-========== ==================================== =====================
+section    dataclass                              stage
+========== ====================================== =====================
 cohort     :class:`dmrilib.simulate.CohortConfig` simulated cohort
 prepare    :class:`dmrilib.dataset.PrepareConfig` network-grid arrays
 model      :class:`dmrilib.models.ModelConfig`    network sizes
-train      :class:`dmrilib.train.TrainConfig`     optimisation, folds
+train      :class:`dmrilib.crossval.TrainConfig`  optimisation, folds
 evaluate   :class:`dmrilib.metrics.EvalConfig`    thresholds, bootstrap
-========== ==================================== =====================
+========== ====================================== =====================
 
 plus ``variants`` (the model configurations to run, per model) and ``folds``
 (the folds to run).
@@ -26,7 +26,7 @@ import json
 import os
 import platform
 import subprocess
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cached_property
 from importlib import metadata
 from pathlib import Path
@@ -52,7 +52,7 @@ SECTION_CLASSES = {
     "cohort": "dmrilib.simulate:CohortConfig",
     "prepare": "dmrilib.dataset:PrepareConfig",
     "model": "dmrilib.models:ModelConfig",
-    "train": "dmrilib.train:TrainConfig",
+    "train": "dmrilib.crossval:TrainConfig",
     "evaluate": "dmrilib.metrics:EvalConfig",
 }
 

@@ -113,7 +113,7 @@ def cohort_overview(profile: Profile, results: str | Path = "results") -> pd.Dat
 # --------------------------------------------------------------------------- training
 
 def _folds(profile: Profile, prepared, results: str | Path):
-    from dmrilib.train import make_folds, write_folds
+    from dmrilib.crossval import make_folds, write_folds
 
     folds = make_folds(prepared.healthy_ids(), profile.train.n_folds, seed=profile.seed)
     path = results_root(profile, results) / "folds.json"
@@ -243,7 +243,8 @@ def _checkpoint_id(ckpt: Path) -> dict[str, Any]:
 
 
 def predict_run(profile: Profile, model: str, variant: str, fold: int, results: str | Path = "results",
-                *, prepared=None, device: str = "auto") -> tuple[np.ndarray, list[str], np.ndarray, list[str]]:
+                *, prepared=None, device: str = "auto",
+                threads: int = 0) -> tuple[np.ndarray, list[str], np.ndarray, list[str]]:
     """Anomaly maps of a trained run: the patients and the fold's validation healthy subjects.
 
     The maps are stored beside the checkpoint (``maps-test.npy``,
@@ -251,6 +252,7 @@ def predict_run(profile: Profile, model: str, variant: str, fold: int, results: 
     them (``maps.json``); a later call reuses them while that checkpoint is
     unchanged. Maps are always returned as stored (float16 values), so
     evaluation gives the same numbers whether they were just predicted or read.
+    torch is imported (and ``threads`` applied) only when maps must be predicted.
 
     Returns
     -------
@@ -274,6 +276,7 @@ def predict_run(profile: Profile, model: str, variant: str, fold: int, results: 
             return np.load(paths[0]).astype(np.float32), test_ids, np.load(paths[1]).astype(np.float32), val_ids
     from dmrilib.scoring import predict_maps
 
+    _set_threads(threads)
     t0 = time.perf_counter()
     maps = []
     for ids, path in zip((test_ids, val_ids), paths):
@@ -295,10 +298,9 @@ def run_evaluate(profile: Profile, model: str, variant: str, fold: int, results:
     from dmrilib.dataset import load_prepared
 
     _check_variant(profile, model, variant)
-    _set_threads(threads)
     prepared = load_prepared(results_root(profile, results) / "prepared")
     maps_test, test_ids, maps_val, val_ids = predict_run(profile, model, variant, fold, results,
-                                                         prepared=prepared, device=device)
+                                                         prepared=prepared, device=device, threads=threads)
     out = run_dir(profile, model, variant, fold, results)
     run = json.loads((out / "run.json").read_text())
     return _evaluate_maps(profile, prepared, model=model, variant=variant, fold=fold,

@@ -3,7 +3,7 @@
 One call of :func:`train_run` trains one (model, variant, fold) and writes a
 run folder::
 
-    checkpoint-best.pt   weights with the lowest validation loss
+    checkpoint-best.pt   weights of the selected epoch (lowest validation loss, or the last one)
     checkpoint-last.pt   weights + optimiser/scheduler state + log after the last epoch
     log.csv              epoch, train_loss, val_loss, lr, seconds
     run.json             config hash, seed, provenance, best epoch/loss, wall time, device
@@ -365,10 +365,10 @@ def train_run(volumes: np.ndarray, brain_masks: np.ndarray, subject_ids: Sequenc
         common = {"format": _CHECKPOINT_FORMAT, **meta_config, "config_hash": chash, "seed": cfg.seed,
                   "epoch": epoch, "val_loss": val_loss}
         save_last = (epoch + 1) % cfg.checkpoint_every == 0 or epoch + 1 == cfg.epochs
-        improved = val_loss < best_loss or not math.isfinite(best_loss)
-        if save_last or improved:
+        selected = cfg.selection == "last" or val_loss < best_loss or not math.isfinite(best_loss)
+        if save_last or selected:
             state = {k: v.detach().to("cpu") for k, v in net.state_dict().items()}
-        if improved:
+        if selected:
             best_loss, best_epoch = val_loss, epoch
             _save(best_path, {**common, "state_dict": state, "provenance": _prov_json(chash, cfg.seed)})
         if save_last:

@@ -8,7 +8,7 @@ import torch
 
 from dmrilib.models import ModelConfig
 from dmrilib.train import (CheckpointMismatchError, Fold, TrainConfig, load_checkpoint, make_folds, read_folds,
-                           train_run, write_folds)
+                           run_hash, train_run, write_folds)
 
 GRID = (16, 16, 16)
 MODEL = ModelConfig(dae_widths=(4, 8), recon_base=4, recon_depth=2, disc_base=4, disc_depth=2)
@@ -167,3 +167,22 @@ def test_checkpoint_every_keeps_resume_point_and_logs_every_epoch(tmp_path):
     rows = list(csv.DictReader((tmp_path / "run" / "log.csv").open()))
     assert len(rows) == 3
     assert torch.load(tmp_path / "run" / "checkpoint-last.pt", weights_only=True)["epoch"] == 2
+
+
+@pytest.mark.parametrize("selection", ["val_loss", "last"])
+def test_selection_decides_which_epoch_is_the_best_checkpoint(tmp_path, selection):
+    run = _run(tmp_path, epochs=3, selection=selection)
+    losses = [float(line.split(",")[2]) for line in (tmp_path / "run" / "log.csv").read_text().splitlines()[1:]]
+    expected = len(losses) - 1 if selection == "last" else int(np.argmin(losses))
+    assert run["best_epoch"] == expected
+    best = torch.load(tmp_path / "run" / "checkpoint-best.pt", weights_only=True)
+    assert best["epoch"] == expected
+    assert best["val_loss"] == pytest.approx(losses[expected])
+
+
+def test_selection_is_validated_and_changes_the_run_hash():
+    with pytest.raises(ValueError, match="selection"):
+        _config(selection="best")
+    kw = dict(in_channels=4, grid=GRID, train_ids=["a"], val_ids=["b"])
+    assert (run_hash("dae", "lsd16-sigmoid", MODEL, _config(selection="last"), **kw)
+            != run_hash("dae", "lsd16-sigmoid", MODEL, _config(), **kw))

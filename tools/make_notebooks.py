@@ -10,7 +10,10 @@ from pathlib import Path
 import nbformat as nbf
 
 KERNELSPEC = {"name": "python3", "display_name": "Python 3", "language": "python"}
-SETUP = "%matplotlib inline\nfrom dmrilib import pipeline\nfrom dmrilib.config import load_profile\n\np = load_profile(profile)"
+SETUP = "from dmrilib import pipeline\nfrom dmrilib.config import load_profile\n\np = load_profile(profile)"
+#: Notebooks that draw: only these pay for importing matplotlib (about a
+#: second per job, 24 evaluate jobs in the quick book).
+PLOTTING = {"train", "figures"}
 
 NOTEBOOKS = {
     "cohort": (
@@ -76,7 +79,7 @@ def build(name, title, params, cells):
     nb.cells.append(nbf.v4.new_markdown_cell(f"# {name}\n\n{title}\n\nRun with papermill, e.g. "
                                              f"`papermill notebooks/{name}.ipynb out.ipynb -p profile quick`."))
     nb.cells.append(nbf.v4.new_code_cell(params, metadata={"tags": ["parameters"]}))
-    nb.cells.append(nbf.v4.new_code_cell(SETUP))
+    nb.cells.append(nbf.v4.new_code_cell(("%matplotlib inline\n" if name in PLOTTING else "") + SETUP))
     nb.cells.extend(nbf.v4.new_code_cell(src) for src in cells)
     for i, cell in enumerate(nb.cells):
         cell["id"] = f"{name}-{i}"

@@ -18,7 +18,8 @@ import numpy as np
 from dmrilib._atomic import atomic_path, write_text_atomic
 from dmrilib.simulate.subject import SimulatedSubject
 
-__all__ = ["write_nifti", "write_subject", "subject_files", "write_manifest", "verify_manifest", "PIPELINE"]
+__all__ = ["write_nifti", "write_subject", "subject_files", "points_xfm_sidecar", "write_manifest",
+           "verify_manifest", "PIPELINE"]
 
 #: Derivatives pipeline name of simulated ground truth.
 PIPELINE = "simulation"
@@ -63,18 +64,31 @@ def _json(path: Path, obj) -> None:
     write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
+#: Ground truth on the T1w grid, in the order :func:`subject_files` lists it.
+_ANAT_TRUTH = ("desc-lesion_mask", "desc-tumour_dseg", "desc-brain_mask")
+
+
 def subject_files(root: str | os.PathLike, label: str, *, followup: bool) -> list[Path]:
-    """Every file :func:`write_subject` writes for ``sub-<label>`` (for checks)."""
+    """Every file :func:`write_subject` writes for ``sub-<label>`` (for checks).
+
+    Order: raw DWI (image, .bval, .bvec, .json), T1w, FLAIR; the DWI-grid
+    truth (brain, WM+GM, tissue dseg, lesion, infiltration, tumour dseg); the
+    T1w-grid truth (lesion, tumour dseg, brain); the DWI-to-T1w point map and
+    its sidecar; then, with a follow-up, its FLAIR and lesion.
+    """
     root = Path(root)
     sub = f"sub-{label}"
     pre = root / sub / "ses-pre"
     base = f"{sub}_ses-pre"
     deriv = root / "derivatives" / PIPELINE / sub / "ses-pre" / "dwi"
+    anat = root / "derivatives" / PIPELINE / sub / "ses-pre" / "anat"
     files = [pre / "dwi" / f"{base}_dwi{ext}" for ext in (".nii.gz", ".bval", ".bvec", ".json")]
     files += [pre / "anat" / f"{base}_T1w.nii.gz", pre / "anat" / f"{base}_FLAIR.nii.gz"]
     files += [deriv / f"{base}_space-dwi_{name}.nii.gz" for name in (
         "desc-brain_mask", "desc-wmgm_mask", "dseg", "desc-lesion_mask", "desc-infiltration_mask",
         "desc-tumour_dseg")]
+    files += [anat / f"{base}_space-T1w_{name}.nii.gz" for name in _ANAT_TRUTH]
+    files += [deriv / f"{base}_from-dwi_to-T1w_desc-points_xfm{ext}" for ext in (".nii.gz", ".json")]
     if followup:
         files.append(root / sub / "ses-followup" / "anat" / f"{sub}_ses-followup_FLAIR.nii.gz")
         files.append(root / "derivatives" / PIPELINE / sub / "ses-followup" / "dwi"
@@ -87,7 +101,10 @@ def write_subject(root: str | os.PathLike, label: str, subject: SimulatedSubject
 
     Layout (see ARCHITECTURE.md): raw DWI (int16 with scale factor), T1w and
     FLAIR in ``sub-<label>/ses-pre``; the follow-up FLAIR in
-    ``ses-followup``; masks and ground truth in ``derivatives/simulation``.
+    ``ses-followup``; masks and ground truth in ``derivatives/simulation``:
+    on the DWI grid under ``dwi/``, on the T1w grid under ``anat/``, and the
+    true DWI-to-T1w mapping (``_from-dwi_to-T1w_desc-points_xfm``, see
+    :func:`points_xfm_sidecar`) under ``dwi/``.
     """
     followup = subject.flair_followup is not None
     files = subject_files(root, label, followup=followup)
@@ -111,10 +128,69 @@ def write_subject(root: str | os.PathLike, label: str, subject: SimulatedSubject
              subject.tumour_dseg)
     for data in masks:
         write_nifti(next(it), np.asarray(data, dtype=np.uint8), subject.affine, compresslevel=6)
+    anat_truth = (subject.structural_lesion, subject.structural_tumour_dseg, subject.structural_brain_mask)
+    for data in anat_truth:
+        path = next(it)
+        if data is not None:
+            write_nifti(path, np.asarray(data, dtype=np.uint8), subject.structural_affine, compresslevel=6)
+    xfm_path, xfm_json = next(it), next(it)
+    write_nifti(xfm_path, np.asarray(subject.dwi_to_structural, dtype=np.float32), subject.affine)
+    _json(xfm_json, points_xfm_sidecar(subject, label))
     if followup:
         write_nifti(next(it), subject.flair_followup, subject.structural_affine, dtype=np.int16)
         write_nifti(next(it), subject.followup_lesion.astype(np.uint8), subject.affine, compresslevel=6)
     return files
+
+
+def _rounded(values, digits: int = 6):
+    return np.round(np.asarray(values, dtype=float), digits).tolist()
+
+
+def points_xfm_sidecar(subject: SimulatedSubject, label: str) -> dict:
+    """JSON sidecar of the true DWI-to-T1w point map of ``sub-<label>``.
+
+    Says what the 4D image holds (for each DWI voxel, the T1w scanner mm of
+    the anatomy it shows) and the parameters that made it: the between-session
+    head movement, its rigid part as a 4x4 matrix, and the EPI distortion
+    (axis, peak, range).
+    """
+    info = subject.info
+    base = f"sub-{label}_ses-pre"
+    return {
+        "Description": (
+            "Ground-truth DWI-to-T1w mapping of a simulated subject: volume k (k = 0, 1, 2) holds, for "
+            "every voxel of the DWI grid, the x, y, z (k) scanner coordinate in mm (RAS) in the T1w "
+            "image's space of the anatomical point that DWI voxel shows. It includes the head movement "
+            "between the sessions and the DWI's susceptibility distortion."
+        ),
+        "Simulated": True,
+        "SourceImage": f"sub-{label}/ses-pre/dwi/{base}_dwi.nii.gz",
+        "TargetImage": f"sub-{label}/ses-pre/anat/{base}_T1w.nii.gz",
+        "Units": "mm",
+        "FromSpace": "dwi",
+        "ToSpace": "T1w",
+        "HeadMotion": {
+            "Description": (
+                "Head movement from the diffusion scan to the T1w session: rotation about x, y, z (degrees, "
+                "applied as Rz Ry Rx) about CentreMM, then translation (mm). RigidDwiToT1w is the same "
+                "map as a 4x4 matrix from undistorted DWI scanner mm to T1w scanner mm."
+            ),
+            "RotationDeg": _rounded(info["structural_motion_deg"]),
+            "TranslationMM": _rounded(info["structural_motion_mm"]),
+            "CentreMM": _rounded(info["head_pose_centre_mm"]),
+            "RigidDwiToT1w": _rounded(info["dwi_to_structural_rigid"]),
+        },
+        "EpiDistortion": {
+            "Description": (
+                "Susceptibility distortion of the DWI along the phase-encode axis: the DWI voxel at "
+                "scanner position x shows the tissue that an undistorted scan places at x + d(x) along y. "
+                "PeakInBrainMM is the largest |d| and RangeMM the smallest and largest d in the DWI brain mask."
+            ),
+            "PhaseEncodingAxis": info["phase_encoding_axis"],
+            "PeakInBrainMM": round(info["epi_distortion_peak_mm"], 6),
+            "RangeMM": _rounded(info["epi_distortion_range_mm"]),
+        },
+    }
 
 
 def _sha256(path: Path) -> str:

@@ -6,12 +6,26 @@ from typing import Mapping
 
 import numpy as np
 
-__all__ = ["CohortConfig", "GRADES", "PAPER_GRADE_COUNTS"]
+__all__ = ["CohortConfig", "GRADES", "PAPER_GRADE_COUNTS", "BRAIN_BOX_MM", "POSE_CLIP_SD"]
 
 #: Tumour grades, most aggressive first.
 GRADES = ("IV", "III", "II")
 #: The paper's patients: 14 glioblastoma, 10 WHO III, 8 WHO II.
 PAPER_GRADE_COUNTS = {"IV": 14, "III": 10, "II": 8}
+#: Extent (MNI mm, per axis) of the template brain, cerebellum included; a
+#: separate structural grid covers it with a margin for the head pose.
+BRAIN_BOX_MM = ((-72.0, 72.0), (-107.0, 73.0), (-72.0, 82.0))
+#: Between-session head movements are normal draws clipped at this many sd.
+POSE_CLIP_SD = 2.5
+# Largest head pose of the diffusion scan (dmrilib.simulate.variability.random_head_pose).
+_DWI_POSE_DEG = 3.0
+_DWI_POSE_MM = 3.0
+# Worst-case shift (mm) of the template brain's bounding box per degree of
+# rotation about every axis at once (measured: 0.70 mm at 3 degrees, 0.53 mm
+# at 10 degrees; the box moves less than the far points of the brain).
+_MM_PER_DEG = 0.75
+# Room for the random anatomical deformation and partial volume at the edge.
+_EDGE_MM = 6.0
 
 
 def _largest_remainder(counts: Mapping[str, int], total: int) -> dict[str, int]:
@@ -49,10 +63,26 @@ class CohortConfig:
     n_b0 : int
         Number of b0 volumes.
     structural_voxel_size : float, optional
-        Voxel size of T1w/FLAIR over the same field of view; ``None`` (default)
-        uses the diffusion grid.
+        Voxel size of T1w/FLAIR in mm. ``None`` (default) images them on the
+        diffusion grid itself; a value gives them their own grid
+        (:attr:`structural_shape`, :attr:`structural_affine`), which covers
+        the whole brain (cerebellum included) with a margin for the
+        structural head pose.
     structural_snr : float
         SNR of the structural images in white matter.
+    structural_pose_deg, structural_pose_mm : float
+        Typical head movement between the structural session and the diffusion
+        scan: per subject, a rotation about each axis (degrees) and a
+        translation along each axis (mm) are drawn from normal distributions
+        with these standard deviations, clipped at 2.5 sd. 0 and 0 give the
+        structural images the diffusion scan's head pose.
+    epi_distortion_mm : float
+        Peak susceptibility distortion of the DWI along the phase-encode axis
+        (y, anterior-posterior): the largest displacement over the brain,
+        strongest in orbitofrontal and anterior temporal regions (next to the
+        sinuses and ear canals). 0 gives an undistorted DWI. Peaks above
+        about 6 mm may come out lower: the field's slope along y is kept
+        below 0.9 so that the distortion stays one-to-one.
     snr_jitter : float
         Relative spread of the per-subject SNR (uniform, +-).
     deformation_mm : float
@@ -72,6 +102,9 @@ class CohortConfig:
     n_b0: int = 1
     structural_voxel_size: float | None = None
     structural_snr: float = 30.0
+    structural_pose_deg: float = 3.0
+    structural_pose_mm: float = 4.0
+    epi_distortion_mm: float = 3.0
     snr_jitter: float = 0.05
     deformation_mm: float = 3.0
     seed: int = 0
@@ -111,6 +144,13 @@ class CohortConfig:
             if not float(self.structural_voxel_size) > 0:
                 raise ValueError(f"cohort.structural_voxel_size must be positive or null, got {self.structural_voxel_size!r}")
             set_("structural_voxel_size", float(self.structural_voxel_size))
+        for name, top in (("structural_pose_deg", 10.0), ("structural_pose_mm", 15.0), ("epi_distortion_mm", 10.0)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= float(value) <= top:
+                raise ValueError(
+                    f"cohort.{name} must be a number in [0, {top:g}] (0 switches it off), got {value!r}"
+                )
+            set_(name, float(value))
         if not 0 <= float(self.snr_jitter) < 0.5:
             raise ValueError(f"cohort.snr_jitter must be in [0, 0.5), got {self.snr_jitter!r}")
         if not 0 <= float(self.deformation_mm) <= 10:
@@ -141,10 +181,38 @@ class CohortConfig:
 
     @property
     def structural_spacing(self) -> float:
+        """Voxel size (mm) of the structural images."""
         return self.voxel_size if self.structural_voxel_size is None else self.structural_voxel_size
 
     @property
+    def structural_margin_mm(self) -> float:
+        """Room (mm) around the brain on each side of a separate structural grid.
+
+        Covers the largest head pose a subject can get (the diffusion pose plus
+        the clipped between-session movement), so the brain never leaves the
+        structural field of view.
+        """
+        rotation = _DWI_POSE_DEG + POSE_CLIP_SD * self.structural_pose_deg
+        translation = _DWI_POSE_MM + POSE_CLIP_SD * self.structural_pose_mm
+        return _EDGE_MM + translation + _MM_PER_DEG * rotation
+
+    @property
     def structural_shape(self) -> tuple[int, int, int]:
-        """Structural grid over the same field of view."""
-        ratio = self.voxel_size / self.structural_spacing
-        return tuple(int(round(s * ratio)) for s in self.shape)
+        """Shape of the structural grid (the diffusion grid's when ``structural_voxel_size`` is None)."""
+        if self.structural_voxel_size is None:
+            return self.shape
+        extent = np.diff(np.asarray(BRAIN_BOX_MM), axis=1)[:, 0] + 2 * self.structural_margin_mm
+        return tuple(int(np.ceil(e / self.structural_spacing)) for e in extent)
+
+    @property
+    def structural_affine(self) -> np.ndarray:
+        """Voxel -> scanner mm of the structural grid (axial RAS, centred on the brain box)."""
+        if self.structural_voxel_size is None:
+            from dmrilib.simulate.anatomy import grid_affine
+
+            return grid_affine(self.shape, self.voxel_size)
+        vs = self.structural_spacing
+        centre = np.asarray(BRAIN_BOX_MM).mean(axis=1)
+        affine = np.diag([vs, vs, vs, 1.0])
+        affine[:3, 3] = centre - (np.asarray(self.structural_shape) - 1) / 2.0 * vs
+        return affine

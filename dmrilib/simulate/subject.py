@@ -3,25 +3,37 @@
 Coordinates flow backwards from the scanner to the template, so every image
 of the subject (any grid) is sampled consistently:
 
-1. scanner mm -> head mm (inverse of a small random head pose);
+0. diffusion only: a DWI voxel at scanner mm ``x`` images the tissue at
+   ``x + d(x) e_y`` (susceptibility distortion along the phase-encode axis);
+1. scanner mm -> head mm (inverse of the session's head pose: the diffusion
+   scan's, or for T1w/FLAIR that pose moved by the between-session motion);
 2. head mm -> pre-tumour anatomy (inverse of the tumour's mass effect);
 3. anatomy mm -> template MNI mm (random smooth diffeomorphism).
 
 Tissue probabilities are sampled trilinearly at the template points, fibre
 directions by nearest neighbour and then rotated by the inverse Jacobian of
-the whole chain (so they follow the deformation and the head pose).
+the chain from the undistorted scanner position (so they follow the
+deformation and the head pose; the distortion moves the signal, not the
+fibres). Every diffusion-grid label is sampled through the same chain as the
+DWI, so labels and DWI agree voxel for voxel; :class:`DwiToStructural` is the
+known ground truth that a DWI-to-T1w registration has to recover.
 """
 from __future__ import annotations
 
+import dataclasses
+import functools
 from dataclasses import dataclass, field
 
 import numpy as np
+from scipy import ndimage
+from scipy.spatial.transform import Rotation
+from threadpoolctl import threadpool_limits
 
-from dmrilib.simulate.anatomy import grid_affine, grid_coordinates, load_template, sample_template
-from dmrilib.simulate.config import CohortConfig
+from dmrilib.simulate.anatomy import Template, grid_affine, grid_coordinates, load_template, sample_template
+from dmrilib.simulate.config import BRAIN_BOX_MM, POSE_CLIP_SD, CohortConfig
 from dmrilib.simulate.fibres import fibre_field
 from dmrilib.simulate.lesion import GRADE_PARAMS, SIZE_RADII_MM, Tumour, TumourLayers, random_tumour, tumour_layers
-from dmrilib.simulate.signal import D_FREE, GradientScheme, rician, rician_volume, small64d_scheme
+from dmrilib.simulate.signal import D_FREE, GradientScheme, rician_volume, small64d_scheme
 from dmrilib.simulate.variability import (
     Deformation,
     HeadPose,
@@ -31,7 +43,7 @@ from dmrilib.simulate.variability import (
     smooth_field,
 )
 
-__all__ = ["SimulatedSubject", "simulate_subject", "TISSUE_PARAMS"]
+__all__ = ["SimulatedSubject", "simulate_subject", "TISSUE_PARAMS", "EpiDistortion", "DwiToStructural"]
 
 #: Compartment parameters: diffusivities (mm^2/s) and relative b0 / T1w / FLAIR intensities.
 TISSUE_PARAMS = {
@@ -45,6 +57,165 @@ TISSUE_PARAMS = {
     "flair": dict(csf=0.08, gm=0.75, wm=0.6, necrosis=0.3, cellular=0.95, fluid=1.4),
 }
 _B0_WM = 1000.0  # b0 intensity of pure white matter before the bias field
+#: Where susceptibility distortion is strongest (head mm, about MNI): the
+#: orbitofrontal cortex above the frontal sinus and both anterior temporal
+#: lobes above the ear canals; (x, y, z, width mm, relative strength).
+_EPI_SITES = ((0.0, 38.0, -18.0, 18.0, 1.0), (-44.0, 4.0, -28.0, 16.0, 0.6), (44.0, 4.0, -28.0, 16.0, 0.6))
+#: Bound on |grad d| (so on d d / d y): x -> x + d(x) e_y stays one-to-one.
+#: The bound is loose (measured slopes stay below half of it); it only lowers
+#: peaks above about 6 mm.
+_MAX_DISTORTION_SLOPE = 0.9
+
+
+@dataclass(frozen=True)
+class EpiDistortion:
+    """Susceptibility displacement (mm) along the phase-encode axis y, in head mm.
+
+    ``d(h) = sum_k a_k exp(-|h - c_k|^2 / (2 w_k^2)) + f(h)``: Gaussian bumps
+    at the air-tissue interfaces plus a weak smooth background ``f``. Being a
+    function of head coordinates, it moves with the head, as the sinuses do.
+    """
+
+    centres: np.ndarray  # (K, 3) head mm
+    widths: np.ndarray  # (K,) mm
+    amps: np.ndarray  # (K,) mm, signed (the sign is the phase-encode polarity)
+    background: SmoothField
+
+    def __call__(self, head: np.ndarray) -> np.ndarray:
+        """Displacement (mm) at head points ``(..., 3)``; returns ``(...)`` float32."""
+        flat = head.reshape(-1, 3).astype(np.float32)
+        out = self.background(flat)[:, 0]
+        for c, w, a in zip(self.centres.astype(np.float32), self.widths, self.amps):
+            r2 = ((flat - c) ** 2).sum(axis=1)
+            out += np.float32(a) * np.exp(r2 * np.float32(-0.5 / w**2))
+        return out.reshape(head.shape[:-1])
+
+    def gradient(self, head: np.ndarray) -> np.ndarray:
+        """Gradient (mm/mm) with respect to head mm at ``(..., 3)``; returns ``(..., 3)`` float32."""
+        flat = head.reshape(-1, 3).astype(np.float32)
+        bg = self.background
+        arg = flat @ bg.freqs.T.astype(np.float32) + bg.phases.astype(np.float32)
+        out = -(np.sin(arg) * bg.amps[:, 0].astype(np.float32)) @ bg.freqs.astype(np.float32)
+        for c, w, a in zip(self.centres.astype(np.float32), self.widths, self.amps):
+            diff = flat - c
+            bump = np.float32(a) * np.exp((diff**2).sum(axis=1) * np.float32(-0.5 / w**2))
+            out -= (bump * np.float32(1.0 / w**2))[:, None] * diff
+        return out.reshape(head.shape)
+
+    @property
+    def lipschitz(self) -> float:
+        """Upper bound of ``|grad d|`` (a Gaussian bump's slope peaks at ``|a| / w * e^-1/2``)."""
+        bumps = float((np.abs(self.amps) / self.widths).sum() * np.exp(-0.5))
+        return bumps + self.background.lipschitz
+
+    def scaled(self, factor: float) -> "EpiDistortion":
+        bg = self.background
+        return EpiDistortion(self.centres, self.widths, self.amps * factor,
+                             SmoothField(bg.freqs, bg.phases, bg.amps * factor))
+
+
+@functools.lru_cache(maxsize=4)
+def _brain_points(voxel_size: float) -> np.ndarray:
+    """Template brain on a 4 mm lattice (MNI mm), where the distortion peak is measured."""
+    axes = [np.arange(lo, hi + 1e-6, 4.0) for lo, hi in BRAIN_BOX_MM]
+    pts = np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1).reshape(-1, 3).astype(np.float32)
+    return pts[sample_template(load_template(voxel_size), pts).sum(0) > 0.5]
+
+
+def _random_distortion(rng: np.random.Generator, peak_mm: float, voxel_size: float) -> EpiDistortion | None:
+    """A distortion field whose largest ``|d|`` over the template brain is ``peak_mm``."""
+    if peak_mm == 0:
+        return None
+    sites = np.asarray(_EPI_SITES)
+    centres = sites[:, :3] + rng.normal(0.0, 4.0, size=(len(sites), 3))
+    widths = sites[:, 3] * rng.uniform(0.85, 1.15, size=len(sites))
+    # Phase-encode polarity (A>P or P>A) flips the whole field.
+    sign = 1.0 if rng.uniform() < 0.5 else -1.0
+    amps = sign * sites[:, 4] * rng.uniform(0.7, 1.0, size=len(sites))
+    background = smooth_field(rng, n_waves=8, wavelength=120.0, std=0.12)
+    raw = EpiDistortion(centres, widths, amps, SmoothField(background.freqs, background.phases,
+                                                           sign * background.amps))
+    factor = peak_mm / float(np.abs(raw(_brain_points(voxel_size))).max())
+    return raw.scaled(min(factor, _MAX_DISTORTION_SLOPE / raw.lipschitz))
+
+
+@dataclass(frozen=True)
+class DwiToStructural:
+    """The true map from diffusion-scanner mm to structural-scanner mm.
+
+    A DWI voxel at scanner mm ``x`` shows the tissue that an undistorted scan
+    would place at ``u = x + d(x) e_y``; the diffusion head pose takes ``u``
+    to head mm, and the structural head pose takes those to the structural
+    scanner's mm. Call it on points ``(..., 3)``.
+
+    Attributes
+    ----------
+    dwi_pose, structural_pose : HeadPose
+        Head position of the diffusion and the structural session.
+    distortion : EpiDistortion or None
+        Phase-encode displacement in head mm (None: undistorted DWI).
+    motion_deg, motion_mm : ndarray (3,)
+        Between-session movement: rotation about x, y, z (degrees; applied
+        as ``Rz @ Ry @ Rx``) about ``dwi_pose.centre`` and translation (mm).
+    """
+
+    dwi_pose: HeadPose
+    structural_pose: HeadPose
+    distortion: EpiDistortion | None
+    motion_deg: np.ndarray
+    motion_mm: np.ndarray
+
+    def displacement(self, points: np.ndarray) -> np.ndarray:
+        """``d(x)`` (mm along y) at diffusion-scanner points ``(..., 3)``; float32 ``(...)``."""
+        if self.distortion is None:
+            return np.zeros(points.shape[:-1], dtype=np.float32)
+        return self.distortion(self.dwi_pose.to_head(points))
+
+    def displacement_gradient(self, points: np.ndarray) -> np.ndarray:
+        """Gradient of ``d`` with respect to diffusion-scanner mm; float32 ``(..., 3)``."""
+        if self.distortion is None:
+            return np.zeros(points.shape, dtype=np.float32)
+        # h = R^T (x - c - t) + c, so grad_x d = R grad_h d (row vectors: g_h R^T).
+        g = self.distortion.gradient(self.dwi_pose.to_head(points))
+        return g @ self.dwi_pose.rotation.T.astype(np.float32)
+
+    def undistort(self, points: np.ndarray) -> np.ndarray:
+        """Where the tissue imaged at ``points`` sits in the undistorted diffusion scanner frame."""
+        points = np.asarray(points, dtype=np.float32)
+        if self.distortion is None:
+            return points
+        out = points.copy()
+        out[..., 1] += self.displacement(points)
+        return out
+
+    def __call__(self, points: np.ndarray) -> np.ndarray:
+        """Structural-scanner mm of the anatomy imaged at diffusion-scanner mm ``points``."""
+        return self.structural_pose.to_scanner(self.dwi_pose.to_head(self.undistort(points)))
+
+    @property
+    def rigid(self) -> np.ndarray:
+        """4x4 rigid map from undistorted diffusion-scanner mm to structural-scanner mm."""
+        rot = Rotation.from_euler("xyz", np.deg2rad(self.motion_deg)).as_matrix()
+        out = np.eye(4)
+        out[:3, :3] = rot
+        out[:3, 3] = self.dwi_pose.centre + self.motion_mm - rot @ self.dwi_pose.centre
+        return out
+
+
+def _session_motion(rng: np.random.Generator, pose: HeadPose, sd_deg: float, sd_mm: float):
+    """Head pose of the structural session: ``pose`` moved rigidly about its centre.
+
+    Returns the moved pose, the rotation angles (degrees) and the translation (mm).
+    """
+    angles = np.clip(rng.standard_normal(3), -POSE_CLIP_SD, POSE_CLIP_SD) * sd_deg
+    shift = np.clip(rng.standard_normal(3), -POSE_CLIP_SD, POSE_CLIP_SD) * sd_mm
+    if sd_deg == 0 and sd_mm == 0:
+        return pose, np.zeros(3), np.zeros(3)
+    rot = Rotation.from_euler("xyz", np.deg2rad(angles)).as_matrix()
+    # M(y) = R (y - c) + c + t after the pose y = R_d (h - c) + c + t_d is
+    # again a pose about c: rotation R R_d, translation R t_d + t.
+    moved = HeadPose(rot @ pose.rotation, rot @ pose.translation + shift, pose.centre)
+    return moved, angles, shift
 
 
 @dataclass
@@ -54,11 +225,19 @@ class SimulatedSubject:
     ``dwi`` is float32 ``(X, Y, Z, N)`` with Rician noise; ``tissue`` holds
     the CSF, GM and WM volume fractions ``(3, X, Y, Z)`` (before the lesion
     replaces tissue); ``snr`` is b0 of pure white matter over the noise
-    ``sigma``. Label maps are
-    bool/uint8 ``(X, Y, Z)``; ``t1w``, ``flair`` and ``flair_followup`` live on
-    the structural grid (``structural_affine``). Patient-only maps are
-    all-zero for healthy subjects; ``flair_followup`` is ``None`` without a
-    follow-up.
+    ``sigma``. Label maps are bool/uint8 ``(X, Y, Z)`` and, like ``tissue``,
+    are sampled through the DWI's distortion and head pose, so they match the
+    DWI voxel for voxel. ``t1w``, ``flair``, ``flair_followup`` and the
+    ``structural_*`` labels live on the structural grid
+    (``structural_affine``), imaged with the structural session's head pose
+    and no distortion: ``structural_lesion`` (visible tumour, dseg 1-3),
+    ``structural_tumour_dseg`` (0 none, 1 necrosis, 2 enhancing, 3 edema,
+    4 infiltration) and ``structural_brain_mask``; they are ``None`` when the
+    structural images were not rendered. ``dwi_to_structural`` is float32
+    ``(X, Y, Z, 3)``: for each DWI voxel centre, the structural-scanner mm of
+    the anatomy it shows; ``transform`` maps any diffusion-scanner mm points
+    the same way. Patient-only maps are all-zero for healthy subjects;
+    ``flair_followup`` is ``None`` without a follow-up.
     """
 
     dwi: np.ndarray
@@ -76,6 +255,11 @@ class SimulatedSubject:
     flair: np.ndarray | None
     flair_followup: np.ndarray | None
     structural_affine: np.ndarray
+    structural_lesion: np.ndarray | None
+    structural_tumour_dseg: np.ndarray | None
+    structural_brain_mask: np.ndarray | None
+    dwi_to_structural: np.ndarray
+    transform: DwiToStructural
     tissue: np.ndarray
     snr: float
     sigma: float
@@ -93,12 +277,30 @@ class _Geometry:
     regional: SmoothField
     bias: SmoothField
 
+    @functools.cached_property
+    def deformation_reach_mm(self) -> float:
+        """Largest displacement of the deformation where it can carry a point onto template tissue."""
+        field_ = self.deformation.field
+        # The closed-form bound holds everywhere but is loose; within that
+        # bound of the template's tissue (the brain box plus the smoothing of
+        # the coarsest template) the maximum over a 6 mm lattice, plus the
+        # most the field can change within half a lattice diagonal, is tight.
+        loose = float(np.linalg.norm(field_.amps, axis=1).sum())
+        step, reach = 6.0, loose + 16.0
+        axes = [np.arange(lo - reach, hi + reach + step, step) for lo, hi in BRAIN_BOX_MM]
+        lattice = np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1).reshape(-1, 3)
+        tight = float(np.linalg.norm(field_(lattice), axis=-1).max()) + field_.lipschitz * step * np.sqrt(3.0) / 2
+        return min(loose, tight)
 
-def _choose_centre(rng: np.random.Generator, voxel_size: float, deformation: Deformation,
-                   size_class: str) -> np.ndarray:
-    """A tumour centre in WM/GM of either hemisphere, away from the brain edge."""
+
+_CENTRE_STEP = 4.0  # mm between candidate tumour centres
+
+
+@functools.lru_cache(maxsize=16)
+def _centre_candidates(voxel_size: float, size_class: str) -> np.ndarray:
+    """Template points (MNI mm) in WM/GM of either hemisphere, away from the brain edge."""
     template = load_template(voxel_size)
-    step = 4.0
+    step = _CENTRE_STEP
     axes = [np.arange(-60, 61, step), np.arange(-90, 60, step), np.arange(-20, 66, step)]
     pts = np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1).reshape(-1, 3).astype(np.float32)
     csf, gm, wm = sample_template(template, pts)
@@ -109,8 +311,15 @@ def _choose_centre(rng: np.random.Generator, voxel_size: float, deformation: Def
         for sgn in (-1.0, 1.0):
             c2, g2, w2 = sample_template(template, pts + sgn * margin * off)
             ok &= (g2 + w2 + c2) > 0.9
-    candidates = pts[ok]
-    centre_template = candidates[rng.integers(len(candidates))] + rng.uniform(-step / 2, step / 2, 3)
+    return pts[ok]
+
+
+def _choose_centre(rng: np.random.Generator, voxel_size: float, deformation: Deformation,
+                   size_class: str) -> np.ndarray:
+    """A tumour centre in WM/GM of either hemisphere, away from the brain edge."""
+    candidates = _centre_candidates(voxel_size, size_class)
+    half = _CENTRE_STEP / 2
+    centre_template = candidates[rng.integers(len(candidates))] + rng.uniform(-half, half, 3)
     return deformation.inverse(centre_template[None].astype(np.float32))[0].astype(float)
 
 
@@ -132,32 +341,138 @@ class _Sampled:
     csf: np.ndarray
     gm: np.ndarray
     wm: np.ndarray
-    template_points: np.ndarray
-    head_points: np.ndarray
+    template_points: np.ndarray | None
+    head_points: np.ndarray | None
     layers: TumourLayers | None
     bias: np.ndarray
 
 
-def _sample(geometry: _Geometry, shape: tuple[int, int, int], affine: np.ndarray, voxel_size: float) -> _Sampled:
+_CELL = 4  # template voxels per side of a cell of the coarse support map
+_PAD_CELLS = 12  # cells of air added around the template box
+
+
+@functools.lru_cache(maxsize=4)
+def _support_distance(voxel_size: float) -> np.ndarray:
+    """Distance (template voxels) from each coarse cell to the nearest cell holding tissue.
+
+    The map reaches ``_PAD_CELLS`` cells beyond the template box on every side.
+    """
+    support = load_template(voxel_size).maps.sum(0) > 0
+    pad = [(_PAD_CELLS * _CELL, (-n) % _CELL + _PAD_CELLS * _CELL) for n in support.shape]
+    support = np.pad(support, pad)
+    cells = tuple(n // _CELL for n in support.shape)
+    occupied = support.reshape(cells[0], _CELL, cells[1], _CELL, cells[2], _CELL).any(axis=(1, 3, 5))
+    return (ndimage.distance_transform_edt(~occupied) * _CELL).astype(np.float32)
+
+
+def _near_template(template: Template, voxel_size: float, points: np.ndarray, reach_mm: float) -> np.ndarray:
+    """Points (..., 3) MNI mm that may lie within ``reach_mm`` of template tissue (conservative)."""
+    mm = float(np.abs(np.linalg.det(template.affine[:3, :3])) ** (1 / 3))
+    # Two points in cells whose centres are D apart are at least D minus a
+    # cell diagonal apart.
+    limit = reach_mm / mm + _CELL * np.sqrt(3.0)
+    if limit >= _PAD_CELLS * _CELL:  # beyond the map: keep everything
+        return np.ones(points.shape[:-1], dtype=bool)
+    within = _support_distance(voxel_size) <= limit
+    inv = np.linalg.inv(template.affine)
+    # cell index = floor(voxel / _CELL) + padding, folded into one affine map
+    to_cell = (inv[:3, :3] / _CELL).T.astype(np.float32)
+    flat = points.reshape(-1, 3) @ to_cell
+    flat += (inv[:3, 3] / _CELL + _PAD_CELLS).astype(np.float32)
+    np.floor(flat, out=flat)
+    # Cells beyond the map are farther than its border cells, which are not within.
+    idx = np.clip(flat, 0, np.array(within.shape, dtype=np.float32) - 1).astype(np.intp)
+    flat_index = (idx[:, 0] * within.shape[1] + idx[:, 1]) * within.shape[2] + idx[:, 2]
+    return within.reshape(-1)[flat_index].reshape(points.shape[:-1])
+
+
+def _scatter(values: np.ndarray, near: np.ndarray, fill=0) -> np.ndarray:
+    out = np.full(near.shape + values.shape[1:], fill, dtype=values.dtype)
+    out[near] = values
+    return out
+
+
+def _sample(geometry: _Geometry, pose: HeadPose, scanner: np.ndarray, voxel_size: float, *,
+            neighbours: bool = False, candidates: np.ndarray | None = None) -> _Sampled:
+    """Tissue of a grid's voxels under head ``pose``.
+
+    Parameters
+    ----------
+    scanner : ndarray (X, Y, Z, 3), or (M, 3) with ``candidates``
+        Undistorted scanner mm of every voxel, or of the ``candidates`` only.
+    neighbours : bool
+        Also follow the voxels next to tissue through the whole chain and keep
+        the template points (the diffusion signal needs them for the fibres,
+        whose Jacobian takes finite differences there).
+    candidates : ndarray of bool (X, Y, Z), optional
+        The voxels ``scanner`` lists; the others hold no tissue. Head points
+        are then not kept.
+    """
     template = load_template(voxel_size)
-    scanner = grid_coordinates(shape, affine)
-    head = geometry.pose.to_head(scanner)
+    head = pose.to_head(scanner)
     anatomy = geometry.tumour.displace(head) if geometry.tumour is not None else head
-    tpl = geometry.deformation(anatomy)
-    csf, gm, wm = sample_template(template, tpl)
+    # Only voxels whose anatomy can land on template tissue (or within the
+    # trilinear kernel's reach of it) go through the costly deformation and
+    # sampling; a structural grid is mostly air.
+    reach = geometry.deformation_reach_mm + np.sqrt(3.0) + (2.0 * voxel_size if neighbours else 0.0)
+    near = _near_template(template, voxel_size, anatomy, reach)
+    on_grid = near
+    if candidates is not None:
+        on_grid = np.zeros(candidates.shape, dtype=bool)
+        on_grid[candidates] = near
+    tpl_near = geometry.deformation(anatomy[near])
+    csf, gm, wm = (_scatter(m, on_grid) for m in sample_template(template, tpl_near))
+    tpl = None
+    if neighbours:
+        tpl = anatomy.copy()
+        tpl[near] = tpl_near
     layers = None
     if geometry.tumour is not None:
-        par = gm + wm
-        layers = tumour_layers(geometry.tumour, head, wm / np.maximum(par, 1e-6), par, voxel_size)
-    bias = np.exp(geometry.bias(scanner)[..., 0])
+        par = gm[on_grid] + wm[on_grid]
+        part = tumour_layers(geometry.tumour, head[near], wm[on_grid] / np.maximum(par, 1e-6), par, voxel_size)
+        layers = TumourLayers(**{f.name: _scatter(getattr(part, f.name), on_grid)
+                                 for f in dataclasses.fields(TumourLayers)})
+    bias = _scatter(np.exp(geometry.bias(scanner[near])[..., 0]), on_grid, fill=np.float32(1))
     # The bias field redistributes intensity; it does not change the b0 level
     # that defines the SNR.
     bias /= bias[(gm + wm) > 0.5].mean() if np.any((gm + wm) > 0.5) else 1.0
-    return _Sampled(csf, gm, wm, tpl, head, layers, bias)
+    return _Sampled(csf, gm, wm, tpl, head if candidates is None else None, layers, bias)
 
 
-def _fibres(sampled: _Sampled, voxel_size: float, affine: np.ndarray, where: np.ndarray):
-    """Fibre populations at the voxels ``where``, rotated into scanner space."""
+_CANDIDATE_LATTICE_MM = 8.0
+
+
+def _sample_grid(geometry: _Geometry, pose: HeadPose, shape: tuple[int, int, int], affine: np.ndarray,
+                 voxel_size: float) -> _Sampled:
+    """:func:`_sample` on a large, mostly empty grid (the structural one).
+
+    A lattice ``k`` times coarser (about 8 mm) finds the voxels that may hold
+    tissue, so the full grid's coordinates are never built: every voxel lies
+    within ``k / 2`` steps per axis of its nearest lattice node, and the mass
+    effect moves anatomy at most its radius from the head point.
+    """
+    k = max(1, int(round(_CANDIDATE_LATTICE_MM / voxel_size)))
+    coarse = tuple(int(np.rint((n - 1) / k)) + 1 for n in shape)
+    coarse_affine = affine @ np.diag([k, k, k, 1.0])
+    head = pose.to_head(grid_coordinates(coarse, coarse_affine))
+    slack = k / 2 * np.sqrt(3.0) * float(np.linalg.norm(affine[:3, :3], 2))
+    reach = geometry.deformation_reach_mm + np.sqrt(3.0) + slack
+    if geometry.tumour is not None:
+        reach += geometry.tumour.mass_radius
+    near = _near_template(load_template(voxel_size), voxel_size, head, reach)
+    nodes = [np.minimum(np.rint(np.arange(n) / k), c - 1).astype(np.intp) for n, c in zip(shape, coarse)]
+    candidates = near[np.ix_(*nodes)]
+    index = np.stack(np.nonzero(candidates), axis=-1).astype(np.float32)
+    scanner = index @ affine[:3, :3].T.astype(np.float32) + affine[:3, 3].astype(np.float32)
+    return _sample(geometry, pose, scanner, voxel_size, candidates=candidates)
+
+
+def _fibres(sampled: _Sampled, voxel_size: float, affine: np.ndarray, where: np.ndarray,
+            slope: np.ndarray | None = None):
+    """Fibre populations at the voxels ``where``, rotated into scanner space.
+
+    ``slope`` is the gradient of the distortion at those voxels (None: none).
+    """
     ff = fibre_field(voxel_size)
     inv = np.linalg.inv(ff.affine)
     tpl = sampled.template_points[where]
@@ -169,6 +484,12 @@ def _fibres(sampled: _Sampled, voxel_size: float, affine: np.ndarray, where: np.
     step = np.abs(np.diag(affine[:3, :3]))
     grads = np.stack([np.gradient(sampled.template_points, axis=a) / step[a] for a in range(3)], axis=-1)
     jac = grads[where].astype(np.float64)
+    if slope is not None:
+        # The grid samples T(x + d(x) e_y), so J = J_u (I + e_y g^T); the
+        # fibres follow J_u = J - J[:, y] g^T / (1 + g_y), since EPI
+        # distortion moves where the signal lands, not the tissue's fibres.
+        g = slope.astype(np.float64)
+        jac -= jac[:, :, 1:2] * (g / (1.0 + g[:, 1:2]))[:, None, :]
     # Inside the solid tumour the anatomy is compressed to a point; no fibre
     # orientation survives there, so keep the template direction.
     singular = np.abs(np.linalg.det(jac)) < 1e-2
@@ -212,11 +533,12 @@ def _compartments(s: _Sampled, where: np.ndarray, params: dict | None):
 
 
 def _dwi(config: CohortConfig, geometry: _Geometry, s: _Sampled, scheme: GradientScheme,
-         affine: np.ndarray, rng: np.random.Generator, sigma: float) -> np.ndarray:
+         affine: np.ndarray, rng: np.random.Generator, sigma: float, slope: np.ndarray | None) -> np.ndarray:
     shape = s.csf.shape
     where = (s.csf + s.gm + s.wm) > 1e-3
     c = _compartments(s, where, geometry.tumour.params if geometry.tumour else None)
-    v1, v2, crossing, coherence = _fibres(s, config.voxel_size, affine, where)
+    slope = None if slope is None else slope[where]
+    v1, v2, crossing, coherence = _fibres(s, config.voxel_size, affine, where, slope)
     scale = geometry.diffusivity_scale * np.exp(geometry.regional(s.template_points[where])[..., 0])
     wm_par = (TISSUE_PARAMS["wm_par"][0] + TISSUE_PARAMS["wm_par"][1] * coherence) * scale * c["par"]
     wm_perp = (TISSUE_PARAMS["wm_perp"][0] + TISSUE_PARAMS["wm_perp"][1] * coherence) * scale * c["perp"]
@@ -240,7 +562,12 @@ def _dwi(config: CohortConfig, geometry: _Geometry, s: _Sampled, scheme: Gradien
         lesional = c["cellular"] > 0
         signal[lesional] += (c["cellular"] * s0["cellular"])[lesional, None] * _attenuation(
             b, cos1[lesional], cp * scale[lesional], cq * scale[lesional])
-    signal *= ((_B0_WM / s0["wm"]) * s.bias[where])[:, None]
+    gain = (_B0_WM / s0["wm"]) * s.bias[where]
+    if slope is not None:
+        # Signal piles up where the distortion compresses (1 + dd/dy < 1
+        # spreads it out): the Jacobian of x -> x + d(x) e_y.
+        gain = gain * (1.0 + slope[:, 1])
+    signal *= gain[:, None]
     return rician_volume(shape + (len(b),), where, signal, sigma, rng)
 
 
@@ -252,10 +579,9 @@ def _attenuation(b: np.ndarray, cos2: np.ndarray, d_par: np.ndarray, d_perp: np.
     return np.exp(adc, out=adc)
 
 
-def _structural(geometry: _Geometry, s: _Sampled, contrast: str, snr: float, rng: np.random.Generator,
+def _structural(s: _Sampled, where: np.ndarray, c: dict, contrast: str, snr: float, rng: np.random.Generator,
                 followup: bool = False) -> np.ndarray:
-    where = (s.csf + s.gm + s.wm) > 1e-3
-    c = _compartments(s, where, geometry.tumour.params if geometry.tumour else None)
+    """One structural contrast from the compartments ``c`` at ``where`` (see :func:`_compartments`)."""
     k = TISSUE_PARAMS[contrast]
     ed = c["edema"]
     if followup:
@@ -266,31 +592,33 @@ def _structural(geometry: _Geometry, s: _Sampled, contrast: str, snr: float, rng
         tissue = 1.0 - 0.3 * ed - 0.02 * c["infiltration"]
     img = (c["csf"] * k["csf"] + c["fluid"] * k["fluid"] + (c["gm"] * k["gm"] + c["wm"] * k["wm"]) * tissue
            + c["necrosis"] * k["necrosis"] + c["cellular"] * k["cellular"])
-    full = np.zeros(s.csf.shape, dtype=np.float32)
-    full[where] = 1000.0 * img * s.bias[where]
-    return rician(full, 1000.0 * k["wm"] / snr, rng)
+    # Rayleigh noise outside the head: a structural grid is mostly air.
+    return rician_volume(s.csf.shape, where, (1000.0 * img * s.bias[where]).astype(np.float32),
+                         1000.0 * k["wm"] / snr, rng)
+
+
+def _tumour_labels(s: _Sampled) -> dict[str, np.ndarray]:
+    """Brain mask, tumour dseg and visible lesion (all the structural grid carries)."""
+    brain = (s.csf + s.gm + s.wm) > 0.5
+    if s.layers is not None:
+        tumour = np.where(brain, s.layers.labels, 0).astype(np.uint8)
+    else:
+        tumour = np.zeros(brain.shape, np.uint8)
+    return dict(brain_mask=brain, tumour_dseg=tumour, lesion=(tumour >= 1) & (tumour <= 3))
 
 
 def _labels(s: _Sampled) -> dict[str, np.ndarray]:
-    total = s.csf + s.gm + s.wm
-    brain = total > 0.5
+    out = _tumour_labels(s)
+    brain, tumour = out["brain_mask"], out["tumour_dseg"]
     dseg = np.where(brain, np.argmax(np.stack([s.csf, s.gm, s.wm]), axis=0) + 1, 0).astype(np.uint8)
-    if s.layers is not None:
-        tumour = np.where(brain, s.layers.labels, 0).astype(np.uint8)
-        followup = s.layers.followup & brain
-    else:
-        tumour = np.zeros(dseg.shape, np.uint8)
-        followup = np.zeros(dseg.shape, bool)
-    lesion = (tumour >= 1) & (tumour <= 3)
-    return dict(
-        brain_mask=brain,
+    followup = s.layers.followup & brain if s.layers is not None else np.zeros(brain.shape, bool)
+    out.update(
         dseg=dseg,
-        wmgm_mask=brain & ((dseg >= 2) | lesion),
-        lesion=lesion,
+        wmgm_mask=brain & ((dseg >= 2) | out["lesion"]),
         infiltration=tumour == 4,
-        tumour_dseg=tumour,
         followup_lesion=followup,
     )
+    return out
 
 
 def simulate_subject(
@@ -318,11 +646,13 @@ def simulate_subject(
     followup : bool
         Also render the follow-up FLAIR (patients only).
     structural : bool
-        Render T1w and FLAIR (skip for speed in tests).
+        Render T1w, FLAIR and the ``structural_*`` labels (skip for speed in
+        tests; ``dwi_to_structural`` is always computed).
     affine : ndarray (4, 4), optional
         Place the diffusion grid (``config.shape``, ``config.voxel_size``)
         elsewhere than the default brain-centred position, e.g. a thin slab
-        for tests. The structural grid follows it when the voxel sizes match.
+        for tests. The structural grid follows it when
+        ``config.structural_voxel_size`` is None.
 
     Returns
     -------
@@ -334,8 +664,21 @@ def simulate_subject(
         raise ValueError(f"size_class must be one of {sorted(SIZE_RADII_MM)} for a patient, got {size_class!r}")
     if followup and grade is None:
         raise ValueError("followup=True needs a patient (grade is None).")
-    streams = np.random.SeedSequence(int(seed)).spawn(5)
+    # Every matrix product here is N x 3 by 3 x K: BLAS threads only add
+    # overhead (2x slower on 2 cores) and the cohort runs a subject per core.
+    with threadpool_limits(limits=1, user_api="blas"):
+        return _simulate(config, seed, grade, size_class, followup, structural, affine)
+
+
+def _simulate(config: CohortConfig, seed: int, grade: str | None, size_class: str | None, followup: bool,
+              structural: bool, affine: np.ndarray | None) -> SimulatedSubject:
+    # Children 0-4 keep their meaning whatever is added after them.
+    streams = np.random.SeedSequence(int(seed)).spawn(7)
     geometry = _geometry(config, np.random.default_rng(streams[0]), grade, size_class)
+    s_pose, motion_deg, motion_mm = _session_motion(np.random.default_rng(streams[5]), geometry.pose,
+                                                    config.structural_pose_deg, config.structural_pose_mm)
+    distortion = _random_distortion(np.random.default_rng(streams[6]), config.epi_distortion_mm, config.voxel_size)
+    transform = DwiToStructural(geometry.pose, s_pose, distortion, motion_deg, motion_mm)
     snr_rng = np.random.default_rng(streams[1])
     snr = config.snr * (1 + snr_rng.uniform(-config.snr_jitter, config.snr_jitter))
     sigma = _B0_WM / snr
@@ -345,27 +688,37 @@ def simulate_subject(
     affine = np.asarray(affine, dtype=float)
     if affine.shape != (4, 4):
         raise ValueError(f"affine must be a 4x4 matrix, got shape {affine.shape}")
-    sampled = _sample(geometry, config.shape, affine, config.voxel_size)
-    dwi = _dwi(config, geometry, sampled, scheme, affine, np.random.default_rng(streams[2]), sigma)
+    grid = grid_coordinates(config.shape, affine)
+    sampled = _sample(geometry, geometry.pose, transform.undistort(grid), config.voxel_size, neighbours=True)
+    slope = None if distortion is None else transform.displacement_gradient(grid)
+    dwi = _dwi(config, geometry, sampled, scheme, affine, np.random.default_rng(streams[2]), sigma, slope)
     labels = _labels(sampled)
+    dwi_to_structural = s_pose.to_scanner(sampled.head_points).astype(np.float32)
 
-    same_grid = config.structural_spacing == config.voxel_size
-    s_affine = affine if same_grid else grid_affine(config.structural_shape, config.structural_spacing)
+    shared_grid = config.structural_voxel_size is None
+    s_affine = affine if shared_grid else config.structural_affine
     t1w = flair = flair_fu = None
+    s_labels = dict(brain_mask=None, tumour_dseg=None, lesion=None)
     if structural:
-        if same_grid:
+        if shared_grid and distortion is None and s_pose is geometry.pose:
             s_sampled = sampled
         else:
-            s_sampled = _sample(geometry, config.structural_shape, s_affine, config.structural_spacing)
+            s_sampled = _sample_grid(geometry, s_pose, config.structural_shape, s_affine, config.structural_spacing)
+        where = (s_sampled.csf + s_sampled.gm + s_sampled.wm) > 1e-3
+        comp = _compartments(s_sampled, where, geometry.tumour.params if geometry.tumour else None)
         rng = np.random.default_rng(streams[3])
-        t1w = _structural(geometry, s_sampled, "t1w", config.structural_snr, rng)
-        flair = _structural(geometry, s_sampled, "flair", config.structural_snr, rng)
+        t1w = _structural(s_sampled, where, comp, "t1w", config.structural_snr, rng)
+        flair = _structural(s_sampled, where, comp, "flair", config.structural_snr, rng)
         if followup:
-            flair_fu = _structural(geometry, s_sampled, "flair", config.structural_snr,
+            flair_fu = _structural(s_sampled, where, comp, "flair", config.structural_snr,
                                    np.random.default_rng(streams[4]), followup=True)
+        s_labels = _tumour_labels(s_sampled)
     if not followup:
         labels["followup_lesion"] = np.zeros_like(labels["followup_lesion"])
     tumour = geometry.tumour
+    d = transform.displacement(grid)[labels["brain_mask"]]
+    if d.size == 0:  # a grid that misses the brain (a test slab)
+        d = np.zeros(1, np.float32)
     info = dict(
         seed=int(seed),
         group="healthy" if grade is None else "patient",
@@ -375,13 +728,27 @@ def simulate_subject(
         diffusivity_scale=geometry.diffusivity_scale,
         head_rotation=geometry.pose.rotation.tolist(),
         head_translation_mm=geometry.pose.translation.tolist(),
+        structural_head_rotation=s_pose.rotation.tolist(),
+        structural_head_translation_mm=s_pose.translation.tolist(),
+        structural_motion_deg=[float(v) for v in motion_deg],
+        structural_motion_mm=[float(v) for v in motion_mm],
+        head_pose_centre_mm=geometry.pose.centre.tolist(),
+        dwi_to_structural_rigid=transform.rigid.tolist(),
+        epi_distortion_peak_mm=float(np.abs(d).max()),
+        epi_distortion_range_mm=[float(d.min()), float(d.max())],
+        phase_encoding_axis="j",
     )
     if tumour is not None:
         centre = geometry.pose.to_scanner(tumour.centre[None].astype(np.float32))[0]
+        s_centre = s_pose.to_scanner(tumour.centre[None].astype(np.float32))[0]
         info.update(tumour_centre_mm=[float(v) for v in centre], tumour_radius_mm=tumour.radius,
+                    tumour_centre_structural_mm=[float(v) for v in s_centre],
                     enhancing=bool(tumour.enhancing > 0))
     return SimulatedSubject(
         dwi=dwi, bvals=scheme.bvals, bvecs=scheme.bvecs, affine=affine, structural_affine=s_affine,
         tissue=np.stack([sampled.csf, sampled.gm, sampled.wm]).astype(np.float32),
-        t1w=t1w, flair=flair, flair_followup=flair_fu, snr=float(snr), sigma=float(sigma), info=info, **labels,
+        t1w=t1w, flair=flair, flair_followup=flair_fu, snr=float(snr), sigma=float(sigma), info=info,
+        structural_lesion=s_labels["lesion"], structural_tumour_dseg=s_labels["tumour_dseg"],
+        structural_brain_mask=s_labels["brain_mask"], dwi_to_structural=dwi_to_structural, transform=transform,
+        **labels,
     )

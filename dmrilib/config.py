@@ -4,15 +4,17 @@ A profile is one YAML file with one section per stage. Each section is turned
 into the frozen dataclass of the module that owns the stage, so profiles
 differ only in values, never in code paths:
 
-========== ==================================== =====================
-section    dataclass                              stage
-========== ====================================== =====================
-cohort     :class:`dmrilib.simulate.CohortConfig` simulated cohort
-prepare    :class:`dmrilib.dataset.PrepareConfig` network-grid arrays
-model      :class:`dmrilib.models.ModelConfig`    network sizes
-train      :class:`dmrilib.crossval.TrainConfig`  optimisation, folds
-evaluate   :class:`dmrilib.metrics.EvalConfig`    thresholds, bootstrap
-========== ====================================== =====================
+============ ====================================== =======================
+section      dataclass                              stage
+============ ====================================== =======================
+cohort       :class:`dmrilib.simulate.CohortConfig` simulated cohort
+prepare      :class:`dmrilib.dataset.PrepareConfig` network-grid arrays
+model        :class:`dmrilib.models.ModelConfig`    network sizes
+train        :class:`dmrilib.crossval.TrainConfig`  optimisation, folds
+evaluate     :class:`dmrilib.metrics.EvalConfig`    thresholds, bootstrap
+groundtruth  :class:`dmrilib.groundtruth.SegConfig` segmentation U-Net
+registration :class:`dmrilib.groundtruth.RegConfig` T1w -> DWI registration
+============ ====================================== =======================
 
 plus ``variants`` (the model configurations to run, per model) and ``folds``
 (the folds to run).
@@ -54,6 +56,8 @@ SECTION_CLASSES = {
     "model": "dmrilib.models:ModelConfig",
     "train": "dmrilib.crossval:TrainConfig",
     "evaluate": "dmrilib.metrics:EvalConfig",
+    "groundtruth": "dmrilib.groundtruth.config:SegConfig",
+    "registration": "dmrilib.groundtruth.config:RegConfig",
 }
 
 _PROVENANCE_PACKAGES = ("numpy", "scipy", "torch", "nibabel", "dipy", "nilearn", "pandas", "scikit-learn")
@@ -213,6 +217,14 @@ class Profile:
     @cached_property
     def evaluate(self):
         return self.section("evaluate")
+
+    @cached_property
+    def groundtruth(self):
+        return self.section("groundtruth")
+
+    @cached_property
+    def registration(self):
+        return self.section("registration")
 
     def runs(self) -> list[tuple[str, str, int]]:
         """Every (model, variant, fold) training job of this profile."""

@@ -33,6 +33,7 @@ FIGURES = {
     "fig7_recdisc_unsupervised": "Best RecDiscNet, pooled-maximum threshold (paper Fig. 7).",
     "fig8_recdisc_optimal": "Best RecDiscNet, Dice-optimal threshold (paper Fig. 8).",
     "fig9_followup": "Follow-up colocalisation of one patient (paper Fig. 9).",
+    "groundtruth": "Ground-truth pipeline masks against the simulated lesions, and its errors per patient.",
 }
 
 _QUALITATIVE = {
@@ -193,6 +194,19 @@ def _fig_followup(r: _Results) -> Figure:
                          title=f"{subject} (grade {row['grade']}), {row['model']} {variant}")
 
 
+def _fig_groundtruth(r: _Results) -> Figure:
+    from dmrilib.pipeline import pipeline_lesions
+    from dmrilib.plotting.results import plot_groundtruth
+
+    cases = []
+    for label, subject in qualitative_cases(r.prepared.participants, r.patients):
+        j = r.prepared.index([subject])[0]
+        piped = pipeline_lesions(r.profile, r.root.parent, [subject])[0]
+        cases.append({"label": f"{label} ({subject})", "md": np.asarray(r.prepared.md[j]),
+                      "exact": np.asarray(r.prepared.lesion[j]), "pipeline": piped})
+    return plot_groundtruth(cases, pd.read_csv(r.root / "groundtruth" / "subjects.csv"))
+
+
 def _cohort_subjects(profile: Profile) -> tuple[dict[str, Any], list[Any]]:
     """Re-simulate (from their seeds) a healthy subject and one patient per size class.
 
@@ -255,6 +269,8 @@ def render_all(profile: Profile, root: Path, *, dpi: int = 110) -> list[dict[str
         **{name: (lambda m=m, rule=rule: _fig_qualitative(r, m, rule)) for name, (m, rule) in _QUALITATIVE.items()},
         "fig9_followup": lambda: _fig_followup(r),
     }
+    if (r.root / "groundtruth" / "groundtruth.json").is_file():
+        makers["groundtruth"] = lambda: _fig_groundtruth(r)
     out_dir = Path(root) / "figures"
     records = []
     for name in FIGURES:

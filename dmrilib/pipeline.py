@@ -26,6 +26,8 @@ __all__ = [
     "predict_run",
     "run_evaluate",
     "run_baseline",
+    "run_groundtruth",
+    "pipeline_lesions",
     "run_aggregate",
     "run_followup",
     "run_figures",
@@ -195,20 +197,20 @@ def plot_training_log(profile: Profile, model: str, variant: str, fold: int, res
 
 # --------------------------------------------------------------------------- evaluation
 
-def _evaluate_maps(profile: Profile, prepared, *, model: str, variant: str, fold: int,
-                   maps_test: np.ndarray, test_ids: list[str], maps_val: np.ndarray, val_ids: list[str],
-                   out_dir: Path, threshold_model: str, extra: dict[str, Any]) -> dict[str, Any]:
-    """Evaluate test maps with every rule; healthy-FPR thresholds come from the validation maps."""
+def _score_maps(profile: Profile, prepared, maps_test: np.ndarray, test_ids: list[str], *, key: dict[str, Any],
+                threshold_model: str, healthy: dict[str, float],
+                lesions: np.ndarray | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Dice rows (every rule) and detection rows (AUROC, AP) of the test maps.
+
+    ``lesions`` (one per test subject) replaces the prepared cohort's exact
+    lesion masks, e.g. with the ground-truth pipeline's masks.
+    """
     from dmrilib import metrics
 
     cfg = profile.evaluate
-    test_idx = prepared.index(test_ids)
-    val_idx = prepared.index(val_ids)
-    healthy = metrics.healthy_fpr_thresholds(maps_val, np.asarray(prepared.eval_mask[val_idx]), cfg.healthy_fprs)
     dice_rows, det_rows = [], []
-    key = {"model": model, "variant": variant, "fold": int(fold)}
-    for i, (subject, j) in enumerate(zip(test_ids, test_idx)):
-        truth = np.asarray(prepared.lesion[j], dtype=bool)
+    for i, (subject, j) in enumerate(zip(test_ids, prepared.index(test_ids))):
+        truth = np.asarray(prepared.lesion[j] if lesions is None else lesions[i], dtype=bool)
         mask = np.asarray(prepared.eval_mask[j], dtype=bool)
         # Otsu and the pooled maximum see the brain-masked map, as in the paper.
         brain = np.asarray(prepared.brain_mask[j], dtype=bool)
@@ -216,12 +218,33 @@ def _evaluate_maps(profile: Profile, prepared, *, model: str, variant: str, fold
                                         healthy_thresholds=healthy, brain_mask=brain):
             dice_rows.append({**key, "subject": subject, **row})
         det_rows.append({**key, "subject": subject, **metrics.detection_scores(maps_test[i], truth, mask)})
-    dice = pd.DataFrame(dice_rows)
-    det = pd.DataFrame(det_rows)
-    with atomic_path(out_dir / "eval-dice.csv") as tmp:
-        dice.to_csv(tmp, index=False)
-    with atomic_path(out_dir / "eval-auroc.csv") as tmp:
-        det.to_csv(tmp, index=False)
+    return pd.DataFrame(dice_rows), pd.DataFrame(det_rows)
+
+
+def _write_csv(path: Path, frame: pd.DataFrame) -> None:
+    with atomic_path(path) as tmp:
+        frame.to_csv(tmp, index=False)
+
+
+def _evaluate_maps(profile: Profile, prepared, *, model: str, variant: str, fold: int,
+                   maps_test: np.ndarray, test_ids: list[str], maps_val: np.ndarray, val_ids: list[str],
+                   out_dir: Path, threshold_model: str, extra: dict[str, Any], results: str | Path) -> dict[str, Any]:
+    """Evaluate test maps with every rule; healthy-FPR thresholds come from the validation maps.
+
+    Scores against the simulator's exact lesions (``eval-dice.csv``,
+    ``eval-auroc.csv``) and, when the ground-truth job has run, also against
+    its pipeline masks (``eval-dice-pipeline.csv``, ``eval-auroc-pipeline.csv``).
+    """
+    from dmrilib import metrics
+
+    cfg = profile.evaluate
+    val_idx = prepared.index(val_ids)
+    healthy = metrics.healthy_fpr_thresholds(maps_val, np.asarray(prepared.eval_mask[val_idx]), cfg.healthy_fprs)
+    key = {"model": model, "variant": variant, "fold": int(fold)}
+    common = dict(key=key, threshold_model=threshold_model, healthy=healthy)
+    dice, det = _score_maps(profile, prepared, maps_test, test_ids, **common)
+    _write_csv(out_dir / "eval-dice.csv", dice)
+    _write_csv(out_dir / "eval-auroc.csv", det)
     summary = {
         **key,
         "n_test": len(test_ids),
@@ -233,6 +256,17 @@ def _evaluate_maps(profile: Profile, prepared, *, model: str, variant: str, fold
         "provenance": provenance(),
         **extra,
     }
+    pipeline_masks = pipeline_lesions(profile, results, test_ids)
+    if pipeline_masks is not None:
+        dice_p, det_p = _score_maps(profile, prepared, maps_test, test_ids, lesions=pipeline_masks, **common)
+        _write_csv(out_dir / "eval-dice-pipeline.csv", dice_p)
+        _write_csv(out_dir / "eval-auroc-pipeline.csv", det_p)
+        summary["truth_pipeline"] = {
+            "auroc_mean": float(det_p["auroc"].mean()),
+            "dice_post_mean_by_rule": dice_p.groupby("rule")["dice_post"].mean().round(4).to_dict(),
+            "groundtruth_hash": json.loads((results_root(profile, results) / "groundtruth" / "groundtruth.json")
+                                           .read_text())["config_hash"],
+        }
     write_json_atomic(out_dir / "eval.json", summary)
     return summary
 
@@ -305,7 +339,7 @@ def run_evaluate(profile: Profile, model: str, variant: str, fold: int, results:
     run = json.loads((out / "run.json").read_text())
     return _evaluate_maps(profile, prepared, model=model, variant=variant, fold=fold,
                           maps_test=maps_test, test_ids=test_ids, maps_val=maps_val, val_ids=val_ids,
-                          out_dir=out, threshold_model=model,
+                          out_dir=out, threshold_model=model, results=results,
                           extra={"train_config_hash": run.get("config_hash"),
                                  "predict_time_s": json.loads((out / "maps.json").read_text()).get("predict_time_s")})
 
@@ -335,18 +369,123 @@ def run_baseline(profile: Profile, fold: int, results: str | Path = "results") -
     maps_test, maps_val = maps_test.astype(np.float32), maps_val.astype(np.float32)
     return _evaluate_maps(profile, prepared, model="baseline", variant="normative", fold=fold,
                           maps_test=maps_test, test_ids=test_ids, maps_val=maps_val, val_ids=val_ids,
-                          out_dir=out, threshold_model="normative",
+                          out_dir=out, threshold_model="normative", results=results,
                           extra={"fit_time_s": round(time.perf_counter() - t0, 2)})
+
+
+# --------------------------------------------------------------------------- ground truth
+
+def _groundtruth_dir(profile: Profile, results: str | Path) -> Path:
+    return results_root(profile, results) / "groundtruth"
+
+
+def run_groundtruth(profile: Profile, results: str | Path = "results", *, bids_root: str | Path | None = None,
+                    threads: int = 0, progress: bool = True) -> pd.DataFrame:
+    """The paper's ground-truth pipeline on the cohort's patients, and its error.
+
+    Simulates the segmentation training set (patients outside the cohort),
+    trains the U-Net (resumable), segments every patient's T1w/FLAIR,
+    registers the T1w to the DWI (ANTs) and carries the mask over; writes to
+    ``groundtruth/``: ``segmentation/`` (the U-Net run), ``subjects.csv``
+    (per patient: segmentation Dice, registration error in mm, Dice of the
+    carried-over mask against the exact lesion, ...), ``lesion-pipeline.npy``
+    (the masks on the network grid, patients in ``groundtruth.json`` order)
+    and ``groundtruth.json`` (config hash, seed, provenance, timings).
+
+    Parameters
+    ----------
+    bids_root : path-like, optional
+        Real BIDS dataset to read instead of the simulated cohort.
+    threads : int
+        CPU threads for torch and registration worker processes (0: one).
+
+    Returns
+    -------
+    pandas.DataFrame
+        The per-patient table.
+    """
+    from dmrilib.dataset import load_prepared
+    from dmrilib.groundtruth import (inputs_from_bids, run_groundtruth_cohort, simulate_training_set,
+                                     train_segmentation)
+
+    root = results_root(profile, results)
+    out = _groundtruth_dir(profile, results)
+    seg_cfg, reg_cfg = profile.groundtruth, profile.registration
+    workers = max(int(threads), 1)
+    _set_threads(threads)
+    t0 = time.perf_counter()
+    training = simulate_training_set(profile.cohort, seg_cfg, n_jobs=workers, progress=progress)
+    t_sim = time.perf_counter() - t0
+    seg_run = train_segmentation(training.images, training.targets, config=seg_cfg, out_dir=out / "segmentation",
+                                 subject_ids=training.subject_ids, progress=progress)
+    t_train = time.perf_counter() - t0 - t_sim
+    prepared = load_prepared(root / "prepared")
+    patients = prepared.patient_ids()
+    source = Path(bids_root) if bids_root else root / "cohort"
+    result = run_groundtruth_cohort(inputs_from_bids(source, patients), out / "segmentation",
+                                    seg_config=seg_cfg, reg_config=reg_cfg, n_jobs=workers, progress=progress)
+    t_cohort = time.perf_counter() - t0 - t_sim - t_train
+    idx = prepared.index(patients)
+    on_grid = np.stack([prepared.crops[j].to_grid(result.masks[s]) for s, j in zip(patients, idx)]).astype(np.uint8)
+    _save_npy(out / "lesion-pipeline.npy", on_grid)
+    table = result.table
+    _write_csv(out / "subjects.csv", table)
+    write_json_atomic(out / "groundtruth.json", {
+        "subjects": patients,
+        "config_hash": config_hash(seg_cfg, reg_cfg, profile.sections["cohort"], profile.sections["prepare"]),
+        "segmentation_config_hash": seg_run.get("config_hash"),
+        "seed": profile.seed,
+        "n_training_subjects": len(training.subject_ids),
+        "seconds": {"simulate_training_set": round(t_sim, 1), "train_segmentation": round(t_train, 1),
+                    "segment_and_register": round(t_cohort, 1)},
+        "summary": table.drop(columns=["subject"]).mean(numeric_only=True).round(4).to_dict(),
+        "provenance": provenance(),
+    })
+    return table
+
+
+def pipeline_lesions(profile: Profile, results: str | Path, subjects: list[str]) -> np.ndarray | None:
+    """The ground-truth pipeline's masks (network grid) of ``subjects``, or None before that job has run."""
+    out = _groundtruth_dir(profile, results)
+    record, masks = out / "groundtruth.json", out / "lesion-pipeline.npy"
+    if not (record.is_file() and masks.is_file()):
+        return None
+    order = json.loads(record.read_text())["subjects"]
+    missing = sorted(set(subjects) - set(order))
+    if missing:
+        raise ValueError(f"{record}: no pipeline mask for {missing}; re-run the ground-truth job.")
+    stack = np.load(masks, mmap_mode="r")
+    return np.stack([np.asarray(stack[order.index(s)], dtype=bool) for s in subjects])
 
 
 # --------------------------------------------------------------------------- aggregation
 
-def _collect(profile: Profile, results: str | Path, name: str) -> pd.DataFrame:
+def _collect(profile: Profile, results: str | Path, name: str, *, required: bool = True) -> pd.DataFrame | None:
     root = results_root(profile, results) / "runs"
     frames = [pd.read_csv(p) for p in sorted(root.glob(f"*/*/fold-*/{name}"))]
     if not frames:
+        if not required:
+            return None
         raise FileNotFoundError(f"{root}: no {name} files; run the evaluate jobs first.")
     return pd.concat(frames, ignore_index=True)
+
+
+def _truth_comparison(dice: pd.DataFrame, det: pd.DataFrame, dice_p: pd.DataFrame,
+                      det_p: pd.DataFrame) -> pd.DataFrame:
+    """Mean Dice (post-processed, per rule) and AUROC against exact vs pipeline masks, per configuration."""
+    run = ["model", "variant", "fold", "subject"]
+    d = dice.merge(dice_p, on=run + ["rule"], suffixes=("_exact", "_pipeline"))
+    a = det.merge(det_p, on=run, suffixes=("_exact", "_pipeline"))
+    out = (d.groupby(["model", "variant", "rule"], sort=False)
+           .agg(dice_exact=("dice_post_exact", "mean"), dice_pipeline=("dice_post_pipeline", "mean"),
+                n=("subject", "size"))
+           .reset_index())
+    auroc = (a.groupby(["model", "variant"], sort=False)
+             .agg(auroc_exact=("auroc_exact", "mean"), auroc_pipeline=("auroc_pipeline", "mean")).reset_index())
+    out = out.merge(auroc, on=["model", "variant"])
+    out["dice_change"] = out["dice_pipeline"] - out["dice_exact"]
+    out["auroc_change"] = out["auroc_pipeline"] - out["auroc_exact"]
+    return out
 
 
 def run_aggregate(profile: Profile, results: str | Path = "results") -> dict[str, pd.DataFrame]:
@@ -378,6 +517,13 @@ def run_aggregate(profile: Profile, results: str | Path = "results") -> dict[str
     tables["dice_extra_rules"] = per_rule(models, extra_rules)
     tables["dice_baseline"] = per_rule(dice[dice["model"] == "baseline"], sorted(set(dice["rule"])))
     tables["runs"] = _runs_table(profile, results)
+    dice_p = _collect(profile, results, "eval-dice-pipeline.csv", required=False)
+    det_p = _collect(profile, results, "eval-auroc-pipeline.csv", required=False)
+    if dice_p is not None and det_p is not None:
+        tables["truth_comparison"] = _truth_comparison(dice, det, dice_p, det_p)
+    gt_table = _groundtruth_dir(profile, results) / "subjects.csv"
+    if gt_table.is_file():
+        tables["groundtruth"] = pd.read_csv(gt_table)
     out = root / "tables"
     for name, table in tables.items():
         with atomic_path(out / f"{name}.csv") as tmp:

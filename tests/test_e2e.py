@@ -15,6 +15,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -38,7 +39,7 @@ def smoke_build(tmp_path_factory):
 
 def test_every_job_wrote_its_notebook_and_provenance(smoke_build):
     root, _ = smoke_build
-    for nb in ("cohort", "aggregate", "followup", "figures"):
+    for nb in ("cohort", "groundtruth", "aggregate", "followup", "figures"):
         assert (root / "notebooks" / f"{nb}.ipynb").is_file()
     runs = pd.read_csv(root / "tables" / "runs.csv")
     assert len(runs) == 4 and runs["config_hash"].notna().all() and runs["seed"].notna().all()
@@ -91,7 +92,7 @@ def _local_targets(page: Path, refs):
 
 def test_built_pages_have_no_broken_images_or_links(smoke_build):
     _, html = smoke_build
-    for name in ("index", "data", "methods", "results", "comparison", "reproducibility", "usage"):
+    for name in ("index", "data", "methods", "results", "comparison", "groundtruth", "reproducibility", "usage"):
         page = html / f"{name}.html"
         assert page.is_file(), page
         parser = _Links()
@@ -102,6 +103,21 @@ def test_built_pages_have_no_broken_images_or_links(smoke_build):
     assert results.count("<img") >= 8
     assert "Simulated data" in results and "smoke" in results
     assert "Traceback" not in results
+
+
+def test_groundtruth_stage_scores_against_both_truths(smoke_build):
+    root, html = smoke_build
+    gt = pd.read_csv(root / "tables" / "groundtruth.csv")
+    assert len(gt) == 3 and gt["dice_segmentation"].between(0, 1).all()
+    assert (gt["reg_error_mean_mm"] >= 0).all()
+    comparison = pd.read_csv(root / "tables" / "truth_comparison.csv")
+    assert {"dae", "recdisc", "baseline"} <= set(comparison["model"])
+    assert comparison[["dice_exact", "dice_pipeline"]].stack().between(0, 1).all()
+    masks = np.load(root / "groundtruth" / "lesion-pipeline.npy")
+    assert masks.shape[0] == 3 and masks.any()
+    text = re.sub(r"<[^>]+>", " ", (html / "groundtruth.html").read_text())
+    assert "Traceback" not in text and "Simulated data" in text
+    assert len(re.findall(r"\b0\.\d{3}\b", text)) > 10
 
 
 def test_comparison_page_lists_every_paper_table(smoke_build):

@@ -28,6 +28,7 @@ def test_paper_profile_dag_has_168_training_jobs(tmp_path, snakemake_profile):
     assert counts["evaluate"] == 24 * 7
     assert counts["baseline"] == 7
     assert counts["cohort"] == 1 and counts["aggregate"] == 1 and counts["figures"] == 1
+    assert counts["groundtruth"] == 1
 
 
 def test_quick_profile_dag_runs_every_configuration_once(tmp_path):

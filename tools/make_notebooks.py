@@ -24,6 +24,14 @@ NOTEBOOKS = {
             "pipeline.cohort_overview(p, results)",
         ],
     ),
+    "groundtruth": (
+        "The paper's ground-truth pipeline (U-Net segmentation of T1w/FLAIR, ANTs registration to the DWI) "
+        "on the cohort's patients, and its error against the simulator's truth.",
+        'profile = "quick"\nresults = "results"\nbids_root = ""  # empty: the simulated cohort\nthreads = 0  # CPU threads and registration workers; 0: one',
+        [
+            "table = pipeline.run_groundtruth(p, results, bids_root=bids_root or None, threads=threads)\ntable.describe().T",
+        ],
+    ),
     "train": (
         "Train one (model, configuration, fold) on the healthy subjects of the fold.",
         'profile = "quick"\nresults = "results"\nmodel = "dae"\nvariant = "lsd512-sigmoid"\nfold = 0\nthreads = 0  # CPU threads for torch; 0 keeps its default',

@@ -22,6 +22,7 @@ __all__ = [
     "plot_qualitative",
     "plot_followup",
     "plot_dice_by_rule",
+    "plot_groundtruth",
     "mean_roc",
     "lesion_slice",
 ]
@@ -237,6 +238,59 @@ def plot_followup(md: ArrayLike, score_map: ArrayLike, lesion: ArrayLike, follow
     a[3].set_title("flagged outside pre-op lesion")
     if title:
         fig.suptitle(title)
+    return fig
+
+
+def plot_groundtruth(cases: Sequence[Mapping[str, Any]], table: pd.DataFrame) -> Figure:
+    """The ground-truth pipeline against the truth: example masks and per-patient errors.
+
+    Parameters
+    ----------
+    cases : sequence of mapping
+        Each with ``label``, ``md`` (background), ``exact`` (the simulator's
+        lesion) and ``pipeline`` (the carried-over segmentation), all on one grid.
+    table : DataFrame
+        One row per patient with ``dice_segmentation``, ``dice_true_transform``,
+        ``dice_pipeline`` and ``reg_error_p95_mm`` (from
+        :func:`dmrilib.groundtruth.run_groundtruth_cohort`).
+
+    Returns
+    -------
+    Figure
+        One image axes per case, then a Dice strip plot and a registration-error strip plot.
+    """
+    n = len(cases)
+    fig = Figure(figsize=(3.0 * n + 6.5, 3.2), layout="constrained")
+    axes = fig.subplots(1, n + 2, width_ratios=[1.0] * n + [1.3, 0.8])
+    for ax, case in zip(axes[:n], cases):
+        exact, piped = np.asarray(case["exact"], bool), np.asarray(case["pipeline"], bool)
+        z = lesion_slice(exact | piped)
+        _show(ax, np.asarray(case["md"])[..., z], cmap="gray")
+        _contour(ax, exact[..., z], "tab:green")
+        _contour(ax, piped[..., z], "tab:orange")
+        ax.set_title(str(case["label"]), fontsize=9)
+    rng = np.random.default_rng(0)  # jitter only
+    columns = [("dice_segmentation", "segmentation\n(T1w grid)"), ("dice_true_transform", "true\ntransform"),
+               ("dice_pipeline", "pipeline\n(DWI grid)")]
+    ax = axes[n]
+    for k, (col, _) in enumerate(columns):
+        values = pd.to_numeric(table[col], errors="coerce").dropna().to_numpy()
+        ax.scatter(k + rng.uniform(-0.15, 0.15, len(values)), values, s=12, alpha=0.7)
+        if len(values):
+            ax.hlines(np.median(values), k - 0.3, k + 0.3, color="black")
+    ax.set_xticks(range(len(columns)), [label for _, label in columns], fontsize=8)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("Dice vs the simulated lesion")
+    ax = axes[n + 1]
+    err = pd.to_numeric(table["reg_error_p95_mm"], errors="coerce").dropna().to_numpy()
+    ax.scatter(rng.uniform(-0.15, 0.15, len(err)), err, s=12, alpha=0.7, color="tab:purple")
+    if len(err):
+        ax.hlines(np.median(err), -0.3, 0.3, color="black")
+    ax.set_xticks([0], ["95th pct."], fontsize=8)
+    ax.set_xlim(-0.6, 0.6)
+    ax.set_ylim(bottom=0)
+    ax.set_ylabel("registration error (mm)")
+    fig.suptitle("green: simulated lesion, orange: ground-truth pipeline (U-Net + ANTs)", fontsize=9)
     return fig
 
 

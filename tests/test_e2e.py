@@ -113,8 +113,11 @@ def test_groundtruth_stage_scores_against_both_truths(smoke_build):
     comparison = pd.read_csv(root / "tables" / "truth_comparison.csv")
     assert {"dae", "recdisc", "baseline"} <= set(comparison["model"])
     assert comparison[["dice_exact", "dice_pipeline"]].stack().between(0, 1).all()
+    # The smoke U-Net is too small to find tumours; check that the masks on the
+    # network grid are the carried-over masks the table counted.
     masks = np.load(root / "groundtruth" / "lesion-pipeline.npy")
-    assert masks.shape[0] == 3 and masks.any()
+    assert masks.shape[0] == 3
+    assert masks.reshape(3, -1).sum(axis=1).tolist() == gt["pipeline_voxels"].astype(int).tolist()
     text = re.sub(r"<[^>]+>", " ", (html / "groundtruth.html").read_text())
     assert "Traceback" not in text and "Simulated data" in text
     assert len(re.findall(r"\b0\.\d{3}\b", text)) > 10

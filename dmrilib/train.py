@@ -49,6 +49,10 @@ __all__ = [
     "run_hash",
     "resolve_device",
     "CheckpointMismatchError",
+    "save_checkpoint",
+    "checkpoint_provenance",
+    "derive_seed",
+    "seeded_generator",
 ]
 
 _CHECKPOINT_FORMAT = "dmrilib-checkpoint/1"
@@ -80,21 +84,60 @@ def run_hash(model: str, variant: str, model_config: ModelConfig, train_config: 
                         "train_ids": list(train_ids), "val_ids": list(val_ids)})
 
 
-def _seed(*parts: Any) -> int:
-    """A 63-bit seed from any printable parts (stable across processes, unlike ``hash``)."""
+def derive_seed(*parts: Any) -> int:
+    """A 63-bit seed derived from any printable parts.
+
+    The seed is the SHA-256 of ``repr(parts)``, first 8 bytes read
+    little-endian and shifted right by one bit, so it is the same in every
+    process and Python session (unlike ``hash``, which is salted per
+    process). Each random stream of a run gets its own seed from the run's
+    seed and a name, e.g. ``derive_seed(seed, "order", epoch)``.
+
+    Parameters
+    ----------
+    *parts : Any
+        Values whose ``repr`` is stable (ints, strings, tuples of them).
+
+    Returns
+    -------
+    int
+        A seed in ``[0, 2**63)``, accepted by ``torch.manual_seed`` and
+        ``numpy.random.default_rng``.
+
+    See Also
+    --------
+    seeded_generator
+    """
     digest = hashlib.sha256(repr(parts).encode()).digest()
     return int.from_bytes(digest[:8], "little") >> 1
 
 
-def _generator(device: torch.device, *parts: Any) -> torch.Generator:
-    return torch.Generator(device=device).manual_seed(_seed(*parts))
+def seeded_generator(device: torch.device, *parts: Any) -> torch.Generator:
+    """A fresh ``torch.Generator`` on ``device`` seeded with ``derive_seed(*parts)``.
+
+    Parameters
+    ----------
+    device : torch.device
+        Device the generator draws on (it must match the tensors it fills).
+    *parts : Any
+        Passed to :func:`derive_seed`.
+
+    Returns
+    -------
+    torch.Generator
+
+    See Also
+    --------
+    derive_seed
+    """
+    return torch.Generator(device=device).manual_seed(derive_seed(*parts))
 
 
 def _build(model: str, variant: str, model_config: ModelConfig, in_channels: int, grid: Sequence[int],
            seed: int) -> nn.Module:
     # nn.Module initialisers draw from the global RNG; fork it so the caller's state is untouched.
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(_seed(seed, "init"))
+        torch.manual_seed(derive_seed(seed, "init"))
         return build_model(model, variant, model_config, in_channels, grid=grid)
 
 
@@ -104,7 +147,22 @@ def _meta_config(model: str, variant: str, model_config: ModelConfig, in_channel
             "in_channels": int(in_channels), "grid": [int(g) for g in grid]}
 
 
-def _save(path: Path, payload: dict[str, Any]) -> None:
+def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> None:
+    """Write a checkpoint atomically with ``torch.save``.
+
+    The payload goes to a temporary file beside ``path`` that then replaces
+    it (:func:`dmrilib._atomic.atomic_path`), so a run killed while saving
+    leaves the previous checkpoint intact. Missing parent folders are created.
+
+    Parameters
+    ----------
+    path : path-like
+        Destination, e.g. ``<run>/checkpoint-last.pt``.
+    payload : dict
+        Plain types and tensors only (``state_dict`` etc.), so that it loads
+        with ``torch.load(..., weights_only=True)``; see
+        :func:`checkpoint_provenance`.
+    """
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
 
@@ -309,7 +367,7 @@ def train_run(volumes: np.ndarray, brain_masks: np.ndarray, subject_ids: Sequenc
         if jood is None:
             val_batches.append((clean, None, None))
             continue
-        gen = _generator(device, cfg.seed, "val", sid)
+        gen = seeded_generator(device, cfg.seed, "val", sid)
         for _ in range(cfg.val_copies):
             disturbed, mask = add_jood(clean, brain_va[j:j + 1], jood, gen)
             val_batches.append((clean, disturbed, mask))
@@ -323,8 +381,8 @@ def train_run(volumes: np.ndarray, brain_masks: np.ndarray, subject_ids: Sequenc
     n_train = len(tr_idx) * copies
     for epoch in range(start_epoch, cfg.epochs):
         t0 = time.perf_counter()
-        cpu_gen = _generator(torch.device("cpu"), cfg.seed, "order", epoch)
-        dev_gen = _generator(device, cfg.seed, "noise", epoch)
+        cpu_gen = seeded_generator(torch.device("cpu"), cfg.seed, "order", epoch)
+        dev_gen = seeded_generator(device, cfg.seed, "noise", epoch)
         # one host-to-device copy per epoch instead of one (blocking) copy per step
         order = (torch.randperm(n_train, generator=cpu_gen) % len(tr_idx)).to(device)
         net.train()
@@ -370,12 +428,13 @@ def train_run(volumes: np.ndarray, brain_masks: np.ndarray, subject_ids: Sequenc
             state = {k: v.detach().to("cpu") for k, v in net.state_dict().items()}
         if selected:
             best_loss, best_epoch = val_loss, epoch
-            _save(best_path, {**common, "state_dict": state, "provenance": _prov_json(chash, cfg.seed)})
+            save_checkpoint(best_path, {**common, "state_dict": state,
+                                        "provenance": checkpoint_provenance(chash, cfg.seed)})
         if save_last:
-            _save(last_path, {**common, "state_dict": state, "optimizer": optimizer.state_dict(),
-                              "scheduler": scheduler.state_dict(), "best_val_loss": best_loss,
-                              "best_epoch": best_epoch, "log": rows, "wall_seconds": wall,
-                              "provenance": _prov_json(chash, cfg.seed)})
+            save_checkpoint(last_path, {**common, "state_dict": state, "optimizer": optimizer.state_dict(),
+                                        "scheduler": scheduler.state_dict(), "best_val_loss": best_loss,
+                                        "best_epoch": best_epoch, "log": rows, "wall_seconds": wall,
+                                        "provenance": checkpoint_provenance(chash, cfg.seed)})
         write_text_atomic(out / "log.csv", _log_csv(rows))
         if bar is not None:
             bar.update(1)
@@ -392,7 +451,7 @@ def train_run(volumes: np.ndarray, brain_masks: np.ndarray, subject_ids: Sequenc
         "train_ids": list(train_ids), "val_ids": list(val_ids),
         "model_config": meta_config["model_config"], "train_config": dataclasses.asdict(cfg),
         "grid": list(grid), "in_channels": in_channels,
-        "provenance": _prov_json(chash, cfg.seed),
+        "provenance": checkpoint_provenance(chash, cfg.seed),
     }
     write_json_atomic(out / "run.json", record)
     return record
@@ -401,8 +460,26 @@ def train_run(volumes: np.ndarray, brain_masks: np.ndarray, subject_ids: Sequenc
 _PROV_CACHE: dict[str, Any] = {}
 
 
-def _prov_json(chash: str, seed: int) -> dict[str, Any]:
-    """Provenance as plain JSON types (``weights_only`` loading accepts nothing else)."""
+def checkpoint_provenance(config_hash: str, seed: int) -> dict[str, Any]:
+    """:func:`dmrilib.config.provenance` plus a run's config hash and seed, as plain JSON types.
+
+    Checkpoints and ``run.json`` carry this record. Every value is a JSON
+    type (anything else is turned into its ``str``), because
+    ``torch.load(..., weights_only=True)`` accepts nothing else. The
+    environment part is computed once per process.
+
+    Parameters
+    ----------
+    config_hash : str
+        The run's config hash (e.g. from :func:`run_hash`).
+    seed : int
+        The run's seed.
+
+    Returns
+    -------
+    dict
+        The provenance keys with ``config_hash`` and ``seed`` added.
+    """
     if "base" not in _PROV_CACHE:
         _PROV_CACHE["base"] = json.loads(json.dumps(provenance(), default=str))
-    return {**_PROV_CACHE["base"], "config_hash": chash, "seed": seed}
+    return {**_PROV_CACHE["base"], "config_hash": config_hash, "seed": seed}

@@ -41,7 +41,8 @@ from dmrilib.groundtruth.config import SegConfig
 from dmrilib.groundtruth.unet import IN_CHANNELS, SegUNet, seg_loss
 # Checkpoint plumbing is shared with the anomaly-model training (one format
 # of atomic saves, seeds and provenance), not re-implemented here.
-from dmrilib.train import CheckpointMismatchError, _generator, _prov_json, _save, _seed, resolve_device
+from dmrilib.train import (CheckpointMismatchError, checkpoint_provenance, derive_seed, resolve_device,
+                           save_checkpoint, seeded_generator)
 
 __all__ = [
     "TrainingSubject",
@@ -301,7 +302,7 @@ def _pad(x: np.ndarray, divisor: int) -> np.ndarray:
 def _build(config: SegConfig) -> SegUNet:
     # nn.Module initialisers draw from the global RNG; fork it so the caller's state is untouched.
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(_seed(config.seed, "segmentation-init"))
+        torch.manual_seed(derive_seed(config.seed, "segmentation-init"))
         return SegUNet(IN_CHANNELS, config.widths, config.negative_slope, config.norm, config.stride)
 
 
@@ -436,7 +437,7 @@ def train_segmentation(images: np.ndarray, targets: np.ndarray, *, config: SegCo
     n = images.shape[0]
     for epoch in range(start_epoch, cfg.epochs):
         t0 = time.perf_counter()
-        gen = _generator(torch.device("cpu"), cfg.seed, "segmentation-order", epoch)
+        gen = seeded_generator(torch.device("cpu"), cfg.seed, "segmentation-order", epoch)
         order = torch.randperm(n, generator=gen).tolist()
         net.train()
         total = torch.zeros((), device=device)
@@ -465,9 +466,10 @@ def train_segmentation(images: np.ndarray, targets: np.ndarray, *, config: SegCo
         rows.append({"epoch": epoch, "train_loss": train_loss, "lr": lr, "seconds": seconds})
         if (epoch + 1) % cfg.checkpoint_every == 0 or epoch + 1 == cfg.epochs:
             state = {k: v.detach().to("cpu") for k, v in net.state_dict().items()}
-            _save(last_path, {**meta, "epoch": epoch, "state_dict": state, "optimizer": optimizer.state_dict(),
-                              "scheduler": scheduler.state_dict(), "log": rows, "wall_seconds": wall,
-                              "provenance": _prov_json(chash, cfg.seed)})
+            save_checkpoint(last_path, {**meta, "epoch": epoch, "state_dict": state,
+                                        "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                                        "log": rows, "wall_seconds": wall,
+                                        "provenance": checkpoint_provenance(chash, cfg.seed)})
         write_text_atomic(out / "log.csv", _log_csv(rows))
         if bar is not None:
             bar.update(1)
@@ -482,7 +484,7 @@ def train_segmentation(images: np.ndarray, targets: np.ndarray, *, config: SegCo
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "parameters": int(sum(p.numel() for p in net.parameters())),
         "subject_ids": ids, "grid": list(grid), "segmentation_config": meta["segmentation_config"],
-        "checkpoint": last_path.name, "provenance": _prov_json(chash, cfg.seed),
+        "checkpoint": last_path.name, "provenance": checkpoint_provenance(chash, cfg.seed),
     }
     write_json_atomic(out / "run.json", record)
     return record

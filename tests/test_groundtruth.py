@@ -132,6 +132,16 @@ def test_segunet_maps_three_channels_to_one_logit_map_and_checks_shapes():
         SegUNet(3, (4, 8), norm="group")
 
 
+def test_segunet_is_the_shared_unet_body_with_stable_state_dict_keys():
+    from dmrilib.models.blocks import UNet3d
+
+    net = SegUNet(3, (4, 8), norm="none")
+    assert isinstance(net, UNet3d) and net.skip_connections and net.out_channels == 1
+    # segmentation checkpoints of earlier runs load only if the parameter names stay put
+    assert {k.split(".")[0] for k in net.state_dict()} == {"down", "up", "up_conv", "head"}
+    assert "down.0.0.weight" in net.state_dict()
+
+
 @pytest.mark.parametrize("norm", ["none", "batch", "instance"])
 def test_segunet_with_stride_predicts_on_the_input_grid(norm):
     net = SegUNet(3, (4, 8), norm=norm, stride=2)

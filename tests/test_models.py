@@ -4,6 +4,7 @@ import torch
 
 from dmrilib.models import (DAE, DAEOutput, ModelConfig, RecDiscNet, build_model, dae_loss, kl_divergence,
                             parse_dae_variant, recdisc_loss)
+from dmrilib.models.blocks import UNet3d
 from dmrilib.published import DAE_INDEX, RECDISC_INDEX
 
 DAE_VARIANTS = [f"lsd{n}-{a}" for a in ("linear", "sigmoid") for n in (16, 32, 64, 128, 256, 512)]
@@ -108,3 +109,36 @@ def test_model_config_rejects_bad_values_and_normalises_lists():
 def test_build_model_refuses_grid_the_recdisc_depth_cannot_halve():
     with pytest.raises(ValueError, match="multiples of"):
         build_model("recdisc", "mix-mix-half", TINY, 3, grid=(8, 10, 8))
+
+
+@pytest.mark.parametrize("norm", ["instance", "batch", "none"])
+@pytest.mark.parametrize("skip_connections", [True, False])
+def test_unet3d_maps_in_to_out_channels_on_the_input_grid(norm, skip_connections):
+    net = UNet3d(3, 2, (2, 4, 8), norm=norm, skip_connections=skip_connections)
+    assert net.divisor == 4
+    assert net(torch.rand(2, 3, *GRID)).shape == (2, 2, *GRID)
+    first_decoder_conv = next(net.up_conv[0].parameters())
+    assert first_decoder_conv.shape[1] == (8 if skip_connections else 4)  # upsampled (+ encoder) channels
+
+
+def test_unet3d_rejects_bad_arguments_naming_the_class():
+    with pytest.raises(ValueError, match="UNet3d: out_channels"):
+        UNet3d(3, 0, (2, 4))
+    with pytest.raises(ValueError, match="UNet3d: in_channels"):
+        UNet3d(True, 1, (2, 4))
+    with pytest.raises(ValueError, match="two levels"):
+        UNet3d(3, 1, (2,))
+    with pytest.raises(ValueError, match="negative_slope"):
+        UNet3d(3, 1, (2, 4), negative_slope=1.0)
+    with pytest.raises(ValueError, match="norm"):
+        UNet3d(3, 1, (2, 4), norm="group")
+
+
+def test_recdisc_subnetworks_are_unet_bodies_with_stable_state_dict_keys():
+    # Checkpoints of earlier runs load only if the parameter names stay put.
+    net = RecDiscNet(3, 4, 2, 2, 2)
+    assert isinstance(net.reconstructive, UNet3d) and not net.reconstructive.skip_connections
+    assert isinstance(net.discriminative, UNet3d) and net.discriminative.skip_connections
+    parts = {tuple(k.split(".")[:2]) for k in net.state_dict()}
+    assert parts == {(sub, part) for sub in ("reconstructive", "discriminative")
+                     for part in ("down", "up", "up_conv", "head")}

@@ -4,10 +4,9 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
-from torch import nn
 from torch.nn import functional as F
 
-from dmrilib.models.blocks import DoubleConv, check_volume_shape, check_widths
+from dmrilib.models.blocks import UNet3d, UNetNorm, check_volume_shape
 
 __all__ = ["SegUNet", "seg_loss", "IN_CHANNELS"]
 
@@ -15,12 +14,14 @@ __all__ = ["SegUNet", "seg_loss", "IN_CHANNELS"]
 IN_CHANNELS = 3
 
 
-class SegUNet(nn.Module):
+class SegUNet(UNet3d):
     """3D U-Net mapping (T1w, FLAIR, foreground mask) to tumour logits.
 
-    Each level is two 3x3x3 convolutions with normalisation and LeakyReLU;
-    max-pooling down, stride-2 transposed convolutions up, skip connections by
-    concatenation, and a 1x1x1 head with one output channel.
+    A :class:`~dmrilib.models.blocks.UNet3d` with skip connections and one
+    output channel: each level is two 3x3x3 convolutions with normalisation
+    and LeakyReLU; max-pooling down, stride-2 transposed convolutions up,
+    skip connections by concatenation, and a 1x1x1 head. It adds the
+    ``stride`` below and checks the input's shape.
 
     Parameters
     ----------
@@ -43,35 +44,17 @@ class SegUNet(nn.Module):
     Notes
     -----
     Shapes: ``(B, in_channels, X, Y, Z) -> (B, 1, X, Y, Z)`` logits; X, Y and
-    Z must be multiples of ``stride * 2 ** (len(widths) - 1)`` (pad the
-    images, see :func:`dmrilib.groundtruth.segment`). Fully convolutional.
+    Z must be multiples of ``divisor = stride * 2 ** (len(widths) - 1)`` (pad
+    the images, see :func:`dmrilib.groundtruth.segment`). Fully convolutional.
     """
 
     def __init__(self, in_channels: int = IN_CHANNELS, widths: Sequence[int] = (8, 16, 32),
-                 negative_slope: float = 0.01, norm: str = "batch", stride: int = 1) -> None:
-        super().__init__()
-        if isinstance(in_channels, bool) or int(in_channels) != in_channels or in_channels < 1:
-            raise ValueError(f"SegUNet: in_channels must be a positive integer, got {in_channels!r}.")
-        w = check_widths("SegUNet: widths", widths)
-        if len(w) < 2:
-            raise ValueError(f"SegUNet: widths needs at least two levels (one pooling), got {list(w)}.")
-        if not 0.0 <= negative_slope < 1.0:
-            raise ValueError(f"SegUNet: negative_slope must be in [0, 1), got {negative_slope!r}.")
-        if norm not in ("batch", "instance", "none"):
-            raise ValueError(f"SegUNet: norm must be 'batch', 'instance' or 'none', got {norm!r}.")
+                 negative_slope: float = 0.01, norm: UNetNorm = "batch", stride: int = 1) -> None:
+        super().__init__(in_channels, 1, widths, norm=norm, negative_slope=negative_slope)
         if isinstance(stride, bool) or int(stride) != stride or stride < 1:
             raise ValueError(f"SegUNet: stride must be a positive integer, got {stride!r}.")
-        self.in_channels = int(in_channels)
-        self.widths = w
-        self.norm = norm
         self.stride = int(stride)
-        self.divisor = self.stride * 2 ** (len(w) - 1)
-        block = (lambda i, o: _PlainDoubleConv(i, o, negative_slope)) if norm == "none" else (
-            lambda i, o: DoubleConv(i, o, norm=norm, negative_slope=negative_slope))
-        self.down = nn.ModuleList([block(self.in_channels, w[0])] + [block(w[i], w[i + 1]) for i in range(len(w) - 1)])
-        self.up = nn.ModuleList([nn.ConvTranspose3d(w[i + 1], w[i], 2, stride=2) for i in reversed(range(len(w) - 1))])
-        self.up_conv = nn.ModuleList([block(2 * w[i], w[i]) for i in reversed(range(len(w) - 1))])
-        self.head = nn.Conv3d(w[0], 1, 1)
+        self.divisor = self.stride * 2 ** (len(self.widths) - 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """See the class notes for shapes."""
@@ -79,26 +62,10 @@ class SegUNet(nn.Module):
         size = x.shape[2:]
         if self.stride > 1:
             x = F.avg_pool3d(x, self.stride)
-        skips = [self.down[0](x)]
-        for block in self.down[1:]:
-            skips.append(block(F.max_pool3d(skips[-1], 2)))
-        h = skips.pop()
-        for up, conv in zip(self.up, self.up_conv):
-            h = conv(torch.cat([up(h), skips.pop()], dim=1))
-        logits = self.head(h)
+        logits = super().forward(x)
         if self.stride > 1:
             logits = F.interpolate(logits, size=size, mode="trilinear", align_corners=False)
         return logits
-
-
-class _PlainDoubleConv(nn.Sequential):
-    """Two 3x3x3 convolutions (with bias), each followed by LeakyReLU; no normalisation."""
-
-    def __init__(self, in_channels: int, out_channels: int, negative_slope: float) -> None:
-        super().__init__(nn.Conv3d(in_channels, out_channels, 3, padding=1),
-                         nn.LeakyReLU(negative_slope, inplace=True),
-                         nn.Conv3d(out_channels, out_channels, 3, padding=1),
-                         nn.LeakyReLU(negative_slope, inplace=True))
 
 
 def seg_loss(logits: torch.Tensor, target: torch.Tensor, *, dice_weight: float = 1.0, bce_weight: float = 1.0,

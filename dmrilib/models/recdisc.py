@@ -7,9 +7,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from dmrilib.models.blocks import DoubleConv, check_volume_shape
+from dmrilib.models.blocks import UNet3d, check_volume_shape
 
-__all__ = ["RecDiscNet", "RecDiscOutput", "ReconstructionNet", "DiscriminativeUNet", "recdisc_loss"]
+__all__ = ["RecDiscNet", "RecDiscOutput", "recdisc_loss"]
 
 
 class RecDiscOutput(NamedTuple):
@@ -23,67 +23,16 @@ def _widths(base: int, depth: int) -> list[int]:
     return [base * 2 ** i for i in range(depth + 1)]
 
 
-class ReconstructionNet(nn.Module):
-    """Encoder-decoder without skip connections.
-
-    Widths ``base * 2**i`` for ``i = 0..depth``; ``depth`` max-poolings down,
-    ``depth`` stride-2 transposed convolutions up; linear 1x1x1 output head.
-    Shapes: ``(B, C, X, Y, Z) -> (B, C, X, Y, Z)``.
-    """
-
-    def __init__(self, in_channels: int, base: int, depth: int, negative_slope: float = 0.01) -> None:
-        super().__init__()
-        w = _widths(base, depth)
-        self.down = nn.ModuleList([DoubleConv(in_channels, w[0], negative_slope=negative_slope)]
-                                  + [DoubleConv(w[i], w[i + 1], negative_slope=negative_slope)
-                                     for i in range(depth)])
-        self.up = nn.ModuleList([nn.ConvTranspose3d(w[i + 1], w[i], 2, stride=2) for i in reversed(range(depth))])
-        self.up_conv = nn.ModuleList([DoubleConv(w[i], w[i], negative_slope=negative_slope)
-                                      for i in reversed(range(depth))])
-        self.head = nn.Conv3d(w[0], in_channels, 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.down[0](x)
-        for block in self.down[1:]:
-            h = block(F.max_pool3d(h, 2))
-        for up, conv in zip(self.up, self.up_conv):
-            h = conv(up(h))
-        return self.head(h)
-
-
-class DiscriminativeUNet(nn.Module):
-    """U-Net with skip connections producing one anomaly-logit channel.
-
-    Shapes: ``(B, C_in, X, Y, Z) -> (B, 1, X, Y, Z)``.
-    """
-
-    def __init__(self, in_channels: int, base: int, depth: int, negative_slope: float = 0.01) -> None:
-        super().__init__()
-        w = _widths(base, depth)
-        self.down = nn.ModuleList([DoubleConv(in_channels, w[0], negative_slope=negative_slope)]
-                                  + [DoubleConv(w[i], w[i + 1], negative_slope=negative_slope)
-                                     for i in range(depth)])
-        self.up = nn.ModuleList([nn.ConvTranspose3d(w[i + 1], w[i], 2, stride=2) for i in reversed(range(depth))])
-        self.up_conv = nn.ModuleList([DoubleConv(2 * w[i], w[i], negative_slope=negative_slope)
-                                      for i in reversed(range(depth))])
-        self.head = nn.Conv3d(w[0], 1, 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        skips = [self.down[0](x)]
-        for block in self.down[1:]:
-            skips.append(block(F.max_pool3d(skips[-1], 2)))
-        h = skips.pop()
-        for up, conv in zip(self.up, self.up_conv):
-            h = conv(torch.cat([up(h), skips.pop()], dim=1))
-        return self.head(h)
-
-
 class RecDiscNet(nn.Module):
     """Reconstruction network followed by a discriminative U-Net.
 
-    The U-Net sees the channel concatenation of the (disturbed) input and its
-    reconstruction and predicts where the input was disturbed.
-    InstanceNorm and LeakyReLU throughout.
+    Both are :class:`~dmrilib.models.blocks.UNet3d` bodies with widths
+    ``base * 2**i`` for ``i = 0..depth``. The reconstruction network
+    (``reconstructive``) has no skip connections and a linear C-channel
+    head. The U-Net (``discriminative``) sees the channel concatenation of
+    the (disturbed) input and its reconstruction and predicts where the
+    input was disturbed (one logit channel). InstanceNorm and LeakyReLU
+    throughout.
 
     Parameters
     ----------
@@ -119,8 +68,10 @@ class RecDiscNet(nn.Module):
         if self.grid is not None and (len(self.grid) != 3 or any(g < 1 or g % self.divisor for g in self.grid)):
             raise ValueError(f"RecDiscNet: grid must be 3 positive multiples of 2**max(recon_depth, disc_depth) "
                              f"= {self.divisor}, got {self.grid}.")
-        self.reconstructive = ReconstructionNet(in_channels, recon_base, recon_depth, negative_slope)
-        self.discriminative = DiscriminativeUNet(2 * in_channels, disc_base, disc_depth, negative_slope)
+        self.reconstructive = UNet3d(in_channels, in_channels, _widths(recon_base, recon_depth),
+                                     negative_slope=negative_slope, skip_connections=False)
+        self.discriminative = UNet3d(2 * in_channels, 1, _widths(disc_base, disc_depth),
+                                     negative_slope=negative_slope)
 
     def forward(self, x: torch.Tensor) -> RecDiscOutput:
         """See the class notes for shapes."""

@@ -256,16 +256,16 @@ def _evaluate_maps(profile: Profile, prepared, *, model: str, variant: str, fold
         "provenance": provenance(),
         **extra,
     }
-    pipeline_masks = pipeline_lesions(profile, results, test_ids)
-    if pipeline_masks is not None:
+    groundtruth = _groundtruth_record(profile, results)
+    if groundtruth is not None:
+        pipeline_masks = _pipeline_masks(profile, results, groundtruth, test_ids)
         dice_p, det_p = _score_maps(profile, prepared, maps_test, test_ids, lesions=pipeline_masks, **common)
         _write_csv(out_dir / "eval-dice-pipeline.csv", dice_p)
         _write_csv(out_dir / "eval-auroc-pipeline.csv", det_p)
         summary["truth_pipeline"] = {
             "auroc_mean": float(det_p["auroc"].mean()),
             "dice_post_mean_by_rule": dice_p.groupby("rule")["dice_post"].mean().round(4).to_dict(),
-            "groundtruth_hash": json.loads((results_root(profile, results) / "groundtruth" / "groundtruth.json")
-                                           .read_text())["config_hash"],
+            "groundtruth_hash": groundtruth["config_hash"],
         }
     write_json_atomic(out_dir / "eval.json", summary)
     return summary
@@ -446,15 +446,28 @@ def run_groundtruth(profile: Profile, results: str | Path = "results", *, bids_r
 
 def pipeline_lesions(profile: Profile, results: str | Path, subjects: list[str]) -> np.ndarray | None:
     """The ground-truth pipeline's masks (network grid) of ``subjects``, or None before that job has run."""
+    record = _groundtruth_record(profile, results)
+    return None if record is None else _pipeline_masks(profile, results, record, subjects)
+
+
+def _groundtruth_record(profile: Profile, results: str | Path) -> dict[str, Any] | None:
+    """``groundtruth.json``, or None before the ground-truth job has run (no record or no masks)."""
     out = _groundtruth_dir(profile, results)
     record, masks = out / "groundtruth.json", out / "lesion-pipeline.npy"
     if not (record.is_file() and masks.is_file()):
         return None
-    order = json.loads(record.read_text())["subjects"]
+    return json.loads(record.read_text())
+
+
+def _pipeline_masks(profile: Profile, results: str | Path, record: dict[str, Any],
+                    subjects: list[str]) -> np.ndarray:
+    """The masks of ``subjects`` from ``lesion-pipeline.npy``, ordered as in ``record`` (``groundtruth.json``)."""
+    out = _groundtruth_dir(profile, results)
+    order = record["subjects"]
     missing = sorted(set(subjects) - set(order))
     if missing:
-        raise ValueError(f"{record}: no pipeline mask for {missing}; re-run the ground-truth job.")
-    stack = np.load(masks, mmap_mode="r")
+        raise ValueError(f"{out / 'groundtruth.json'}: no pipeline mask for {missing}; re-run the ground-truth job.")
+    stack = np.load(out / "lesion-pipeline.npy", mmap_mode="r")
     return np.stack([np.asarray(stack[order.index(s)], dtype=bool) for s in subjects])
 
 

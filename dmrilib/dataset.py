@@ -21,10 +21,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import multiprocessing
 import os
 import shutil
 import tempfile
 import warnings
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -311,12 +313,49 @@ def _shell_kwargs(config: PrepareConfig) -> dict[str, Any]:
             "bvalue_tolerance": config.bvalue_tolerance}
 
 
+def _prepare_subject(entry: BidsDwi, root: Path, config: PrepareConfig, grid: NetworkGrid) -> dict[str, Any]:
+    """One subject on the network grid: attenuation, masks, FA/MD and what meta.json records."""
+    dwi = load_dwi(entry.dwi, bval=entry.bval, bvec=entry.bvec, clip_negative=config.clip_negative,
+                   **_shell_kwargs(config))
+    labels = {name: load_mask(entry.derivatives[key], dwi) for name, key in MASK_NAMES.items()
+              if key in entry.derivatives}
+    if "brain_mask" not in labels:
+        labels["brain_mask"] = brain_mask_from_b0(dwi)
+        brain_source = "median_otsu(mean b0)"
+    else:
+        brain_source = str(entry.derivatives["brain"].relative_to(root))
+    brain = labels["brain_mask"]
+    crop = grid.crop_for(brain)
+    # (X, Y, Z, C) -> (C, X, Y, Z) on the network grid
+    arrays = {"attenuation": np.moveaxis(crop.to_grid(attenuation(dwi, brain)), 3, 0).astype(config.dtype)}
+    arrays.update({name: crop.to_grid(labels[name]) for name in MASK_NAMES if name in labels})
+    maps = dti_maps(dwi, brain, fit_method=config.dti_fit)
+    arrays["fa"], arrays["md"] = crop.to_grid(maps.fa), crop.to_grid(maps.md)
+    dw = ~dwi.is_b0
+    return {
+        "arrays": arrays,
+        "affine": dwi.affine, "bvals": dwi.bvals[dw], "bvecs": dwi.bvecs[dw],
+        "crop": crop.to_dict(), "input_shape": list(dwi.spatial_shape), "voxel_size": list(dwi.voxel_size),
+        "labels": sorted(labels), "brain_source": brain_source,
+        "brain_kept": float(arrays["brain_mask"].sum() / max(int(brain.sum()), 1)),
+    }
+
+
+def _prepare_in_worker(args: tuple) -> dict[str, Any]:
+    # BLAS threads per worker: the workers already use every core.
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1, user_api="blas"):
+        return _prepare_subject(*args)
+
+
 def prepare_cohort(
     bids_root: str | os.PathLike,
     config: PrepareConfig,
     out_dir: str | os.PathLike,
     *,
     progress: bool = True,
+    n_jobs: int | None = None,
 ) -> Path:
     """Turn a BIDS cohort into network-grid arrays (see the module docstring).
 
@@ -335,6 +374,9 @@ def prepare_cohort(
         Destination folder (replaced when inputs or config changed).
     progress : bool
         Show a tqdm progress bar.
+    n_jobs : int, optional
+        Worker processes (default: up to 2, the CPU count permitting). The
+        arrays are the same whatever ``n_jobs``.
 
     Returns
     -------
@@ -379,34 +421,30 @@ def prepare_cohort(
         bvecs = np.zeros((n, n_channels, 3))
         crops, input_shapes, voxel_sizes, labels_present, brain_source, sessions = [], [], [], {}, {}, []
         brain_kept: dict[str, float] = {}
-        for i, e in enumerate(tqdm(entries, desc="prepare", unit="subject", disable=not progress)):
-            dwi = load_dwi(e.dwi, bval=e.bval, bvec=e.bvec, clip_negative=config.clip_negative,
-                           **_shell_kwargs(config))
-            labels = {name: load_mask(e.derivatives[key], dwi) for name, key in MASK_NAMES.items() if key in e.derivatives}
-            if "brain_mask" not in labels:
-                labels["brain_mask"] = brain_mask_from_b0(dwi)
-                brain_source[e.subject] = "median_otsu(mean b0)"
-            else:
-                brain_source[e.subject] = str(e.derivatives["brain"].relative_to(root))
-            brain = labels["brain_mask"]
-            crop = grid.crop_for(brain)
-            att = attenuation(dwi, brain)
-            # (X, Y, Z, C) -> (C, X, Y, Z) on the network grid
-            arrays["attenuation"][i] = np.moveaxis(crop.to_grid(att), 3, 0).astype(config.dtype)
-            for name in MASK_NAMES:
-                if name in labels:
-                    arrays[name][i] = crop.to_grid(labels[name])
-            brain_kept[e.subject] = float(arrays["brain_mask"][i].sum() / max(int(brain.sum()), 1))
-            maps = dti_maps(dwi, brain, fit_method=config.dti_fit)
-            arrays["fa"][i] = crop.to_grid(maps.fa)
-            arrays["md"][i] = crop.to_grid(maps.md)
-            dw = ~dwi.is_b0
-            affines[i], bvals[i], bvecs[i] = dwi.affine, dwi.bvals[dw], dwi.bvecs[dw]
-            crops.append(crop.to_dict())
-            input_shapes.append(list(dwi.spatial_shape))
-            voxel_sizes.append(list(dwi.voxel_size))
-            labels_present[e.subject] = sorted(labels)
-            sessions.append(e.session)
+        n_jobs = max(1, min(n_jobs or min(2, os.cpu_count() or 1), n))
+        jobs = [(e, root, config, grid) for e in entries]
+        pool = None
+        if n_jobs > 1:
+            pool = ProcessPoolExecutor(max_workers=n_jobs, mp_context=multiprocessing.get_context("fork"))
+            done = pool.map(_prepare_in_worker, jobs)
+        else:
+            done = map(_prepare_in_worker, jobs)
+        try:
+            for i, (e, one) in enumerate(tqdm(zip(entries, done), total=n, desc="prepare", unit="subject",
+                                              disable=not progress)):
+                for name, value in one["arrays"].items():
+                    arrays[name][i] = value
+                affines[i], bvals[i], bvecs[i] = one["affine"], one["bvals"], one["bvecs"]
+                crops.append(one["crop"])
+                input_shapes.append(one["input_shape"])
+                voxel_sizes.append(one["voxel_size"])
+                labels_present[e.subject] = one["labels"]
+                brain_source[e.subject] = one["brain_source"]
+                brain_kept[e.subject] = one["brain_kept"]
+                sessions.append(e.session)
+        finally:
+            if pool is not None:
+                pool.shutdown(cancel_futures=True)
         for arr in arrays.values():
             arr.flush()
         del arrays

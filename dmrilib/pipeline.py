@@ -59,7 +59,7 @@ def _save_npy(path: Path, array: np.ndarray) -> None:
 # --------------------------------------------------------------------------- cohort
 
 def run_cohort(profile: Profile, results: str | Path = "results", *, bids_root: str | Path | None = None,
-               progress: bool = True) -> tuple[Path, Path]:
+               progress: bool = True, n_jobs: int | None = None) -> tuple[Path, Path]:
     """Simulate the profile's cohort (or register a real BIDS dataset) and prepare its arrays.
 
     Parameters
@@ -69,6 +69,8 @@ def run_cohort(profile: Profile, results: str | Path = "results", *, bids_root: 
         Results root.
     bids_root : path-like, optional
         A real BIDS dataset to use instead of simulating one.
+    n_jobs : int, optional
+        Worker processes for simulating and preparing (default: up to 2).
 
     Returns
     -------
@@ -87,7 +89,7 @@ def run_cohort(profile: Profile, results: str | Path = "results", *, bids_root: 
         from dmrilib.simulate import simulate_cohort
 
         if not (cohort_dir / "dataset_description.json").is_file():
-            simulate_cohort(profile.cohort, cohort_dir, progress=progress)
+            simulate_cohort(profile.cohort, cohort_dir, progress=progress, n_jobs=n_jobs)
         source = cohort_dir
     else:
         source = Path(bids_root)
@@ -97,7 +99,7 @@ def run_cohort(profile: Profile, results: str | Path = "results", *, bids_root: 
             "Name": f"external dataset {source.name}", "BIDSVersion": "1.9.0",
             "DatasetType": "raw", "SourceDatasets": [{"URL": str(source.resolve())}],
         })
-    prepared_dir = prepare_cohort(source, profile.prepare, root / "prepared", progress=progress)
+    prepared_dir = prepare_cohort(source, profile.prepare, root / "prepared", progress=progress, n_jobs=n_jobs)
     return cohort_dir, Path(prepared_dir)
 
 

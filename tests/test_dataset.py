@@ -53,6 +53,18 @@ def test_prepare_writes_arrays_on_the_network_grid(bids, config, tmp_path):
     assert cohort.bvals.shape == (3, 6) and cohort.bvecs.shape == (3, 6, 3)
 
 
+def test_prepare_gives_the_same_arrays_with_one_or_two_workers(bids, config, tmp_path):
+    one = prepare_cohort(bids, config, tmp_path / "one", progress=False, n_jobs=1)
+    two = prepare_cohort(bids, config, tmp_path / "two", progress=False, n_jobs=2)
+    names = sorted(p.name for p in one.glob("*.npy"))
+    assert names == sorted(p.name for p in two.glob("*.npy")) and "attenuation.npy" in names
+    for name in names:
+        np.testing.assert_array_equal(np.load(one / name), np.load(two / name), err_msg=name)
+    meta_one, meta_two = (json.loads((d / "meta.json").read_text()) for d in (one, two))
+    for key in ("subjects", "crops", "labels_present", "brain_mask_source", "brain_fraction_in_grid"):
+        assert meta_one[key] == meta_two[key], key
+
+
 def test_attenuation_is_float16_on_disk_and_float32_on_access(bids, tmp_path):
     out = prepare_cohort(bids, PrepareConfig(grid=GRID), tmp_path / "p16", progress=False)
     assert np.load(out / "attenuation.npy", mmap_mode="r").dtype == np.float16

@@ -45,3 +45,32 @@ def test_notebooks_have_parameters_kernelspec_and_no_outputs():
         tagged = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
         assert len(tagged) == 1, path
         assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code"), path
+
+
+def test_run_notebook_types_parameters_like_papermill_and_runs_a_notebook(tmp_path):
+    import nbformat
+
+    sys.path.insert(0, str(ROOT / "workflow" / "scripts"))
+    try:
+        from run_notebook import parse_value
+    finally:
+        sys.path.pop(0)
+    assert [parse_value(v) for v in ("0", "2.5", "True", "None", "quick", "/tmp/x", "lsd512-sigmoid")] == \
+        [0, 2.5, True, None, "quick", "/tmp/x", "lsd512-sigmoid"]
+
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb.cells = [nbformat.v4.new_code_cell("fold = 0\nname = ''", metadata={"tags": ["parameters"]}),
+                nbformat.v4.new_code_cell("assert fold == 3 and name == 'dae'\nprint(fold * 2)")]
+    nbformat.write(nb, tmp_path / "in.ipynb")
+    run = subprocess.run([sys.executable, "workflow/scripts/run_notebook.py", str(tmp_path / "in.ipynb"),
+                          str(tmp_path / "out.ipynb"), "-p", "fold", "3", "-p", "name", "dae"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    executed = nbformat.read(tmp_path / "out.ipynb", as_version=4)
+    assert executed.cells[-1].outputs[0]["text"] == "6\n"
+    # A failing cell fails the job.
+    failed = subprocess.run([sys.executable, "workflow/scripts/run_notebook.py", str(tmp_path / "in.ipynb"),
+                             str(tmp_path / "bad.ipynb"), "-p", "fold", "4"], cwd=ROOT, capture_output=True,
+                            text=True, timeout=120)
+    assert failed.returncode != 0 and "AssertionError" in failed.stderr + failed.stdout

@@ -46,9 +46,12 @@ def main() -> None:
     parser.add_argument("--results", default="results")
     parser.add_argument("--workers", type=int, default=2, help="processes for simulation and registration")
     parser.add_argument("--json", default=None, help="write the stage timings here")
+    parser.add_argument("--only", default="cohort,train,evaluate,baseline,groundtruth",
+                        help="comma-separated stages to run (the cohort always is)")
     parser.add_argument("--skip-after", type=float, default=None,
                         help="skip optional stages (further runs, baseline, ground truth) starting after this many seconds")
     args = parser.parse_args()
+    only = set(args.only.split(","))
 
     profile = load_profile(args.profile)
     record: dict = {"profile": profile.name, "device": _device_name(), "workers": args.workers, "stages": []}
@@ -80,9 +83,9 @@ def main() -> None:
         return True
 
     runs = [(model, variant, fold) for model, variants in profile.variants.items()
-            for variant in variants for fold in profile.folds]
+            for variant in variants for fold in profile.folds] if "train" in only else []
     # One run of each model first: the rest are optional under --skip-after.
-    firsts = [next(r for r in runs if r[0] == model) for model in profile.variants]
+    firsts = [next(r for r in runs if r[0] == model) for model in profile.variants] if runs else []
     trained = []
     for model, variant, fold in firsts + [r for r in runs if r not in firsts]:
         name = f"train {model}/{variant}/fold{fold}"
@@ -92,13 +95,13 @@ def main() -> None:
                     progress=False)
         record["stages"][-1]["epochs"] = rec.get("epochs")
         trained.append((model, variant, fold))
-    for model, variant, fold in trained:
+    for model, variant, fold in trained if "evaluate" in only else []:
         summary = stage(f"evaluate {model}/{variant}/fold{fold}", run_evaluate, profile, model, variant, fold,
                         args.results, threads=args.workers)
         record["stages"][-1]["auroc_mean"] = round(summary["auroc_mean"], 4)
-    if not late("baseline"):
+    if "baseline" in only and not late("baseline"):
         stage("baseline", run_baseline, profile, profile.folds[0], args.results)
-    if not late("ground truth"):
+    if "groundtruth" in only and not late("ground truth"):
         table = stage("ground truth", run_groundtruth, profile, args.results, threads=args.workers, progress=False)
         record["stages"][-1]["mean"] = table.drop(columns=["subject"]).mean(numeric_only=True).round(4).to_dict()
     if args.json:

@@ -59,6 +59,12 @@ class TrainConfig:
         statistics lag the weights, which change fast at a high learning
         rate): in the quick profile it picked epoch 0 of lsd32-linear (lesion
         AUROC 0.27) where the last epoch reached 0.95.
+    val_every : int
+        Compute the validation loss after every this many epochs and after
+        the last one (paper: 1). Other epochs log NaN and are not candidates
+        for ``selection="val_loss"``. With ``selection="last"`` the loss is
+        only a diagnostic, and validating whole volumes each epoch is a
+        sizeable part of a short CPU run.
     checkpoint_every : int
         Write ``checkpoint-last.pt`` (weights + optimiser state, the resume
         point) every this many epochs and after the last one. The best
@@ -91,6 +97,7 @@ class TrainConfig:
     jood_radius: tuple[float, float] = (5.0, 11.0)
     recdisc_crop: tuple[int, int, int] | None = None
     selection: Literal["val_loss", "last"] = "val_loss"
+    val_every: int = 1
     checkpoint_every: int = 1
     precision: Literal["fp32", "bf16"] = "fp32"
     channels_last: bool = False
@@ -100,7 +107,8 @@ class TrainConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("epochs", "batch_size", "n_folds", "copies_per_subject", "val_copies", "checkpoint_every"):
+        for name in ("epochs", "batch_size", "n_folds", "copies_per_subject", "val_copies", "val_every",
+                     "checkpoint_every"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"train.{name} must be a positive integer, got {getattr(self, name)}.")
         if self.n_folds < 2:

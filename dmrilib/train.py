@@ -409,13 +409,16 @@ def train_run(volumes: np.ndarray, brain_masks: np.ndarray, subject_ids: Sequenc
         lr = optimizer.param_groups[0]["lr"]
         scheduler.step()
 
-        net.eval()
-        val_total = torch.zeros((), device=device)
-        with torch.no_grad():
-            for clean, disturbed, mask in val_batches:
-                val_total += loss_fn(clean, disturbed=disturbed, patch_mask=mask)
+        validate = (epoch + 1) % cfg.val_every == 0 or epoch + 1 == cfg.epochs
+        val_loss = math.nan
+        if validate:
+            net.eval()
+            val_total = torch.zeros((), device=device)
+            with torch.no_grad():
+                for clean, disturbed, mask in val_batches:
+                    val_total += loss_fn(clean, disturbed=disturbed, patch_mask=mask)
+            val_loss = float(val_total.item()) / len(val_batches)
         train_loss = float(total.item()) / n_train  # the one host sync per epoch
-        val_loss = float(val_total.item()) / len(val_batches)
         seconds = time.perf_counter() - t0
         wall += seconds
         rows.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "lr": lr, "seconds": seconds})
@@ -423,7 +426,7 @@ def train_run(volumes: np.ndarray, brain_masks: np.ndarray, subject_ids: Sequenc
         common = {"format": _CHECKPOINT_FORMAT, **meta_config, "config_hash": chash, "seed": cfg.seed,
                   "epoch": epoch, "val_loss": val_loss}
         save_last = (epoch + 1) % cfg.checkpoint_every == 0 or epoch + 1 == cfg.epochs
-        selected = cfg.selection == "last" or val_loss < best_loss or not math.isfinite(best_loss)
+        selected = cfg.selection == "last" or (validate and (val_loss < best_loss or not math.isfinite(best_loss)))
         if save_last or selected:
             state = {k: v.detach().to("cpu") for k, v in net.state_dict().items()}
         if selected:

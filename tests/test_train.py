@@ -189,6 +189,25 @@ def test_selection_is_validated_and_changes_the_run_hash():
             != run_hash("dae", "lsd16-sigmoid", MODEL, _config(), **kw))
 
 
+@pytest.mark.parametrize("selection", ["val_loss", "last"])
+def test_val_every_validates_only_some_epochs_and_selects_among_them(tmp_path, selection):
+    run = _run(tmp_path, epochs=5, val_every=2, selection=selection)
+    rows = list(csv.DictReader((tmp_path / "run" / "log.csv").open()))
+    losses = np.array([float(r["val_loss"]) for r in rows])
+    # epochs 1 and 3 (every 2nd) and 4 (the last) are validated
+    assert np.isnan(losses[[0, 2]]).all() and np.isfinite(losses[[1, 3, 4]]).all()
+    assert all(np.isfinite(float(r["train_loss"])) for r in rows)
+    expected = 4 if selection == "last" else int(np.nanargmin(losses))
+    assert run["best_epoch"] == expected and np.isfinite(run["best_val_loss"])
+    # The validated epochs' losses do not depend on skipping the others.
+    full = _run(tmp_path, name="full", epochs=5, selection=selection)
+    every = [float(r["val_loss"]) for r in csv.DictReader((tmp_path / "full" / "log.csv").open())]
+    np.testing.assert_allclose(losses[[1, 3, 4]], np.array(every)[[1, 3, 4]], rtol=1e-6)
+    assert full["config_hash"] != run["config_hash"]
+    with pytest.raises(ValueError, match="val_every"):
+        _config(val_every=0)
+
+
 def test_derive_seed_is_pinned_so_earlier_runs_stay_reproducible():
     # Every random stream of a run is seeded through derive_seed: changing it changes every result.
     assert derive_seed(0, "init") == 6109011495221250200

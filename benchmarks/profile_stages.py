@@ -28,7 +28,9 @@ import time
 from pathlib import Path
 
 from dmrilib._atomic import write_json_atomic
-from dmrilib.config import load_profile
+import yaml
+
+from dmrilib.config import Profile, load_profile
 from dmrilib.pipeline import results_root, run_baseline, run_cohort, run_evaluate, run_groundtruth, run_train
 
 
@@ -48,13 +50,22 @@ def main() -> None:
     parser.add_argument("--json", default=None, help="write the stage timings here")
     parser.add_argument("--only", default="cohort,train,evaluate,baseline,groundtruth",
                         help="comma-separated stages to run (the cohort always is)")
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="override one profile setting (YAML value), e.g. groundtruth.epochs=100")
     parser.add_argument("--skip-after", type=float, default=None,
                         help="skip optional stages (further runs, baseline, ground truth) starting after this many seconds")
     args = parser.parse_args()
     only = set(args.only.split(","))
 
     profile = load_profile(args.profile)
-    record: dict = {"profile": profile.name, "device": _device_name(), "workers": args.workers, "stages": []}
+    if args.set:
+        data = yaml.safe_load(Path(profile.source).read_text())
+        for item in args.set:
+            key, _, value = item.partition("=")
+            section, _, name = key.partition(".")
+            data.setdefault(section, {})[name] = yaml.safe_load(value)
+        profile = Profile.from_dict(data, source=f"{profile.source} with {' '.join(args.set)}")
+    record: dict = {"profile": profile.name, "overrides": args.set, "device": _device_name(), "workers": args.workers, "stages": []}
     start = time.perf_counter()
 
     def stage(name: str, fn, *fn_args, **fn_kwargs):

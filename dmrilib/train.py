@@ -46,6 +46,8 @@ __all__ = [
     "read_folds",
     "train_run",
     "load_checkpoint",
+    "read_checkpoint",
+    "checkpoint_meta",
     "run_hash",
     "resolve_device",
     "CheckpointMismatchError",
@@ -167,6 +169,53 @@ def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> None:
         torch.save(payload, tmp)
 
 
+def read_checkpoint(path: str | os.PathLike, *, expected_format: str, expected_hash: str | None = None,
+                    map_location: str | torch.device = "cpu", trainer: str = "the training function") -> dict[str, Any]:
+    """Read and check a checkpoint file written by :func:`save_checkpoint` (``weights_only=True``).
+
+    Parameters
+    ----------
+    path : path-like
+    expected_format : str
+        The ``format`` entry the checkpoint must carry (one per kind of network).
+    expected_hash : str, optional
+        Refuse the checkpoint unless its config hash equals this.
+    map_location : str or torch.device
+    trainer : str
+        The function that writes such checkpoints, named in the missing-file error.
+
+    Returns
+    -------
+    dict
+        The whole payload (tensors included).
+
+    Raises
+    ------
+    FileNotFoundError, ValueError, CheckpointMismatchError
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such checkpoint. Train the network first ({trainer}).")
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - torch raises many types for corrupt files
+        raise ValueError(f"{path}: not a readable dmrilib checkpoint ({exc}).") from exc
+    if not isinstance(payload, dict) or payload.get("format") != expected_format:
+        raise ValueError(f"{path}: not a checkpoint of this kind (format {expected_format!r} expected, "
+                         f"found {payload.get('format') if isinstance(payload, dict) else type(payload).__name__!r}).")
+    if expected_hash is not None and payload["config_hash"] != expected_hash:
+        raise CheckpointMismatchError(
+            f"{path}: written by config hash {payload['config_hash']}, expected {expected_hash}. "
+            "It belongs to another configuration: choose the matching run folder or retrain."
+        )
+    return payload
+
+
+def checkpoint_meta(payload: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint payload without its tensors (weights, optimiser and scheduler state)."""
+    return {k: v for k, v in payload.items() if k not in ("state_dict", "optimizer", "scheduler")}
+
+
 def load_checkpoint(path: str | os.PathLike, *, expected_hash: str | None = None,
                     map_location: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild the network of a checkpoint (loaded with ``weights_only=True``).
@@ -192,26 +241,13 @@ def load_checkpoint(path: str | os.PathLike, *, expected_hash: str | None = None
     ------
     FileNotFoundError, ValueError, CheckpointMismatchError
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such checkpoint. Train the run first (dmrilib.train.train_run).")
-    try:
-        payload = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - torch raises many types for corrupt files
-        raise ValueError(f"{path}: not a readable dmrilib checkpoint ({exc}).") from exc
-    if not isinstance(payload, dict) or payload.get("format") != _CHECKPOINT_FORMAT:
-        raise ValueError(f"{path}: not a dmrilib checkpoint (format {_CHECKPOINT_FORMAT!r} expected).")
-    if expected_hash is not None and payload["config_hash"] != expected_hash:
-        raise CheckpointMismatchError(
-            f"{path}: written by config hash {payload['config_hash']}, expected {expected_hash}. "
-            "It belongs to another configuration: choose the matching run folder or retrain."
-        )
+    payload = read_checkpoint(path, expected_format=_CHECKPOINT_FORMAT, expected_hash=expected_hash,
+                              map_location=map_location, trainer="dmrilib.train.train_run")
     net = build_model(payload["model"], payload["variant"], ModelConfig(**payload["model_config"]),
                       payload["in_channels"], grid=payload["grid"])
     net.load_state_dict(payload["state_dict"])
     net.to(map_location).eval()
-    meta = {k: v for k, v in payload.items() if k not in ("state_dict", "optimizer", "scheduler")}
-    return net, meta
+    return net, checkpoint_meta(payload)
 
 
 def _log_csv(rows: list[dict[str, Any]]) -> str:

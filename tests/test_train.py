@@ -224,3 +224,23 @@ def test_saved_checkpoint_with_provenance_loads_weights_only(tmp_path):
     assert payload["provenance"]["config_hash"] == "abc" and payload["provenance"]["seed"] == 5
     assert torch.equal(payload["state_dict"]["w"], torch.ones(2))
     assert [p.name for p in path.parent.iterdir()] == ["checkpoint.pt"]  # no temporary file left behind
+
+
+def test_read_checkpoint_checks_file_format_and_hash(tmp_path):
+    from dmrilib.train import checkpoint_meta, read_checkpoint
+
+    path = tmp_path / "checkpoint.pt"
+    with pytest.raises(FileNotFoundError, match="my_trainer"):
+        read_checkpoint(path, expected_format="kind/1", trainer="my_trainer")
+    path.write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="not a readable"):
+        read_checkpoint(path, expected_format="kind/1")
+    save_checkpoint(path, {"format": "other/1", "config_hash": "abc", "state_dict": {"w": torch.ones(1)}})
+    with pytest.raises(ValueError, match="'kind/1' expected, found 'other/1'"):
+        read_checkpoint(path, expected_format="kind/1")
+    with pytest.raises(ValueError, match="format"):
+        load_checkpoint(path)  # a model checkpoint is another kind
+    with pytest.raises(CheckpointMismatchError, match="expected xyz"):
+        read_checkpoint(path, expected_format="other/1", expected_hash="xyz")
+    payload = read_checkpoint(path, expected_format="other/1", expected_hash="abc")
+    assert checkpoint_meta(payload) == {"format": "other/1", "config_hash": "abc"}

@@ -41,8 +41,8 @@ from dmrilib.groundtruth.config import SegConfig
 from dmrilib.groundtruth.unet import IN_CHANNELS, SegUNet, seg_loss
 # Checkpoint plumbing is shared with the anomaly-model training (one format
 # of atomic saves, seeds and provenance), not re-implemented here.
-from dmrilib.train import (CheckpointMismatchError, checkpoint_provenance, derive_seed, resolve_device,
-                           save_checkpoint, seeded_generator)
+from dmrilib.train import (CheckpointMismatchError, checkpoint_meta, checkpoint_provenance, derive_seed,
+                           read_checkpoint, resolve_device, save_checkpoint, seeded_generator)
 
 __all__ = [
     "TrainingSubject",
@@ -545,23 +545,13 @@ def load_segmentation(path: str | os.PathLike, *, expected_hash: str | None = No
     path = Path(path)
     if path.is_dir():
         path = path / "checkpoint-last.pt"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such checkpoint. Train the network first "
-                                "(dmrilib.groundtruth.train_segmentation).")
-    try:
-        payload = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - torch raises many types for corrupt files
-        raise ValueError(f"{path}: not a readable checkpoint ({exc}).") from exc
-    if not isinstance(payload, dict) or payload.get("format") != _CHECKPOINT_FORMAT:
-        raise ValueError(f"{path}: not a segmentation checkpoint (format {_CHECKPOINT_FORMAT!r} expected).")
-    if expected_hash is not None and payload["config_hash"] != expected_hash:
-        raise CheckpointMismatchError(f"{path}: written by config hash {payload['config_hash']}, expected "
-                                      f"{expected_hash}. Retrain or choose the matching run folder.")
+    payload = read_checkpoint(path, expected_format=_CHECKPOINT_FORMAT, expected_hash=expected_hash,
+                              map_location=map_location, trainer="dmrilib.groundtruth.train_segmentation")
     net = SegUNet(payload["in_channels"], payload["widths"], payload["negative_slope"], payload["norm"],
                   payload["stride"])
     net.load_state_dict(payload["state_dict"])
     net.to(map_location).eval()
-    return net, {k: v for k, v in payload.items() if k not in ("state_dict", "optimizer", "scheduler")}
+    return net, checkpoint_meta(payload)
 
 
 # ----------------------------------------------------------------------------- inference

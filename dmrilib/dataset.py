@@ -145,6 +145,16 @@ class _AsFloat32:
     ndim = property(lambda self: self._raw.ndim)
     dtype = np.dtype(np.float32)
 
+    @property
+    def stored(self) -> np.ndarray:
+        """The array as stored on disk (``prepare.dtype``, e.g. a float16 memmap), not converted.
+
+        Training and prediction read it this way and convert one batch at a
+        time: the same float32 values (float16 to float32 is exact), a quarter
+        of the reading and half the memory.
+        """
+        return self._raw
+
     def __len__(self) -> int:
         return len(self._raw)
 

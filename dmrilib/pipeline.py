@@ -158,7 +158,7 @@ def run_train(profile: Profile, model: str, variant: str, fold: int, results: st
     ids = list(f.train) + list(f.val)
     idx = prepared.index(ids)
     run = train_run(
-        np.asarray(prepared.attenuation[idx], dtype=np.float32),
+        prepared.attenuation.stored[idx],
         np.asarray(prepared.brain_mask[idx], dtype=bool),
         ids,
         train_ids=list(f.train),
@@ -316,7 +316,7 @@ def predict_run(profile: Profile, model: str, variant: str, fold: int, results: 
     t0 = time.perf_counter()
     maps = []
     for ids, path in zip((test_ids, val_ids), paths):
-        m = predict_maps(ckpt, prepared.attenuation[prepared.index(ids)], device=device).astype(np.float16)
+        m = predict_maps(ckpt, prepared.attenuation.stored[prepared.index(ids)], device=device).astype(np.float16)
         _save_npy(path, m)
         maps.append(m.astype(np.float32))
     write_json_atomic(record, {"identity": ident, "predict_time_s": round(time.perf_counter() - t0, 2)})

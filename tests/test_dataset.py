@@ -70,6 +70,9 @@ def test_attenuation_is_float16_on_disk_and_float32_on_access(bids, tmp_path):
     assert np.load(out / "attenuation.npy", mmap_mode="r").dtype == np.float16
     cohort = load_prepared(out)
     assert np.asarray(cohort.attenuation).dtype == np.float32
+    # training and prediction read the stored values and convert per batch: the same numbers
+    assert cohort.attenuation.stored.dtype == np.float16
+    np.testing.assert_array_equal(cohort.attenuation.stored[[2, 0]].astype(np.float32), cohort.attenuation[[2, 0]])
     assert cohort.attenuation[cohort.index(["H01", "P01"])].shape == (2, 6) + GRID
     out32 = prepare_cohort(bids, PrepareConfig(grid=GRID, dtype="float32"), tmp_path / "p32", progress=False)
     full = load_prepared(out32).attenuation

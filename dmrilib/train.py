@@ -15,10 +15,8 @@ uninterrupted one.
 """
 from __future__ import annotations
 
-import csv
 import dataclasses
 import hashlib
-import io
 import json
 import math
 import os
@@ -30,7 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from dmrilib._atomic import atomic_path, write_json_atomic, write_text_atomic
+from dmrilib._atomic import atomic_path, write_csv_atomic, write_json_atomic
 from dmrilib.config import config_hash, provenance
 # Settings and folds are torch-free (dmrilib.crossval): jobs that only read
 # them (evaluation, baselines) do not import torch.
@@ -250,14 +248,6 @@ def load_checkpoint(path: str | os.PathLike, *, expected_hash: str | None = None
     return net, checkpoint_meta(payload)
 
 
-def _log_csv(rows: list[dict[str, Any]]) -> str:
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=_LOG_FIELDS, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    return buf.getvalue()
-
-
 class _Step:
     """Loss of one batch for either model (the part ``torch.compile`` may wrap)."""
 
@@ -474,7 +464,7 @@ def train_run(volumes: np.ndarray, brain_masks: np.ndarray, subject_ids: Sequenc
                                         "scheduler": scheduler.state_dict(), "best_val_loss": best_loss,
                                         "best_epoch": best_epoch, "log": rows, "wall_seconds": wall,
                                         "provenance": checkpoint_provenance(chash, cfg.seed)})
-        write_text_atomic(out / "log.csv", _log_csv(rows))
+        write_csv_atomic(out / "log.csv", rows, _LOG_FIELDS)
         if bar is not None:
             bar.update(1)
             bar.set_postfix(train=f"{train_loss:.4g}", val=f"{val_loss:.4g}")

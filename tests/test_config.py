@@ -79,6 +79,15 @@ def test_atomic_path_leaves_nothing_on_failure(tmp_path):
     assert target.read_text().strip().startswith("{") and list(tmp_path.iterdir()) == [target]
 
 
+def test_write_csv_atomic_writes_header_rows_and_nothing_else(tmp_path):
+    from dmrilib._atomic import write_csv_atomic
+
+    target = tmp_path / "log.csv"
+    write_csv_atomic(target, [{"epoch": 0, "loss": 0.5}, {"epoch": 1, "loss": float("nan")}], ("epoch", "loss"))
+    assert target.read_text() == "epoch,loss\n0,0.5\n1,nan\n"
+    assert list(tmp_path.iterdir()) == [target]
+
+
 def test_public_api_names_all_resolve():
     import dmrilib
 

@@ -51,7 +51,7 @@ def test_fast_path_resumes_on_the_gpu(tmp_path, monkeypatch):
 
     with monkeypatch.context() as patch:
         # Stop right after the first epoch's checkpoint, before its log is written.
-        patch.setattr(train_module, "write_text_atomic", killed)
+        patch.setattr(train_module, "write_csv_atomic", killed)
         with pytest.raises(KeyboardInterrupt):
             train_run(vols, brain, ids, **common)
     resumed = train_run(vols, brain, ids, **common)

@@ -225,16 +225,16 @@ def test_training_is_seeded_and_resume_matches_uninterrupted_run(tmp_path, monke
     full = train_segmentation(images, targets, config=cfg, out_dir=tmp_path / "full", progress=False)
     again = train_segmentation(images, targets, config=cfg, out_dir=tmp_path / "again", progress=False)
     # Kill a third run right after its first epoch's checkpoint (before the log is written).
-    real_write = seg_module.write_text_atomic
+    real_write = seg_module.write_csv_atomic
 
     def killed(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(seg_module, "write_text_atomic", killed)
+    monkeypatch.setattr(seg_module, "write_csv_atomic", killed)
     with pytest.raises(KeyboardInterrupt):
         train_segmentation(images, targets, config=cfg, out_dir=tmp_path / "part", progress=False)
     assert torch.load(tmp_path / "part" / "checkpoint-last.pt", weights_only=True)["epoch"] == 0
-    monkeypatch.setattr(seg_module, "write_text_atomic", real_write)
+    monkeypatch.setattr(seg_module, "write_csv_atomic", real_write)
     resumed = train_segmentation(images, targets, config=cfg, out_dir=tmp_path / "part", progress=False)
 
     states = [torch.load(tmp_path / name / "checkpoint-last.pt", weights_only=True)

@@ -92,17 +92,17 @@ def test_resume_matches_uninterrupted_run(tmp_path, model, variant, monkeypatch)
 
     full = _run(tmp_path, model, variant, name="full", epochs=2)
     # Kill the second run right after its first epoch's checkpoint (before the log is written).
-    real_write = train_module.write_text_atomic
+    real_write = train_module.write_csv_atomic
 
     def killed(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(train_module, "write_text_atomic", killed)
+    monkeypatch.setattr(train_module, "write_csv_atomic", killed)
     with pytest.raises(KeyboardInterrupt):
         _run(tmp_path, model, variant, name="part", epochs=2)
     last = tmp_path / "part" / "checkpoint-last.pt"
     assert torch.load(last, weights_only=True)["epoch"] == 0
-    monkeypatch.setattr(train_module, "write_text_atomic", real_write)
+    monkeypatch.setattr(train_module, "write_csv_atomic", real_write)
     resumed = _run(tmp_path, model, variant, name="part", epochs=2)
 
     a = torch.load(tmp_path / "full" / "checkpoint-last.pt", weights_only=True)

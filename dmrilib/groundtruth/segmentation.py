@@ -18,10 +18,8 @@ uninterrupted one.
 """
 from __future__ import annotations
 
-import csv
 import dataclasses
 import hashlib
-import io
 import math
 import os
 import time
@@ -34,7 +32,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from dmrilib._atomic import write_json_atomic, write_text_atomic
+from dmrilib._atomic import write_csv_atomic, write_json_atomic
 from dmrilib.config import config_hash
 from dmrilib.groundtruth.cohort import structural_lesion_of
 from dmrilib.groundtruth.config import SegConfig
@@ -315,14 +313,6 @@ def _data_digest(images: np.ndarray, targets: np.ndarray) -> str:
     return h.hexdigest()[:12]
 
 
-def _log_csv(rows: list[dict[str, Any]]) -> str:
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=_LOG_FIELDS, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    return buf.getvalue()
-
-
 def _windows(cfg: SegConfig, grid: tuple[int, int, int], sel: list[int], lesion_voxels: list[np.ndarray],
              gen: torch.Generator) -> list[tuple[slice, ...]]:
     """One training window per selected subject (offsets from the CPU generator)."""
@@ -470,7 +460,7 @@ def train_segmentation(images: np.ndarray, targets: np.ndarray, *, config: SegCo
                                         "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                                         "log": rows, "wall_seconds": wall,
                                         "provenance": checkpoint_provenance(chash, cfg.seed)})
-        write_text_atomic(out / "log.csv", _log_csv(rows))
+        write_csv_atomic(out / "log.csv", rows, _LOG_FIELDS)
         if bar is not None:
             bar.update(1)
             bar.set_postfix(loss=f"{train_loss:.4g}")

@@ -2,6 +2,8 @@
 SHELL := /bin/bash
 PROFILE ?= quick
 CORES ?= 2
+# Threads (and worker processes) per job; more on a many-core GPU machine.
+JOB_THREADS ?= $(CORES)
 VENV := .venv
 PY := $(VENV)/bin/python
 SNAKEMAKE_PROFILE ?= workflow/profiles/local
@@ -24,7 +26,7 @@ setup:
 
 results: setup
 	$(VENV)/bin/snakemake --snakefile workflow/Snakefile --profile $(SNAKEMAKE_PROFILE) \
-	    --cores $(CORES) --config profile=$(PROFILE) results=$(abspath $(RESULTS))
+	    --cores $(CORES) --config profile=$(PROFILE) results=$(abspath $(RESULTS)) job_threads=$(JOB_THREADS)
 
 book: results
 	@$(MAKE) --no-print-directory book-only PROFILE=$(PROFILE)

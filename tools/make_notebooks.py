@@ -18,9 +18,9 @@ PLOTTING = {"train", "figures"}
 NOTEBOOKS = {
     "cohort": (
         "Simulate the cohort of a profile (or use real BIDS data) and prepare network-grid arrays.",
-        'profile = "quick"\nresults = "results"\nbids_root = ""  # empty: simulate; else a BIDS dataset to use instead',
+        'profile = "quick"\nresults = "results"\nbids_root = ""  # empty: simulate; else a BIDS dataset to use instead\nthreads = 0  # worker processes for simulating and preparing; 0: up to 2',
         [
-            "cohort_dir, prepared_dir = pipeline.run_cohort(p, results, bids_root=bids_root or None)\nprint(cohort_dir, prepared_dir)",
+            "cohort_dir, prepared_dir = pipeline.run_cohort(p, results, bids_root=bids_root or None, n_jobs=threads or None)\nprint(cohort_dir, prepared_dir)",
             "pipeline.cohort_overview(p, results)",
         ],
     ),

@@ -351,8 +351,9 @@ def _prepare_subject(entry: BidsDwi, root: Path, config: PrepareConfig, grid: Ne
     }
 
 
-def _prepare_in_worker(args: tuple) -> dict[str, Any]:
-    # BLAS threads per worker: the workers already use every core.
+def _prepare_one(args: tuple) -> dict[str, Any]:
+    # One BLAS thread, with or without workers: workers do not oversubscribe
+    # the cores, and the arrays are the same whatever n_jobs.
     from threadpoolctl import threadpool_limits
 
     with threadpool_limits(limits=1, user_api="blas"):
@@ -436,9 +437,9 @@ def prepare_cohort(
         pool = None
         if n_jobs > 1:
             pool = ProcessPoolExecutor(max_workers=n_jobs, mp_context=multiprocessing.get_context("fork"))
-            done = pool.map(_prepare_in_worker, jobs)
+            done = pool.map(_prepare_one, jobs)
         else:
-            done = map(_prepare_in_worker, jobs)
+            done = map(_prepare_one, jobs)
         try:
             for i, (e, one) in enumerate(tqdm(zip(entries, done), total=n, desc="prepare", unit="subject",
                                               disable=not progress)):

@@ -18,21 +18,34 @@ registration :class:`dmrilib.groundtruth.RegConfig` T1w -> DWI registration
 
 plus ``variants`` (the model configurations to run, per model) and ``folds``
 (the folds to run).
+
+:func:`load_profile` checks the whole profile at once: every section is built
+(types checked strictly from the dataclass's annotations, ranges by the
+dataclass), the sections in :data:`REQUIRED_SECTIONS` must be present,
+variants must parse with the models' grammar and folds must exist. Every
+problem is a :class:`ConfigError` naming the file and the key path, e.g.
+``configs/x.yaml: train.epochs: expected an integer, got '2'``.
 """
 from __future__ import annotations
 
+import collections.abc
 import dataclasses
 import hashlib
 import importlib
 import json
+import math
+import numbers
 import os
 import platform
+import re
 import subprocess
+import types
+import typing
 from dataclasses import dataclass
 from functools import cached_property
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Literal, Mapping, Union
 
 import yaml
 
@@ -44,6 +57,7 @@ __all__ = [
     "provenance",
     "PROFILES_DIR",
     "SECTION_CLASSES",
+    "REQUIRED_SECTIONS",
 ]
 
 #: Folder holding the shipped profiles (``smoke``, ``quick``, ``gpu``, ``paper``).
@@ -127,9 +141,172 @@ def provenance(**extra: Any) -> dict[str, Any]:
     return record
 
 
-def _build_section(name: str, values: Mapping[str, Any], source: str):
+# --------------------------------------------------------------- validation
+#
+# A profile is checked completely when it is loaded, so that a typo fails in
+# the first second rather than after hours of other jobs (issue 13). Types are
+# checked strictly, from each dataclass's field annotations, before the values
+# reach the dataclass: its __post_init__ converts with int()/float(), which
+# would turn "2" or 2.5 epochs into a number or a late crash. Ranges are the
+# dataclasses' own business (their __post_init__).
+
+#: Sections a profile must set. Their defaults are the paper's protocol
+#: (500 epochs, 60 subjects at 2.4 mm, paper widths): a forgotten section
+#: would silently mean GPU-days, so an empty one (``model: {}``) says "the
+#: defaults" on purpose. ``groundtruth`` and ``registration`` default to
+#: settings that are cheap on any profile (tuned for ``quick``).
+REQUIRED_SECTIONS = ("cohort", "prepare", "model", "train", "evaluate")
+
+# A profile's name becomes a folder (results/<name>/).
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+def _show(value: Any) -> str:
+    """A value as the user wrote it in YAML (true/null rather than True/None)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return "null"
+    return repr(value)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _is_real(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _expected(hint: Any) -> str:
+    """What a type annotation asks for, in the words of a YAML user."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is bool:
+        return "true or false"
+    if hint is int:
+        return "an integer"
+    if hint is float:
+        return "a number"
+    if hint is str:
+        return "a string"
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in args)
+    if origin in (Union, types.UnionType):
+        alternatives = [a for a in args if a is not type(None)]
+        words = " or ".join(_expected(a) for a in alternatives)
+        return f"null or {words}" if len(alternatives) < len(args) else words
+    if origin is tuple:
+        if len(args) == 2 and args[1] is Ellipsis:
+            return f"a list of {_plural(args[0])}"
+        if len(set(args)) == 1:
+            return f"a list of {len(args)} {_plural(args[0])}"
+        return f"a list of {len(args)} values"
+    if origin in (collections.abc.Mapping, dict):
+        return "a mapping"
+    return getattr(hint, "__name__", str(hint))
+
+
+def _plural(hint: Any) -> str:
+    return {int: "integers", float: "numbers", str: "strings", bool: "true/false values"}.get(hint, "values")
+
+
+def _check_value(value: Any, hint: Any, key: str) -> None:
+    """Raise ``ConfigError("<key>: expected ..., got ...")`` unless ``value`` fits ``hint``.
+
+    Strict where YAML is forgiving and Python's int()/float() even more so:
+    an integer setting refuses ``"2"``, ``2.5`` and ``true``; a number
+    accepts integers; a tuple accepts a YAML list; booleans are ``true`` or
+    ``false`` only. Annotations this does not know pass unchecked.
+    """
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+
+    def fail(extra: str = "") -> None:
+        raise ConfigError(f"{key}: expected {_expected(hint)}, got {_show(value)}{extra}")
+
+    if hint is Any:
+        return
+    if hint is bool:
+        if not isinstance(value, bool):
+            fail()
+    elif hint is int:
+        if not _is_int(value):
+            fail()
+    elif hint is float:
+        if isinstance(value, str) and _looks_like_number(value):
+            fail(". Write numbers without quotes; YAML reads an exponent without a decimal point "
+                 "(1e-4) as text, so write 1.0e-4")
+        if not _is_real(value):
+            fail()
+        if not math.isfinite(value):
+            raise ConfigError(f"{key}: expected a finite number, got {_show(value)}")
+    elif hint is str:
+        if not isinstance(value, str):
+            fail()
+    elif origin is Literal:
+        # `True in (1,)` holds in Python: compare types too
+        if not any(type(value) is type(a) and value == a for a in args):
+            fail()
+    elif origin in (Union, types.UnionType):
+        if value is None and type(None) in args:
+            return
+        alternatives = [a for a in args if a is not type(None)]
+        errors = []
+        for alternative in alternatives:
+            try:
+                _check_value(value, alternative, key)
+                return
+            except ConfigError as exc:
+                errors.append(exc)
+        # One alternative (X | None): its message is the most precise.
+        if len(alternatives) == 1 and not str(errors[0]).startswith(f"{key}: expected"):
+            raise errors[0]
+        fail()
+    elif origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            fail()
+        if len(args) == 2 and args[1] is Ellipsis:
+            item_hints = [args[0]] * len(value)
+        else:
+            if len(value) != len(args):
+                fail()
+            item_hints = list(args)
+        for i, (item, item_hint) in enumerate(zip(value, item_hints)):
+            _check_value(item, item_hint, f"{key}[{i}]")
+    elif origin in (collections.abc.Mapping, dict):
+        if not isinstance(value, Mapping):
+            fail()
+        key_hint, value_hint = args if args else (Any, Any)
+        for k, v in value.items():
+            _check_value(k, key_hint, f"{key} key {_show(k)}")
+            _check_value(v, value_hint, f"{key}.{k}")
+
+
+def _looks_like_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _section_class(name: str) -> type:
     module_name, class_name = SECTION_CLASSES[name].split(":")
-    cls = getattr(importlib.import_module(module_name), class_name)
+    return getattr(importlib.import_module(module_name), class_name)
+
+
+def _build_section(name: str, values: Any, source: str):
+    """Check one section's settings against its dataclass and build it.
+
+    Raises
+    ------
+    ConfigError
+        ``<source>: <section>.<key>: <problem>`` for an unknown setting, a
+        value of the wrong type, or one the dataclass refuses.
+    """
+    cls = _section_class(name)
+    if not isinstance(values, Mapping):
+        raise ConfigError(f"{source}: {name}: expected a mapping of settings, got {_show(values)}.")
+    hints = typing.get_type_hints(cls)
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - known)
     if unknown:
@@ -137,19 +314,79 @@ def _build_section(name: str, values: Mapping[str, Any], source: str):
             f"{source}: unknown setting(s) {unknown} in section '{name}'. "
             f"Known settings: {sorted(known)}."
         )
+    for key, value in values.items():
+        try:
+            _check_value(value, hints[key], f"{name}.{key}")
+        except ConfigError as exc:
+            raise ConfigError(f"{source}: {exc}.") from None
+    # Seeds go to numpy/torch generators, which refuse negative ones (late);
+    # the profile, not the dataclass, decides every section's seed.
+    if "seed" in values and values["seed"] < 0:
+        raise ConfigError(f"{source}: {name}.seed: expected a non-negative integer, got {values['seed']}.")
     try:
         return cls(**values)
     except (TypeError, ValueError) as exc:
-        raise ConfigError(f"{source}: section '{name}': {exc}") from exc
+        message = str(exc)
+        # The dataclasses' messages mostly name their key already ("train.epochs must be ...").
+        where = "" if message.startswith((f"{name}.", f"{name}:")) else f"{name}: "
+        raise ConfigError(f"{source}: {where}{message}") from exc
+
+
+def _check_variants(variants: Any, source: str) -> dict[str, tuple[str, ...]]:
+    """Parse ``variants`` with the models' own grammar (``parse_dae_variant``, ``JoodConfig.from_variant``)."""
+    if not isinstance(variants, Mapping):
+        raise ConfigError(f"{source}: variants: expected a mapping of 'dae'/'recdisc' to lists of variant ids, "
+                          f"got {_show(variants)}.")
+    unknown = sorted(str(k) for k in set(variants) - {"dae", "recdisc"})
+    if unknown:
+        raise ConfigError(f"{source}: variants: unknown model(s) {unknown}; the models are 'dae' and 'recdisc'.")
+    from dmrilib.models import parse_dae_variant
+    from dmrilib.noise import JoodConfig
+
+    parse = {"dae": parse_dae_variant, "recdisc": JoodConfig.from_variant}
+    out = {}
+    for model, ids in variants.items():
+        ids = [] if ids is None else ids  # `recdisc:` with every entry commented out
+        if not isinstance(ids, (list, tuple)):
+            raise ConfigError(f"{source}: variants.{model}: expected a list of variant ids, got {_show(ids)}.")
+        for i, variant in enumerate(ids):
+            if not isinstance(variant, str):
+                raise ConfigError(f"{source}: variants.{model}[{i}]: expected a variant id (text), got {_show(variant)}.")
+            try:
+                parse[model](variant)
+            except ValueError as exc:
+                raise ConfigError(f"{source}: variants.{model}[{i}]: {exc}") from exc
+            if variant in ids[:i]:
+                raise ConfigError(f"{source}: variants.{model}: {variant!r} is listed twice; list each once.")
+        out[model] = tuple(ids)
+    return out
+
+
+def _check_folds(folds: Any, source: str) -> tuple[int, ...]:
+    if not isinstance(folds, (list, tuple)) or not folds:
+        raise ConfigError(f"{source}: folds: expected a non-empty list of fold indices (e.g. [0]), got {_show(folds)}.")
+    for i, k in enumerate(folds):
+        if not _is_int(k) or k < 0:
+            raise ConfigError(f"{source}: folds[{i}]: expected a non-negative integer, got {_show(k)}.")
+        if k in folds[:i]:
+            raise ConfigError(f"{source}: folds: fold {k} is listed twice; list each once.")
+    return tuple(int(k) for k in folds)
 
 
 @dataclass(frozen=True)
 class Profile:
     """A run profile: named settings for every stage of the pipeline.
 
-    Use :func:`load_profile` to read one. Section dataclasses are built on
-    first access (``profile.cohort``, ``profile.train``, ...), so a module's
-    heavy imports happen only when its stage is used.
+    Use :func:`load_profile` to read one. Every section is checked and built
+    into its dataclass when the profile is made (``profile.cohort``,
+    ``profile.train``, ...), so a bad setting fails at once, naming the file
+    and the key, before any job runs.
+
+    Attributes
+    ----------
+    sections : mapping
+        The settings as written in the file (section -> key -> value); the
+        workflow hashes these, so they stay as written.
     """
 
     name: str
@@ -160,9 +397,27 @@ class Profile:
     source: str = "<dict>"
     description: str = ""
 
+    def __post_init__(self) -> None:
+        for name in SECTION_CLASSES:
+            # cached_property's slot: `profile.train` is this object from now on
+            self.__dict__[name] = self._build(name)
+        n_folds = self.train.n_folds
+        for i, k in enumerate(self.folds):
+            if k >= n_folds:
+                raise ConfigError(f"{self.source}: folds[{i}]: fold {k} does not exist: train.n_folds is "
+                                  f"{n_folds} (folds 0-{n_folds - 1}).")
+
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], source: str = "<dict>") -> "Profile":
-        """Validate a parsed profile mapping (see the module docstring)."""
+        """Validate a parsed profile mapping (see the module docstring).
+
+        Raises
+        ------
+        ConfigError
+            ``<source>: <key path>: <problem>`` for the first problem found:
+            an unknown or missing key or section, a value of the wrong type
+            or out of range, an unknown variant, a fold outside ``train.n_folds``.
+        """
         if not isinstance(data, Mapping):
             raise ConfigError(f"{source}: a profile must be a YAML mapping, got {type(data).__name__}.")
         allowed = {"name", "seed", "description", "variants", "folds", *SECTION_CLASSES}
@@ -172,59 +427,81 @@ class Profile:
         for key in ("name", "variants", "folds"):
             if key not in data:
                 raise ConfigError(f"{source}: missing required key '{key}'.")
-        variants = data["variants"]
-        if not isinstance(variants, Mapping) or not set(variants) <= {"dae", "recdisc"}:
-            raise ConfigError(f"{source}: 'variants' must map 'dae'/'recdisc' to lists of variant ids.")
-        folds = tuple(int(k) for k in data["folds"])
-        sections = {k: dict(data.get(k) or {}) for k in SECTION_CLASSES}
+        name = data["name"]
+        if not isinstance(name, str):
+            raise ConfigError(f"{source}: name: expected a string, got {_show(name)}.")
+        if not _NAME.match(name):
+            raise ConfigError(f"{source}: name: {name!r} is not usable as a folder name (results/<name>/); "
+                              "use letters, digits, '.', '_' and '-'.")
+        seed = data.get("seed", 0)
+        if not _is_int(seed) or seed < 0:
+            raise ConfigError(f"{source}: seed: expected a non-negative integer, got {_show(seed)}.")
+        description = data.get("description", "")
+        if not isinstance(description, str):
+            raise ConfigError(f"{source}: description: expected a string, got {_show(description)}.")
+        missing = [s for s in REQUIRED_SECTIONS if s not in data]
+        if missing:
+            raise ConfigError(
+                f"{source}: missing required section(s) {missing}. Their defaults are the paper's protocol "
+                "(e.g. 500 epochs); write the section, or an empty one (`model: {}`) to mean the defaults."
+            )
+        sections = {}
+        for section in SECTION_CLASSES:
+            # `model:` with nothing under it is YAML null: the defaults, like `model: {}`
+            values = data.get(section)
+            values = {} if values is None else values
+            if not isinstance(values, Mapping):
+                raise ConfigError(f"{source}: {section}: expected a mapping of settings, got {_show(values)}.")
+            sections[section] = dict(values)
         return cls(
-            name=str(data["name"]),
-            seed=int(data.get("seed", 0)),
+            name=name,
+            seed=int(seed),
             sections=sections,
-            variants={k: tuple(str(v) for v in vs) for k, vs in variants.items()},
-            folds=folds,
+            variants=_check_variants(data["variants"], source),
+            folds=_check_folds(data["folds"], source),
             source=source,
-            description=str(data.get("description", "")),
+            description=description,
         )
+
+    def _build(self, name: str):
+        values = dict(self.sections.get(name, {}))
+        if "seed" in {f.name for f in dataclasses.fields(_section_class(name))}:
+            values.setdefault("seed", self.seed)
+        return _build_section(name, values, self.source)
 
     def section(self, name: str):
         """The validated dataclass of section ``name`` (seeded from ``seed`` when it has one)."""
         if name not in SECTION_CLASSES:
             raise KeyError(f"unknown section {name!r}; known: {sorted(SECTION_CLASSES)}")
-        values = dict(self.sections.get(name, {}))
-        module_name, class_name = SECTION_CLASSES[name].split(":")
-        cls = getattr(importlib.import_module(module_name), class_name)
-        if "seed" in {f.name for f in dataclasses.fields(cls)}:
-            values.setdefault("seed", self.seed)
-        return _build_section(name, values, self.source)
+        return getattr(self, name)
 
     @cached_property
     def cohort(self):
-        return self.section("cohort")
+        return self._build("cohort")
 
     @cached_property
     def prepare(self):
-        return self.section("prepare")
+        return self._build("prepare")
 
     @cached_property
     def model(self):
-        return self.section("model")
+        return self._build("model")
 
     @cached_property
     def train(self):
-        return self.section("train")
+        return self._build("train")
 
     @cached_property
     def evaluate(self):
-        return self.section("evaluate")
+        return self._build("evaluate")
 
     @cached_property
     def groundtruth(self):
-        return self.section("groundtruth")
+        return self._build("groundtruth")
 
     @cached_property
     def registration(self):
-        return self.section("registration")
+        return self._build("registration")
 
     def runs(self) -> list[tuple[str, str, int]]:
         """Every (model, variant, fold) training job of this profile."""
@@ -241,7 +518,9 @@ def load_profile(name_or_path: str | os.PathLike) -> Profile:
     Raises
     ------
     ConfigError
-        If the file does not exist, is not valid YAML, or holds unknown keys.
+        If the file does not exist, is not valid YAML, or any setting is
+        unknown, missing, of the wrong type or out of range (see
+        :meth:`Profile.from_dict`).
     """
     candidate = Path(name_or_path)
     if candidate.suffix not in (".yaml", ".yml"):

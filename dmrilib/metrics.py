@@ -126,6 +126,10 @@ class EvalConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        unknown = sorted(str(k) for k in set(dict(self.fixed_thresholds)) - set(_DEFAULT_FIXED))
+        if unknown:  # a misspelt model would silently keep its default threshold
+            raise ValueError(f"evaluate.fixed_thresholds: unknown model(s) {unknown}; "
+                             f"known: {sorted(_DEFAULT_FIXED)}.")
         fixed = dict(_DEFAULT_FIXED)
         fixed.update({str(k): float(v) for k, v in dict(self.fixed_thresholds).items()})
         object.__setattr__(self, "fixed_thresholds", fixed)

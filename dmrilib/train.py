@@ -21,8 +21,9 @@ import json
 import math
 import os
 import time
+import warnings
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -33,6 +34,7 @@ from dmrilib.config import config_hash, provenance
 # Settings and folds are torch-free (dmrilib.crossval): jobs that only read
 # them (evaluation, baselines) do not import torch.
 from dmrilib.crossval import Fold, TrainConfig, make_folds, read_folds, write_folds
+from dmrilib.integrity import IntegrityError
 from dmrilib.models import MODELS, ModelConfig, build_model, dae_loss, recdisc_loss
 from dmrilib.noise import JoodConfig, add_jood
 
@@ -50,12 +52,15 @@ __all__ = [
     "resolve_device",
     "CheckpointMismatchError",
     "save_checkpoint",
+    "payload_sha256",
     "checkpoint_provenance",
     "derive_seed",
     "seeded_generator",
 ]
 
 _CHECKPOINT_FORMAT = "dmrilib-checkpoint/1"
+#: Payload entry holding the sha256 of the rest of the payload (see :func:`payload_sha256`).
+_SHA_KEY = "payload_sha256"
 #: TrainConfig fields that change speed, not results: left out of the run hash
 #: so a run started on one machine can be resumed on another.
 _RUNTIME_FIELDS = ("device", "compile", "num_threads", "checkpoint_every")
@@ -147,12 +152,61 @@ def _meta_config(model: str, variant: str, model_config: ModelConfig, in_channel
             "in_channels": int(in_channels), "grid": [int(g) for g in grid]}
 
 
+def _digest(obj: Any, h: Any) -> None:
+    # Tensors by dtype, shape and raw bytes; containers in a fixed order; other
+    # values by type and repr (exact for floats). Tagged so that no two
+    # different payloads feed the same byte stream.
+    if isinstance(obj, torch.Tensor):
+        t = obj.detach().to("cpu").contiguous()
+        h.update(f"T{t.dtype}{tuple(t.shape)}:".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().data)
+    elif isinstance(obj, dict):
+        h.update(f"D{len(obj)}:".encode())
+        for key in sorted(obj, key=repr):
+            h.update(f"K{key!r}:".encode())
+            _digest(obj[key], h)
+    elif isinstance(obj, (list, tuple)):
+        h.update(f"L{len(obj)}:".encode())
+        for value in obj:
+            _digest(value, h)
+    else:
+        h.update(f"V{type(obj).__name__}{obj!r}:".encode())
+
+
+def payload_sha256(payload: dict[str, Any]) -> str:
+    """sha256 of a checkpoint payload: every tensor's bytes and every other entry.
+
+    :func:`save_checkpoint` stores it as ``payload_sha256`` and
+    :func:`read_checkpoint` recomputes it, so a flipped byte anywhere in the
+    weights, optimiser state or metadata is found on read. The hash does not
+    depend on the device the tensors are on.
+    """
+    h = hashlib.sha256()
+    _digest({k: v for k, v in payload.items() if k != _SHA_KEY}, h)
+    return h.hexdigest()
+
+
+def _verify_payload(path: Path, payload: dict[str, Any]) -> None:
+    recorded = payload.get(_SHA_KEY)
+    if recorded is None:
+        warnings.warn(f"{path}: carries no payload sha256 (written before dmrilib recorded one), so it cannot "
+                      "be checked for corruption. Retrain to get a checked checkpoint.", stacklevel=3)
+        return
+    actual = payload_sha256(payload)
+    if actual != recorded:
+        raise IntegrityError(f"{path}: content sha256 {actual[:12]}... does not match the {recorded[:12]}... "
+                             "recorded when it was written: the file is corrupted (or was edited). "
+                             "Restore it from a copy or retrain the run.")
+
+
 def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> None:
-    """Write a checkpoint atomically with ``torch.save``.
+    """Write a checkpoint atomically with ``torch.save``, with the sha256 of its payload.
 
     The payload goes to a temporary file beside ``path`` that then replaces
     it (:func:`dmrilib._atomic.atomic_path`), so a run killed while saving
     leaves the previous checkpoint intact. Missing parent folders are created.
+    ``payload_sha256`` (:func:`payload_sha256`) is added, and checked by
+    :func:`read_checkpoint`.
 
     Parameters
     ----------
@@ -163,13 +217,19 @@ def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> None:
         with ``torch.load(..., weights_only=True)``; see
         :func:`checkpoint_provenance`.
     """
+    payload = {**payload, _SHA_KEY: payload_sha256(payload)}
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
 
 
 def read_checkpoint(path: str | os.PathLike, *, expected_format: str, expected_hash: str | None = None,
-                    map_location: str | torch.device = "cpu", trainer: str = "the training function") -> dict[str, Any]:
+                    expected: Mapping[str, Any] | None = None, map_location: str | torch.device = "cpu",
+                    trainer: str = "the training function") -> dict[str, Any]:
     """Read and check a checkpoint file written by :func:`save_checkpoint` (``weights_only=True``).
+
+    Checks, in order: the file loads, its ``format``, its payload sha256
+    (a checkpoint without one, written by an older dmrilib, only warns), the
+    ``expected`` entries, then the config hash.
 
     Parameters
     ----------
@@ -178,6 +238,9 @@ def read_checkpoint(path: str | os.PathLike, *, expected_format: str, expected_h
         The ``format`` entry the checkpoint must carry (one per kind of network).
     expected_hash : str, optional
         Refuse the checkpoint unless its config hash equals this.
+    expected : mapping, optional
+        Entries the checkpoint must carry with these values, e.g.
+        ``{"model": "dae", "variant": "lsd512-sigmoid"}``.
     map_location : str or torch.device
     trainer : str
         The function that writes such checkpoints, named in the missing-file error.
@@ -189,7 +252,14 @@ def read_checkpoint(path: str | os.PathLike, *, expected_format: str, expected_h
 
     Raises
     ------
-    FileNotFoundError, ValueError, CheckpointMismatchError
+    FileNotFoundError
+        If there is no such file.
+    IntegrityError
+        If the file is unreadable or its content does not match its sha256.
+    ValueError
+        If it is a checkpoint of another kind.
+    CheckpointMismatchError
+        If an ``expected`` entry or the config hash differ.
     """
     path = Path(path)
     if not path.is_file():
@@ -197,10 +267,19 @@ def read_checkpoint(path: str | os.PathLike, *, expected_format: str, expected_h
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # noqa: BLE001 - torch raises many types for corrupt files
-        raise ValueError(f"{path}: not a readable dmrilib checkpoint ({exc}).") from exc
+        raise IntegrityError(f"{path}: not a readable dmrilib checkpoint ({exc}). "
+                             "Restore it from a copy or retrain the run.") from exc
     if not isinstance(payload, dict) or payload.get("format") != expected_format:
         raise ValueError(f"{path}: not a checkpoint of this kind (format {expected_format!r} expected, "
                          f"found {payload.get('format') if isinstance(payload, dict) else type(payload).__name__!r}).")
+    _verify_payload(path, payload)
+    wrong = {k: (payload.get(k), v) for k, v in (expected or {}).items() if payload.get(k) != v}
+    if wrong:
+        detail = ", ".join(f"{k} {found!r} (this run: {want!r})" for k, (found, want) in wrong.items())
+        raise CheckpointMismatchError(
+            f"{path}: was written for another run: {detail}. A checkpoint was copied or moved into the "
+            "wrong run folder: put the right one back or retrain this run."
+        )
     if expected_hash is not None and payload["config_hash"] != expected_hash:
         raise CheckpointMismatchError(
             f"{path}: written by config hash {payload['config_hash']}, expected {expected_hash}. "
@@ -215,8 +294,9 @@ def checkpoint_meta(payload: dict[str, Any]) -> dict[str, Any]:
 
 
 def load_checkpoint(path: str | os.PathLike, *, expected_hash: str | None = None,
+                    expected: Mapping[str, Any] | None = None,
                     map_location: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild the network of a checkpoint (loaded with ``weights_only=True``).
+    """Rebuild the network of a checkpoint (loaded with ``weights_only=True``, sha256 checked).
 
     Parameters
     ----------
@@ -224,6 +304,8 @@ def load_checkpoint(path: str | os.PathLike, *, expected_hash: str | None = None
         ``checkpoint-best.pt`` or ``checkpoint-last.pt`` of a run.
     expected_hash : str, optional
         Refuse the checkpoint unless its config hash equals this.
+    expected : mapping, optional
+        Entries it must carry, e.g. ``{"model": "dae", "variant": "lsd512-sigmoid"}``.
     map_location : str or torch.device
 
     Returns
@@ -233,19 +315,27 @@ def load_checkpoint(path: str | os.PathLike, *, expected_hash: str | None = None
     meta : dict
         Everything else in the checkpoint (``model``, ``variant``,
         ``model_config``, ``in_channels``, ``grid``, ``config_hash``, ``seed``,
-        ``epoch``, ``provenance``, ...), without tensors.
+        ``epoch``, ``acquisition``, ``payload_sha256``, ``provenance``, ...),
+        without tensors. ``acquisition`` (None in checkpoints of older
+        dmrilib versions) describes the training data; see :func:`train_run`.
 
     Raises
     ------
-    FileNotFoundError, ValueError, CheckpointMismatchError
+    FileNotFoundError, IntegrityError, ValueError, CheckpointMismatchError
+        See :func:`read_checkpoint`.
     """
     payload = read_checkpoint(path, expected_format=_CHECKPOINT_FORMAT, expected_hash=expected_hash,
-                              map_location=map_location, trainer="dmrilib.train.train_run")
+                              expected=expected, map_location=map_location, trainer="dmrilib.train.train_run")
     net = build_model(payload["model"], payload["variant"], ModelConfig(**payload["model_config"]),
                       payload["in_channels"], grid=payload["grid"])
     net.load_state_dict(payload["state_dict"])
     net.to(map_location).eval()
     return net, checkpoint_meta(payload)
+
+
+def _plain(obj: Any) -> Any:
+    """numpy scalars/arrays and tuples -> JSON types, so a record loads with ``weights_only=True``."""
+    return json.loads(json.dumps(obj, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)))
 
 
 class _Step:
@@ -280,7 +370,7 @@ class _Step:
 def train_run(volumes: np.ndarray, brain_masks: np.ndarray, subject_ids: Sequence[str], *,
               train_ids: Sequence[str], val_ids: Sequence[str], model: str, variant: str,
               model_config: ModelConfig, train_config: TrainConfig, out_dir: str | os.PathLike,
-              progress: bool = True) -> dict[str, Any]:
+              acquisition: Mapping[str, Any] | None = None, progress: bool = True) -> dict[str, Any]:
     """Train one (model, variant, fold) and write its run folder.
 
     Parameters
@@ -302,6 +392,14 @@ def train_run(volumes: np.ndarray, brain_masks: np.ndarray, subject_ids: Sequenc
     out_dir : path-like
         Run folder; an existing run of the same configuration is resumed, one
         of another configuration is refused.
+    acquisition : mapping, optional
+        What the training data look like on the scanner, stored in every
+        checkpoint and in ``run.json`` so that :func:`dmrilib.scoring.predict_dwi`
+        can refuse data of another geometry or gradient scheme: see
+        :meth:`dmrilib.dataset.PreparedCohort.acquisition` (voxel size range,
+        orientations, input shapes, network grid, b-value, gradient
+        directions in channel order). Not part of the config hash. Without
+        it, ``predict_dwi`` refuses the checkpoint.
     progress : bool
         Show a tqdm progress bar over epochs.
 
@@ -359,9 +457,11 @@ def train_run(volumes: np.ndarray, brain_masks: np.ndarray, subject_ids: Sequenc
     scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=cfg.lr_gamma)
 
     meta_config = _meta_config(model, variant, model_config, in_channels, grid)
+    acquisition = _plain(dict(acquisition)) if acquisition is not None else None
     start_epoch, best_loss, best_epoch, rows, wall = 0, math.inf, -1, [], 0.0
     if last_path.exists():
         payload = torch.load(last_path, map_location=device, weights_only=True)
+        _verify_payload(last_path, payload)  # a corrupted resume point would silently continue from bad weights
         if payload.get("config_hash") != chash:
             raise CheckpointMismatchError(
                 f"{last_path}: belongs to config hash {payload.get('config_hash')}, this run has {chash}. "
@@ -450,7 +550,7 @@ def train_run(volumes: np.ndarray, brain_masks: np.ndarray, subject_ids: Sequenc
         rows.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "lr": lr, "seconds": seconds})
 
         common = {"format": _CHECKPOINT_FORMAT, **meta_config, "config_hash": chash, "seed": cfg.seed,
-                  "epoch": epoch, "val_loss": val_loss}
+                  "epoch": epoch, "val_loss": val_loss, "acquisition": acquisition}
         save_last = (epoch + 1) % cfg.checkpoint_every == 0 or epoch + 1 == cfg.epochs
         selected = cfg.selection == "last" or (validate and (val_loss < best_loss or not math.isfinite(best_loss)))
         if save_last or selected:
@@ -479,7 +579,7 @@ def train_run(volumes: np.ndarray, brain_masks: np.ndarray, subject_ids: Sequenc
         "parameters": int(sum(p.numel() for p in net.parameters())),
         "train_ids": list(train_ids), "val_ids": list(val_ids),
         "model_config": meta_config["model_config"], "train_config": dataclasses.asdict(cfg),
-        "grid": list(grid), "in_channels": in_channels,
+        "grid": list(grid), "in_channels": in_channels, "acquisition": acquisition,
         "provenance": checkpoint_provenance(chash, cfg.seed),
     }
     write_json_atomic(out / "run.json", record)

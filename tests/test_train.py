@@ -7,9 +7,10 @@ import pytest
 import torch
 
 from dmrilib.models import ModelConfig
+from dmrilib.integrity import IntegrityError
 from dmrilib.train import (CheckpointMismatchError, Fold, TrainConfig, checkpoint_provenance, derive_seed,
-                           load_checkpoint, make_folds, read_folds, run_hash, save_checkpoint, seeded_generator,
-                           train_run, write_folds)
+                           load_checkpoint, make_folds, payload_sha256, read_checkpoint, read_folds, run_hash,
+                           save_checkpoint, seeded_generator, train_run, write_folds)
 
 GRID = (16, 16, 16)
 MODEL = ModelConfig(dae_widths=(4, 8), recon_base=4, recon_depth=2, disc_base=4, disc_depth=2)
@@ -243,4 +244,74 @@ def test_read_checkpoint_checks_file_format_and_hash(tmp_path):
     with pytest.raises(CheckpointMismatchError, match="expected xyz"):
         read_checkpoint(path, expected_format="other/1", expected_hash="xyz")
     payload = read_checkpoint(path, expected_format="other/1", expected_hash="abc")
-    assert checkpoint_meta(payload) == {"format": "other/1", "config_hash": "abc"}
+    assert checkpoint_meta(payload) == {"format": "other/1", "config_hash": "abc",
+                                        "payload_sha256": payload_sha256(payload)}
+
+
+def _flip_byte_in_largest_tensor(path):
+    """Flip one bit inside the stored bytes of the checkpoint's largest weight tensor."""
+    state = torch.load(path, weights_only=True)["state_dict"]
+    name, tensor = max(state.items(), key=lambda kv: kv[1].numel())
+    raw = bytearray(path.read_bytes())
+    at = bytes(raw).find(tensor.numpy().tobytes())
+    assert at >= 0, "tensor bytes not found in the file"
+    raw[at + tensor.element_size() * (tensor.numel() // 2) + 3] ^= 0x40  # an exponent bit of one float32
+    path.write_bytes(bytes(raw))
+    return name
+
+
+def test_flipped_byte_in_checkpoint_is_refused_on_load(tmp_path):
+    _run(tmp_path, epochs=1)
+    path = tmp_path / "run" / "checkpoint-best.pt"
+    load_checkpoint(path)  # intact: loads
+    name = _flip_byte_in_largest_tensor(path)
+    changed = torch.load(path, weights_only=True)["state_dict"][name]
+    assert changed.abs().max() > 1e3  # torch alone loads the corrupted weight without complaint
+    with pytest.raises(IntegrityError, match=r"checkpoint-best.pt: content sha256 .* does not match"):
+        load_checkpoint(path)
+
+
+def test_resume_refuses_a_corrupted_last_checkpoint(tmp_path):
+    _run(tmp_path, epochs=1)
+    _flip_byte_in_largest_tensor(tmp_path / "run" / "checkpoint-last.pt")
+    with pytest.raises(IntegrityError, match="checkpoint-last.pt"):
+        _run(tmp_path, epochs=2)
+
+
+def test_payload_sha256_covers_metadata_and_ignores_device():
+    payload = {"format": "x/1", "config_hash": "abc", "state_dict": {"w": torch.arange(4.0)}, "log": [{"a": 1.5}]}
+    digest = payload_sha256(payload)
+    assert digest == payload_sha256({**payload, "payload_sha256": "ignored"})
+    assert digest != payload_sha256({**payload, "config_hash": "abd"})
+    assert digest != payload_sha256({**payload, "log": [{"a": 1.25}]})
+    assert digest != payload_sha256({**payload, "state_dict": {"w": torch.arange(4.0).double()}})
+
+
+def test_checkpoint_without_sha256_from_older_versions_loads_with_a_warning(tmp_path):
+    path = tmp_path / "old.pt"
+    torch.save({"format": "kind/1", "config_hash": "abc", "state_dict": {"w": torch.ones(1)}}, path)
+    with pytest.warns(UserWarning, match="no payload sha256"):
+        read_checkpoint(path, expected_format="kind/1")
+
+
+def test_load_checkpoint_refuses_another_runs_model_or_variant(tmp_path):
+    _run(tmp_path, epochs=1)
+    path = tmp_path / "run" / "checkpoint-best.pt"
+    load_checkpoint(path, expected={"model": "dae", "variant": "lsd16-sigmoid"})
+    with pytest.raises(CheckpointMismatchError, match=r"checkpoint-best.pt: was written for another run: "
+                                                      r"model 'dae' \(this run: 'recdisc'\)"):
+        load_checkpoint(path, expected={"model": "recdisc", "variant": "lsd16-sigmoid"})
+
+
+def test_checkpoints_and_run_json_record_the_training_acquisition(tmp_path):
+    acquisition = {"voxel_size_min": (2.4, 2.4, 2.4), "voxel_size_max": np.array([2.4, 2.4, 2.5]),
+                   "orientations": ["LAS"], "bvalue": np.float64(1000.0)}
+    vols, brain, ids = _data()
+    train_run(vols, brain, ids, train_ids=ids[:4], val_ids=ids[4:], model="dae", variant="lsd16-sigmoid",
+              model_config=MODEL, train_config=_config(epochs=1), out_dir=tmp_path / "run",
+              acquisition=acquisition, progress=False)
+    expected = {"voxel_size_min": [2.4, 2.4, 2.4], "voxel_size_max": [2.4, 2.4, 2.5], "orientations": ["LAS"],
+                "bvalue": 1000.0}
+    for name in ("checkpoint-best.pt", "checkpoint-last.pt"):
+        assert load_checkpoint(tmp_path / "run" / name)[1]["acquisition"] == expected
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["acquisition"] == expected

@@ -1,14 +1,30 @@
 """The ``dmri`` command: ``info``, ``simulate``, ``train``, ``predict``, ``evaluate``.
 
 Each subcommand is a thin wrapper around one library function; heavy imports
-happen inside the subcommand so ``dmri --help`` is instant. User mistakes
-(bad files, unknown profiles) are printed as one clear line and exit with
-status 2, never as a traceback.
+happen inside the subcommand so ``dmri --help`` is instant.
+
+Exit status and errors:
+
+- 0: done.
+- 2: a problem with the input or the machine, printed as one line on stderr,
+  ``dmri <command>: error: <file>: <problem>``, never as a traceback. These
+  are the library's user-input errors (``ValueError`` and its subclasses
+  ``ConfigError``, ``DwiInputError``, ``CheckpointMismatchError``,
+  ``IntegrityError``: their messages name the file) and ``OSError`` (missing
+  file, permission, full disk: named by its path, or by the command's output
+  when the system did not name one).
+- 1: an internal error (a bug): the traceback, then a line saying so.
+- 130: interrupted (Ctrl-C).
+
+``--debug`` (or ``DMRI_DEBUG=1``) prints the traceback of a user error too.
 """
 from __future__ import annotations
 
 import argparse
+import errno
+import os
 import sys
+import traceback
 from pathlib import Path
 
 __all__ = ["main", "build_parser"]
@@ -67,44 +83,49 @@ def build_parser() -> argparse.ArgumentParser:
         description="Diffusion MRI anomaly detection (Weninger, Ecke et al., Sci Rep 2023), reproduced.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    debug_help = "print the traceback of an error too (or set DMRI_DEBUG=1)"
+    parser.add_argument("--debug", action="store_true", help=debug_help)
+    # --debug after the command too; SUPPRESS keeps `dmri --debug info x` from being reset by the subparser
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=debug_help)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    p = sub.add_parser("info", help="describe a DWI file or a BIDS dataset (subjects, shells, grid)")
+    p = sub.add_parser("info", parents=[common], help="describe a DWI file or a BIDS dataset (subjects, shells, grid)")
     p.add_argument("path", type=Path, help="4D NIfTI (with .bval/.bvec beside it) or BIDS folder")
     p.set_defaults(func=_cmd_info)
 
-    p = sub.add_parser("simulate", help="simulate a glioma dMRI cohort as a BIDS dataset")
+    p = sub.add_parser("simulate", parents=[common], help="simulate a glioma dMRI cohort as a BIDS dataset")
     p.add_argument("--config", default="quick", help="profile name or YAML path (default: quick)")
     p.add_argument("--out", type=Path, required=True, help="output BIDS folder")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=_cmd_simulate)
+    p.set_defaults(func=_cmd_simulate, writes='out')
 
-    p = sub.add_parser("train", help="train one (model, configuration, fold) of a profile")
+    p = sub.add_parser("train", parents=[common], help="train one (model, configuration, fold) of a profile")
     p.add_argument("--config", default="quick", help="profile name or YAML path (default: quick)")
     p.add_argument("--model", choices=("dae", "recdisc"), required=True)
     p.add_argument("--variant", required=True, help="e.g. lsd512-sigmoid or mix-mix-half")
     p.add_argument("--fold", type=int, default=0)
     p.add_argument("--results", type=Path, default=Path("results"),
                    help="results root; the run goes to <results>/<profile>/runs/... (default: results)")
-    p.set_defaults(func=_cmd_train)
+    p.set_defaults(func=_cmd_train, writes='results')
 
-    p = sub.add_parser("predict", help="anomaly map of a new subject from a trained checkpoint")
+    p = sub.add_parser("predict", parents=[common], help="anomaly map of a new subject from a trained checkpoint")
     p.add_argument("--checkpoint", type=Path, required=True)
     p.add_argument("--dwi", type=Path, required=True, help="4D NIfTI")
     p.add_argument("--bval", type=Path, default=None, help="default: beside the NIfTI")
     p.add_argument("--bvec", type=Path, default=None, help="default: beside the NIfTI")
     p.add_argument("--mask", type=Path, default=None, help="brain mask (default: estimated from b0)")
     p.add_argument("--out", type=Path, required=True, help="output NIfTI (.nii.gz)")
-    p.set_defaults(func=_cmd_predict)
+    p.set_defaults(func=_cmd_predict, writes='out')
 
-    p = sub.add_parser("evaluate", help="evaluate NIfTI anomaly maps against BIDS ground truth")
+    p = sub.add_parser("evaluate", parents=[common], help="evaluate NIfTI anomaly maps against BIDS ground truth")
     p.add_argument("--maps", type=Path, required=True, help="folder of sub-*_anomaly.nii.gz maps")
     p.add_argument("--truth", type=Path, required=True, help="BIDS root with derivatives masks")
     p.add_argument("--model", choices=("dae", "recdisc"), required=True,
                    help="which model made the maps (sets the fixed threshold)")
     p.add_argument("--config", default="quick", help="profile whose evaluation settings to use")
     p.add_argument("--out", type=Path, required=True, help="output CSV")
-    p.set_defaults(func=_cmd_evaluate)
+    p.set_defaults(func=_cmd_evaluate, writes='out')
     return parser
 
 
@@ -114,23 +135,61 @@ def _version() -> str:
     return __version__
 
 
+# The library's errors for bad input are ValueErrors with a message that names
+# the file (ARCHITECTURE.md, Conventions); OSError is the machine's (a missing
+# file, a full disk); EOFError and MemoryError come from truncated files and
+# inputs too large for this machine. Anything else is a bug.
+_USER_ERRORS = (ValueError, OSError, EOFError, MemoryError)
+
+_OS_HINTS = {
+    errno.ENOSPC: "Free disk space there, or write elsewhere.",
+    errno.EDQUOT: "Your disk quota is used up: free space, or write elsewhere.",
+    errno.EACCES: "Check its permissions.",
+}
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _os_error_text(exc: OSError, args: argparse.Namespace) -> str:
+    """``<path>: <problem> [Errno N]``, with the path the system named or, failing that, the command's output."""
+    if exc.errno is None:  # raised by dmrilib with a full message, e.g. FileNotFoundError("<path>: no such ...")
+        return str(exc) or type(exc).__name__
+    problem = f"{exc.strerror or exc} [Errno {exc.errno}]"
+    hint = _OS_HINTS.get(exc.errno, "")
+    if exc.filename is not None:
+        where = f"{exc.filename}" + (f" -> {exc.filename2}" if exc.filename2 is not None else "")
+        return f"{where}: {problem}. {hint}".rstrip()
+    # A full disk fails in write(), whose OSError carries no path: name where the command writes.
+    output = getattr(args, "writes", None)
+    if output is not None:
+        return f"{getattr(args, output)}: {problem} while writing the output (--{output}). {hint}".rstrip()
+    return f"{problem}. {hint}".rstrip()
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``dmri``; returns the exit status."""
+    """Entry point of ``dmri``; returns the exit status (see the module docstring)."""
     args = build_parser().parse_args(argv)
-    from dmrilib.config import ConfigError
-
-    user_errors: tuple[type[BaseException], ...] = (ConfigError, FileNotFoundError)
-    try:
-        from dmrilib.io import DwiInputError
-
-        user_errors += (DwiInputError,)
-    except ImportError:  # io not importable: let its own error surface below
-        pass
+    debug = getattr(args, "debug", False) or os.environ.get("DMRI_DEBUG", "") not in ("", "0")
+    prefix = f"dmri {args.command}"
     try:
         return args.func(args)
-    except user_errors as exc:
-        print(f"dmri {args.command}: error: {exc}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print(f"{prefix}: interrupted", file=sys.stderr)
+        return 130
+    except _USER_ERRORS as exc:
+        if debug:
+            traceback.print_exc()
+        text = _os_error_text(exc, args) if isinstance(exc, OSError) else (str(exc) or type(exc).__name__)
+        print(f"{prefix}: error: {_one_line(text)}", file=sys.stderr)
         return 2
+    except Exception as exc:  # noqa: BLE001 - the last resort: say it is ours, not the user's
+        traceback.print_exc()
+        print(f"{prefix}: internal error (a bug in dmrilib, not a problem with your input): "
+              f"{type(exc).__name__}: {_one_line(str(exc))}. Please report it with the traceback above.",
+              file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -12,6 +12,13 @@ to the network grid centred on the brain mask, and writes one folder::
     <out_dir>/affines.npy           (S, 4, 4) input-grid affines
     <out_dir>/bvals.npy, bvecs.npy  (S, C), (S, C, 3) of the kept channels
 
+``meta.json`` records the sha256 of every ``.npy`` file (``sha256``);
+:func:`load_prepared` checks them (the attenuation, the one large file, on
+first access, so jobs that never read it, such as evaluation, do not pay for
+it) and refuses attenuation outside [0, 1]. It also records each subject's
+voxel size, orientation and gradient directions, summarised for a training
+set by :meth:`PreparedCohort.acquisition` (stored in checkpoints).
+
 Attenuation is stored as float16 by default: values lie in [0, 1], where
 float16 resolves about 5e-4 (far below the noise of any dMRI signal), and it
 halves the paper geometry (60 x 64 x 64x80x64) from 5.0 GB to 2.5 GB.
@@ -36,6 +43,7 @@ import numpy as np
 
 from dmrilib._atomic import write_json_atomic
 from dmrilib.config import config_hash, provenance
+from dmrilib.integrity import IntegrityError, check_sha256, check_unit_interval, sha256_file
 from dmrilib.io import (
     BidsDwi,
     DwiInputError,
@@ -135,11 +143,21 @@ class _AsFloat32:
     """Read-only array view that returns float32 from a (memory-mapped) float16 array.
 
     Indexing (``a[i]``, ``a[[0, 2]]``) and ``np.asarray(a)`` give float32
-    ndarrays; only what is indexed is read from disk.
+    ndarrays; only what is indexed is read from disk. ``check`` (the file's
+    sha256 and value range) runs once, on the first access to the values:
+    reading the whole file costs ~0.3 s for the quick cohort, which jobs
+    that never touch the attenuation (evaluation) should not pay.
     """
 
-    def __init__(self, raw: np.ndarray):
+    def __init__(self, raw: np.ndarray, check=None):
         self._raw = raw
+        self._check = check
+
+    def _values(self) -> np.ndarray:
+        if self._check is not None:
+            self._check()
+            self._check = None  # only once it passed: a failed check fails again on the next access
+        return self._raw
 
     shape = property(lambda self: self._raw.shape)
     ndim = property(lambda self: self._raw.ndim)
@@ -153,16 +171,16 @@ class _AsFloat32:
         time: the same float32 values (float16 to float32 is exact), a quarter
         of the reading and half the memory.
         """
-        return self._raw
+        return self._values()
 
     def __len__(self) -> int:
         return len(self._raw)
 
     def __getitem__(self, key) -> np.ndarray:
-        return np.asarray(self._raw[key], dtype=np.float32)
+        return np.asarray(self._values()[key], dtype=np.float32)
 
     def __array__(self, dtype=None, copy=None) -> np.ndarray:
-        return np.asarray(self._raw, dtype=dtype or np.float32)
+        return np.asarray(self._values(), dtype=dtype or np.float32)
 
     def __repr__(self) -> str:
         return f"<float32 view of {self._raw.dtype} array, shape {self.shape}>"
@@ -183,7 +201,8 @@ class PreparedCohort:
         ``healthy``/``patient`` for the simulated cohort).
     attenuation : array-like, shape (S, C, X, Y, Z)
         float32 in [0, 1] on access, zero outside the brain (memory-mapped;
-        index it to read).
+        index it to read). The file's sha256 and value range are checked on
+        the first access to its values (:class:`~dmrilib.integrity.IntegrityError`).
     brain_mask, eval_mask, lesion, infiltration, followup_lesion : ndarray of bool, shape (S, X, Y, Z)
         All False where a subject has no such label.
     fa, md : ndarray of float32, shape (S, X, Y, Z)
@@ -240,6 +259,53 @@ class PreparedCohort:
         """Subjects whose ``group`` is ``patient``, in array order."""
         return self._group_ids(_PATIENT)
 
+    def acquisition(self, ids: Iterable[str] | None = None) -> dict[str, Any]:
+        """What the data of some subjects look like on the scanner, for a checkpoint's record.
+
+        :func:`dmrilib.train.train_run` stores this in every checkpoint so
+        that :func:`dmrilib.scoring.predict_dwi` can refuse data the network
+        never saw the like of.
+
+        Parameters
+        ----------
+        ids : iterable of str, optional
+            Subjects (e.g. a fold's training and validation subjects); default all.
+
+        Returns
+        -------
+        dict
+            Plain JSON types: ``voxel_size_min``, ``voxel_size_max`` (mm per
+            axis over the subjects), ``orientations`` (distinct axis codes of
+            the affines, e.g. ``["RAS"]``), ``input_shapes`` (distinct input
+            grids), ``grid`` (network grid), ``bvalue`` (mean b-value of the
+            channels) and ``bvalue_range``, ``gradient_schemes`` (the distinct
+            b-vector tables, each C x 3 in channel order; two tables count as
+            the same when every direction agrees within 0.5 degrees up to
+            sign), ``brain_fraction_min`` (smallest fraction of a subject's
+            brain inside the network grid), ``n_subjects``.
+        """
+        idx = np.arange(len(self.subjects)) if ids is None else self.index(list(ids))
+        voxel = np.asarray(self.meta["voxel_sizes"], dtype=float)[idx]
+        schemes: list[np.ndarray] = []
+        for table in np.asarray(self.bvecs, dtype=float)[idx]:
+            if not any(np.all(np.abs((table * other).sum(axis=1)) >= np.cos(np.radians(0.5))) for other in schemes):
+                schemes.append(table)
+        bvals = np.asarray(self.bvals, dtype=float)[idx]
+        fractions = self.meta.get("brain_fraction_in_grid", {})
+        kept = [fractions[self.subjects[i]] for i in idx if self.subjects[i] in fractions]
+        return {
+            "voxel_size_min": voxel.min(axis=0).round(4).tolist(),
+            "voxel_size_max": voxel.max(axis=0).round(4).tolist(),
+            "orientations": sorted({"".join(nib.aff2axcodes(self.affines[i])) for i in idx}),
+            "input_shapes": [list(t) for t in sorted({tuple(int(v) for v in self.input_shapes[i]) for i in idx})],
+            "grid": [int(g) for g in self.grid],
+            "bvalue": round(float(bvals.mean()), 2),
+            "bvalue_range": [float(bvals.min()), float(bvals.max())],
+            "gradient_schemes": [t.round(6).tolist() for t in schemes],
+            "brain_fraction_min": float(min(kept)) if kept else None,
+            "n_subjects": int(len(idx)),
+        }
+
     def index(self, ids: Iterable[str]) -> np.ndarray:
         """Array positions of subject ids (``"sub-H01"`` or ``"H01"``).
 
@@ -283,6 +349,7 @@ def _is_up_to_date(out_dir: Path, cfg_hash: str, input_hash: str) -> bool:
         meta.get("format_version") == _FORMAT_VERSION
         and meta.get("config_hash") == cfg_hash
         and meta.get("input_hash") == input_hash
+        and "sha256" in meta
         and all((out_dir / f"{name}.npy").is_file() for name in meta.get("arrays", []))
     )
 
@@ -462,6 +529,7 @@ def prepare_cohort(
         np.save(tmp / "affines.npy", affines)
         np.save(tmp / "bvals.npy", bvals)
         np.save(tmp / "bvecs.npy", bvecs)
+        array_names = ["attenuation", *MASK_NAMES, "fa", "md", "affines", "bvals", "bvecs"]
         subjects = [e.subject for e in entries]
         rows = participants.reindex(subjects)
         meta = {
@@ -474,10 +542,13 @@ def prepare_cohort(
             "affines": affines.tolist(),
             "input_shapes": input_shapes,
             "voxel_sizes": voxel_sizes,
+            "orientations": ["".join(nib.aff2axcodes(a)) for a in affines],
             "grid": list(grid.shape),
             "n_channels": n_channels,
             "attenuation_dtype": config.dtype,
-            "arrays": ["attenuation", *MASK_NAMES, "fa", "md", "affines", "bvals", "bvecs"],
+            "arrays": array_names,
+            # checked by load_prepared: a file changed after this point is refused
+            "sha256": {f"{name}.npy": sha256_file(tmp / f"{name}.npy") for name in array_names},
             "labels_present": labels_present,
             "brain_mask_source": brain_source,
             "brain_fraction_in_grid": brain_kept,
@@ -522,6 +593,17 @@ def load_prepared(out_dir: str | os.PathLike, *, mmap: bool = True) -> PreparedC
     ------
     FileNotFoundError
         If the folder or ``meta.json`` is missing (run ``prepare_cohort`` first).
+    IntegrityError
+        If an array file does not match the sha256 in ``meta.json`` or
+        cannot be read, or the attenuation holds values outside [0, 1]
+        (NaN included). The attenuation, the one large file, is checked on
+        first access to its values rather than here.
+
+    Warns
+    -----
+    UserWarning
+        For a folder written before ``meta.json`` recorded sha256s (its
+        arrays cannot be checked; prepare the cohort again).
     """
     import pandas as pd
 
@@ -536,11 +618,34 @@ def load_prepared(out_dir: str | os.PathLike, *, mmap: bool = True) -> PreparedC
             "prepare the cohort again."
         )
     mode = "r" if mmap else None
+    hashes = meta.get("sha256")
+    if hashes is None:
+        warnings.warn(f"{meta_path}: records no sha256 of its arrays (prepared by an older dmrilib), so they "
+                      "cannot be checked for corruption. Prepare the cohort again to record them.", stacklevel=2)
+    remedy = "Prepare the cohort again (dmri prepare, or rerun the cohort job)."
 
-    def _load(name: str) -> np.ndarray:
-        return np.load(root / f"{name}.npy", mmap_mode=mode)
+    def _check(name: str) -> None:
+        if hashes is not None:
+            if f"{name}.npy" not in hashes:
+                raise IntegrityError(f"{meta_path}: records no sha256 for {name}.npy. {remedy}")
+            check_sha256(root / f"{name}.npy", hashes[f"{name}.npy"], what_to_do=remedy)
 
-    att = _load("attenuation")
+    def _load(name: str, check: bool = True) -> np.ndarray:
+        path = root / f"{name}.npy"
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: missing from the prepared cohort. {remedy}")
+        if check:
+            _check(name)
+        try:
+            return np.load(path, mmap_mode=mode, allow_pickle=False)
+        except ValueError as exc:
+            raise IntegrityError(f"{path}: not a readable .npy array ({exc}). {remedy}") from exc
+
+    att = _load("attenuation", check=False)
+
+    def _check_attenuation() -> None:
+        _check("attenuation")
+        check_unit_interval(root / "attenuation.npy", att)
     subjects = list(meta["subjects"])
     participants = pd.DataFrame.from_records(meta["participants"])
     if "participant_id" in participants.columns:
@@ -551,15 +656,15 @@ def load_prepared(out_dir: str | os.PathLike, *, mmap: bool = True) -> PreparedC
         root=root,
         subjects=subjects,
         participants=participants,
-        attenuation=att if att.dtype == np.float32 else _AsFloat32(att),
+        attenuation=_AsFloat32(att, check=_check_attenuation),
         **{name: _load(name) for name in MASK_NAMES},
         fa=_load("fa"),
         md=_load("md"),
         crops=[GridCrop.from_dict(c) for c in meta["crops"]],
-        affines=np.load(root / "affines.npy"),
+        affines=np.array(_load("affines")),
         input_shapes=[tuple(s) for s in meta["input_shapes"]],
-        bvals=np.load(root / "bvals.npy"),
-        bvecs=np.load(root / "bvecs.npy"),
+        bvals=np.array(_load("bvals")),
+        bvecs=np.array(_load("bvecs")),
         meta=meta,
     )
 

@@ -240,3 +240,94 @@ def test_unknown_prepare_setting_is_a_config_error():
     profile = Profile.from_dict({"name": "x", "variants": {}, "folds": [0], "prepare": {"grid_size": 3}})
     with pytest.raises(ConfigError, match="grid_size"):
         profile.prepare
+
+
+# ----------------------------------------------------------------- integrity and acquisition
+
+
+def _rehash(out, name):
+    """Record the current sha256 of ``name`` in meta.json, as if prepare had written the file so."""
+    from dmrilib.integrity import sha256_file
+
+    meta = json.loads((out / "meta.json").read_text())
+    meta["sha256"][name] = sha256_file(out / name)
+    (out / "meta.json").write_text(json.dumps(meta))
+
+
+def test_meta_records_the_sha256_of_every_array(bids, config, tmp_path):
+    from dmrilib.integrity import sha256_file
+
+    out = prepare_cohort(bids, config, tmp_path / "prepared", progress=False)
+    meta = json.loads((out / "meta.json").read_text())
+    assert sorted(meta["sha256"]) == sorted(f"{name}.npy" for name in meta["arrays"])
+    for name, digest in meta["sha256"].items():
+        assert sha256_file(out / name) == digest, name
+    assert meta["orientations"] == ["RAS"] * 3
+
+
+def test_changed_mask_file_is_refused_by_load_prepared(bids, config, tmp_path):
+    from dmrilib.integrity import IntegrityError
+
+    out = prepare_cohort(bids, config, tmp_path / "prepared", progress=False)
+    lesion = np.load(out / "lesion.npy", mmap_mode="r+")
+    lesion[0, 0, 0, 0] = ~lesion[0, 0, 0, 0]
+    lesion.flush()
+    del lesion
+    with pytest.raises(IntegrityError, match=r"lesion.npy: sha256 .* does not match its record.*Prepare the cohort"):
+        load_prepared(out)
+
+
+def test_attenuation_outside_unit_interval_is_refused_on_first_access(bids, config, tmp_path):
+    from dmrilib.integrity import IntegrityError
+
+    out = prepare_cohort(bids, config, tmp_path / "prepared", progress=False)
+    att = np.load(out / "attenuation.npy", mmap_mode="r+")
+    att[0, 0, 4, 5, 4] = 1.5
+    att.flush()
+    del att
+    cohort = load_prepared(out)  # cheap: masks checked, the large attenuation file not yet read
+    with pytest.raises(IntegrityError, match=r"attenuation.npy: sha256 .* does not match"):
+        cohort.attenuation[0]
+    _rehash(out, "attenuation.npy")  # a bad value written with a matching record: the range check finds it
+    cohort = load_prepared(out)
+    for access in (lambda a: a[0], lambda a: a.stored, np.asarray):
+        with pytest.raises(IntegrityError, match=r"attenuation.npy: 1 value\(s\) lie outside \[0, 1\]"):
+            access(cohort.attenuation)
+    assert cohort.attenuation.shape[0] == 3  # the shape needs no values
+
+
+def test_nan_attenuation_is_refused(bids, config, tmp_path):
+    from dmrilib.integrity import IntegrityError
+
+    out = prepare_cohort(bids, PrepareConfig(grid=GRID, dtype="float32"), tmp_path / "prepared", progress=False)
+    att = np.load(out / "attenuation.npy", mmap_mode="r+")
+    att[1, 2, 3, 3, 3] = np.nan
+    att.flush()
+    del att
+    _rehash(out, "attenuation.npy")
+    with pytest.raises(IntegrityError, match="outside"):
+        load_prepared(out).attenuation[1]
+
+
+def test_folder_without_sha256_record_warns_and_is_rebuilt(bids, config, tmp_path):
+    out = prepare_cohort(bids, config, tmp_path / "prepared", progress=False)
+    meta = json.loads((out / "meta.json").read_text())
+    del meta["sha256"]
+    (out / "meta.json").write_text(json.dumps(meta))
+    with pytest.warns(UserWarning, match="records no sha256"):
+        assert load_prepared(out).attenuation[0].max() <= 1
+    prepare_cohort(bids, config, out, progress=False)  # not up to date without the record
+    assert "sha256" in json.loads((out / "meta.json").read_text())
+
+
+def test_acquisition_summarises_geometry_and_gradients_of_the_subjects(bids, config, tmp_path):
+    cohort = load_prepared(prepare_cohort(bids, config, tmp_path / "prepared", progress=False))
+    acq = cohort.acquisition(["H01", "H02"])
+    assert acq["voxel_size_min"] == acq["voxel_size_max"] == [2.0, 2.0, 2.0]
+    assert acq["orientations"] == ["RAS"] and acq["input_shapes"] == [[8, 10, 8]]
+    assert acq["grid"] == list(GRID) and acq["bvalue"] == 1000.0 and acq["n_subjects"] == 2
+    # make_bids draws each subject's directions from its own seed: two schemes, in channel order
+    assert len(acq["gradient_schemes"]) == 2
+    np.testing.assert_allclose(acq["gradient_schemes"][0], cohort.bvecs[0], atol=1e-6)
+    assert 0 < acq["brain_fraction_min"] <= 1
+    json.dumps(acq)  # plain JSON types: it goes into checkpoints loaded with weights_only=True

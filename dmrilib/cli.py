@@ -31,9 +31,12 @@ __all__ = ["main", "build_parser"]
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
-    from dmrilib.io import describe
+    from dmrilib.io import DwiInputError, check_input
 
-    print(describe(args.path))
+    report = check_input(args.path, header_only=args.header_only)
+    print(report.text)
+    if report.problems:
+        raise DwiInputError(f"{args.path}: {len(report.problems)} problem(s), listed above.")
     return 0
 
 
@@ -90,8 +93,13 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=debug_help)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    p = sub.add_parser("info", parents=[common], help="describe a DWI file or a BIDS dataset (subjects, shells, grid)")
+    p = sub.add_parser("info", parents=[common],
+                      help="check and describe a DWI file or a BIDS dataset (subjects, shells, grid); "
+                           "exit 2 on any problem")
     p.add_argument("path", type=Path, help="4D NIfTI (with .bval/.bvec beside it) or BIDS folder")
+    p.add_argument("--header-only", action="store_true",
+                   help="check headers and gradient files only, without reading the voxels (faster; "
+                        "misses truncated files and NaN voxels)")
     p.set_defaults(func=_cmd_info)
 
     p = sub.add_parser("simulate", parents=[common], help="simulate a glioma dMRI cohort as a BIDS dataset")

@@ -72,10 +72,10 @@ def test_truncated_npy_is_one_line_and_status_2(tmp_path, capsys, monkeypatch):
 def test_multiline_value_error_becomes_one_line(tmp_path, capsys, monkeypatch):
     from dmrilib import io
 
-    def fail(path):
+    def fail(path, **kwargs):
         raise ValueError(f"{path}: something is wrong\n  on a second line")
 
-    monkeypatch.setattr(io, "describe", fail)
+    monkeypatch.setattr(io, "check_input", fail)
     status = main(["info", str(tmp_path / "x.nii.gz")])
     line = _one_error_line(capsys.readouterr().err, "info")
     assert status == 2 and line.endswith("x.nii.gz: something is wrong on a second line")
@@ -111,10 +111,10 @@ def test_disk_full_without_a_path_names_the_output(tmp_path, capsys, monkeypatch
 def test_os_error_names_its_file(tmp_path, capsys, monkeypatch):
     from dmrilib import io
 
-    def fail(path):
+    def fail(path, **kwargs):
         raise PermissionError(13, "Permission denied", str(path))
 
-    monkeypatch.setattr(io, "describe", fail)
+    monkeypatch.setattr(io, "check_input", fail)
     status = main(["info", str(tmp_path)])
     line = _one_error_line(capsys.readouterr().err, "info")
     assert status == 2 and line.startswith(f"dmri info: error: {tmp_path}: Permission denied [Errno 13]")
@@ -124,10 +124,10 @@ def test_os_error_names_its_file(tmp_path, capsys, monkeypatch):
 def test_debug_shows_the_traceback(tmp_path, capsys, monkeypatch, how):
     from dmrilib import io
 
-    def fail(path):
+    def fail(path, **kwargs):
         raise ValueError(f"{path}: broken")
 
-    monkeypatch.setattr(io, "describe", fail)
+    monkeypatch.setattr(io, "check_input", fail)
     argv = ["info", str(tmp_path)]
     if how == "env":
         monkeypatch.setenv("DMRI_DEBUG", "1")
@@ -144,10 +144,10 @@ def test_debug_shows_the_traceback(tmp_path, capsys, monkeypatch, how):
 def test_internal_error_shows_traceback_and_says_it_is_a_bug(tmp_path, capsys, monkeypatch):
     from dmrilib import io
 
-    def fail(path):
+    def fail(path, **kwargs):
         return {}["missing"]
 
-    monkeypatch.setattr(io, "describe", fail)
+    monkeypatch.setattr(io, "check_input", fail)
     status = main(["info", str(tmp_path)])
     err = capsys.readouterr().err
     assert status == 1
@@ -165,3 +165,51 @@ def test_corrupt_checkpoint_from_the_shell_prints_exactly_one_line(tmp_path):
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 2
     _one_error_line(out.stderr, "predict")
+
+
+# ---------------------------------------------------------------- dmri info
+
+
+def _bids(tmp_path):
+    from _io_fixtures import make_bids
+
+    return make_bids(tmp_path / "bids")
+
+
+def test_info_exits_0_on_a_good_dataset(tmp_path, capsys):
+    assert main(["info", str(_bids(tmp_path))]) == 0
+    assert "subjects: 3" in capsys.readouterr().out
+
+
+def test_info_exits_2_on_a_dataset_with_a_broken_subject(tmp_path, capsys):
+    root = _bids(tmp_path)
+    image = root / "sub-H02/ses-pre/dwi/sub-H02_ses-pre_dwi.nii.gz"
+    image.write_bytes(image.read_bytes()[:-200])  # truncated copy: the header still reads
+    status = main(["info", str(root)])
+    out, err = capsys.readouterr()
+    assert status == 2
+    assert "problem: sub-H02_ses-pre_dwi.nii.gz" in out
+    assert _one_error_line(err, "info").endswith(f"{root}: 1 problem(s), listed above.")
+    assert main(["info", "--header-only", str(root)]) == 0
+
+
+def test_info_exits_2_on_a_bids_root_without_dwi(tmp_path, capsys):
+    root = _bids(tmp_path)
+    for image in root.glob("sub-*/ses-pre/dwi/*_dwi.nii.gz"):
+        image.unlink()
+    assert main(["info", str(root)]) == 2
+    assert "no diffusion data found" in capsys.readouterr().out
+
+
+def test_info_exits_2_on_a_nan_voxel(tmp_path, capsys):
+    import nibabel as nib
+    import numpy as np
+
+    root = _bids(tmp_path)
+    image = root / "sub-P01/ses-pre/dwi/sub-P01_ses-pre_dwi.nii.gz"
+    img = nib.load(image)
+    data = img.get_fdata(dtype=np.float32)
+    data[2, 2, 2, 1] = np.nan
+    nib.save(nib.Nifti1Image(data, img.affine), image)
+    assert main(["info", str(image)]) == 2
+    assert "NaN or infinite" in _one_error_line(capsys.readouterr().err, "info")

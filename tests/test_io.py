@@ -353,3 +353,51 @@ def test_describe_bids_reports_a_broken_subject_instead_of_failing(tmp_path):
 def test_describe_missing_path_raises(tmp_path):
     with pytest.raises(DwiInputError):
         describe(tmp_path / "nope")
+
+
+def _truncate(path):
+    """Cut a .nii.gz in half: the header still reads, the voxel data does not."""
+    raw = path.read_bytes()
+    path.write_bytes(raw[: len(raw) // 2])
+    return path
+
+
+def test_describe_reads_the_voxels_like_load_dwi(tmp_path):
+    data, bvals, bvecs, _ = synthetic_dwi()
+    cut = _truncate(write_dwi(tmp_path / "cut", "x_dwi", data, bvals, bvecs))
+    data[1, 2, 3, 4] = np.nan
+    nan = write_dwi(tmp_path / "nan", "x_dwi", data, bvals, bvecs)
+    for path, problem in ((cut, "truncated"), (nan, "NaN or infinite")):
+        with pytest.raises(DwiInputError, match=problem):
+            describe(path)
+        assert "x_dwi.nii.gz" in describe(path, header_only=True)  # headers alone do not see it
+
+
+def test_check_input_of_bids_collects_data_problems(tmp_path):
+    from dmrilib.io import check_input
+
+    root = make_bids(tmp_path / "bids")
+    assert check_input(root).problems == ()
+    _truncate(root / "sub-H02/ses-pre/dwi/sub-H02_ses-pre_dwi.nii.gz")
+    report = check_input(root)
+    assert len(report.problems) == 1 and "sub-H02_ses-pre_dwi.nii.gz" in report.problems[0]
+    assert "problem: sub-H02_ses-pre_dwi.nii.gz" in report.text and "2 subject(s)" in report.text
+    assert check_input(root, header_only=True).problems == ()
+
+
+def test_check_input_of_bids_without_dwi_is_a_problem(tmp_path):
+    from dmrilib.io import check_input
+
+    root = make_bids(tmp_path / "bids")
+    for image in root.glob("sub-*/ses-pre/dwi/*_dwi.nii.gz"):
+        image.unlink()
+    report = check_input(root)
+    assert len(report.problems) == 1 and "no diffusion data found" in report.problems[0]
+
+
+def test_dwi_volume_repr_is_one_line_summary(dwi_file):
+    dwi = load_dwi(dwi_file)
+    text = repr(dwi)
+    assert text == ("DwiVolume(sub-03_dwi.nii.gz: 8x10x8 voxels of 2 x 2 x 2 mm, 7 volumes "
+                    "(b=0 x1, b=1000 x6), float32)")
+    assert str(dwi) == text and "\n" not in text

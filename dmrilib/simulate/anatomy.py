@@ -22,6 +22,7 @@ import numpy as np
 from scipy import ndimage
 
 from dmrilib._atomic import atomic_path
+from dmrilib.simulate import _portable as pmath
 
 __all__ = ["Template", "load_template", "cache_dir", "grid_affine", "grid_coordinates", "sample_template"]
 
@@ -79,7 +80,7 @@ def _build_template(voxel_size: float) -> Template:
     box = tuple(slice(a, b) for a, b in zip(lo, hi))
     t1, gm, wm, mask = t1[box], gm[box], wm[box], mask[box]
     affine = affine.copy()
-    affine[:3, 3] = affine[:3, :3] @ lo + affine[:3, 3]
+    affine[:3, 3] = pmath.matmul(affine[:3, :3], lo) + affine[:3, 3]
     maskf = mask.astype(np.float32)
     gm = gm * maskf
     wm = wm * maskf
@@ -151,8 +152,7 @@ def grid_affine(shape: tuple[int, int, int], voxel_size: float) -> np.ndarray:
 def grid_coordinates(shape: tuple[int, int, int], affine: np.ndarray) -> np.ndarray:
     """Millimetre coordinates of every voxel centre, shape ``(X, Y, Z, 3)`` float32."""
     idx = np.indices(shape, dtype=np.float32)
-    coords = np.einsum("ij,jxyz->xyzi", affine[:3, :3].astype(np.float32), idx)
-    return coords + affine[:3, 3].astype(np.float32)
+    return pmath.affine_apply(np.moveaxis(idx, 0, -1), affine[:3, :3], affine[:3, 3])
 
 
 def sample_template(template: Template, points_mm: np.ndarray, *, order: int = 1) -> np.ndarray:
@@ -169,9 +169,9 @@ def sample_template(template: Template, points_mm: np.ndarray, *, order: int = 1
     ndarray, shape (3, ...)
         CSF, GM, WM at the points; zero outside the template.
     """
-    inv = np.linalg.inv(template.affine)
+    inv = pmath.inv_affine(template.affine)
     flat = points_mm.reshape(-1, 3)
-    vox = (flat @ inv[:3, :3].T + inv[:3, 3]).T
+    vox = pmath.affine_apply(flat.astype(np.float64), inv[:3, :3], inv[:3, 3]).T
     out = np.empty((template.maps.shape[0], flat.shape[0]), dtype=np.float32)
     for k in range(template.maps.shape[0]):
         out[k] = ndimage.map_coordinates(template.maps[k], vox, order=order, mode="constant", cval=0.0)

@@ -39,6 +39,7 @@ import numpy as np
 from scipy import ndimage
 
 from dmrilib._atomic import atomic_path
+from dmrilib.simulate import _portable as pmath
 from dmrilib.simulate.anatomy import cache_dir, load_template, sample_template
 
 __all__ = ["FibreField", "TRACTS", "fibre_field", "tract_polylines"]
@@ -108,7 +109,8 @@ def _segment_distance(points: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.nd
     return np.linalg.norm(points[:, None, :] - closest, axis=-1)
 
 
-_CACHE_VERSION = 1
+# 2: built with dmrilib.simulate._portable (CPU-independent bits)
+_CACHE_VERSION = 2
 
 
 @functools.lru_cache(maxsize=4)
@@ -163,18 +165,19 @@ def _build_fibre_field(voxel_size: float) -> FibreField:
         for line, radius in fams[name]:
             a, b = line[:-1], line[1:]
             seg_dir = (b - a) / np.linalg.norm(b - a, axis=1, keepdims=True)
+            outer = (seg_dir[:, :, None] * seg_dir[:, None, :]).reshape(-1, 9)
             for start in range(0, n, 20000):
                 sl = slice(start, start + 20000)
                 d = _segment_distance(p[sl], a, b)
                 near = d.argmin(1)
                 dmin = d[np.arange(d.shape[0]), near]
-                w = np.exp(-0.5 * (dmin / radius) ** 2).astype(np.float32)
+                w = pmath.exp(-0.5 * (dmin / radius) ** 2).astype(np.float32)
                 better = w > fam_w[f, sl]
                 fam_w[f, sl] = np.where(better, w, fam_w[f, sl])
                 fam_dir[f, sl] = np.where(better[:, None], seg_dir[near], fam_dir[f, sl])
                 # Broad weights continue the tracts into background white matter.
-                wb = np.exp(-0.5 * (d / 14.0) ** 2)
-                avg[sl] += np.einsum("ns,si,sj->nij", wb, seg_dir, seg_dir)
+                wb = pmath.exp(-0.5 * (d / 14.0) ** 2)
+                avg[sl] += pmath.matmul(wb, outer).reshape(-1, 3, 3)
 
     order = np.argsort(-fam_w, axis=0)
     first, second = order[0], order[1]
@@ -184,7 +187,7 @@ def _build_fibre_field(voxel_size: float) -> FibreField:
     d1 = fam_dir[first, cols]
     d2 = fam_dir[second, cols]
 
-    _, vecs = np.linalg.eigh(avg + 1e-9 * np.eye(3))
+    _, vecs = pmath.eigh3(avg + 1e-9 * np.eye(3))
     background = vecs[..., -1].astype(np.float32)
 
     # Grey matter: normal to the GM/WM boundary.
@@ -199,7 +202,7 @@ def _build_fibre_field(voxel_size: float) -> FibreField:
     v1 = np.where(tract_on[:, None], d1, background)
     v1 = np.where((wm_frac < 0.5)[:, None] & ~tract_on[:, None], radial, v1)
     cos12 = np.abs((d1 * d2).sum(1))
-    crosses = tract_on & (w2 > 0.3) & (cos12 < np.cos(np.deg2rad(45)))
+    crosses = tract_on & (w2 > 0.3) & (cos12 < pmath.cos(np.deg2rad(45.0)))
     # Background voxels next to a tract keep part of the tract's direction as
     # a second population, so the field has no sharp seam at the tube edge.
     seam = ~tract_on & (w1 > 0.1)

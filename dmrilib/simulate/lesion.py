@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from dmrilib.simulate import _portable as pmath
 from dmrilib.simulate.variability import SmoothField, smooth_field
 
 __all__ = ["GRADE_PARAMS", "SIZE_RADII_MM", "Tumour", "random_tumour", "tumour_layers", "TumourLayers"]
@@ -73,8 +74,8 @@ class Tumour:
         d = points - self.centre.astype(np.float32)
         r = np.linalg.norm(d, axis=-1, keepdims=True)
         rm = self.mass_radius
-        taper = np.exp(-((r / (3.5 * rm)) ** 2))
-        s = np.cbrt(np.maximum(r**3 - rm**3 * taper, 0.0))
+        taper = pmath.exp(-((r / (3.5 * rm)) ** 2))
+        s = pmath.cbrt(np.maximum(r * r * r - rm * rm * rm * taper, 0.0))
         return self.centre.astype(np.float32) + d * (s / np.maximum(r, 1e-6))
 
 
@@ -126,7 +127,7 @@ def tumour_layers(tumour: Tumour, points: np.ndarray, wm_share: np.ndarray, pare
     d = points - tumour.centre.astype(np.float32)
     dist = np.linalg.norm(d, axis=-1)
     unit = d / np.maximum(dist, 1e-6)[..., None]
-    r_dir = tumour.radius * np.exp(tumour.shape(unit)[..., 0])
+    r_dir = tumour.radius * pmath.exp(tumour.shape(unit)[..., 0])
     rho = dist / r_dir
     p = tumour.params
     edge = voxel_size / np.maximum(r_dir, 1e-6)
@@ -149,7 +150,7 @@ def tumour_layers(tumour: Tumour, points: np.ndarray, wm_share: np.ndarray, pare
         labels[brain & (rho < tumour.enhancing)] = 2
     if p["necrosis"] > 0:
         labels[brain & (rho < p["necrosis"])] = 1
-    grown_mm = p["infiltration_mm"] * p["growth"] * np.exp(tumour.growth_shape(unit)[..., 0])
+    grown_mm = p["infiltration_mm"] * p["growth"] * pmath.exp(tumour.growth_shape(unit)[..., 0])
     followup = ((labels > 0) & (labels < 4)) | ((labels == 4) & (out_mm < grown_mm))
     grown = np.clip(0.5 + (grown_mm - out_mm) / voxel_size, 0, 1) * tissue * (1 - vis)
     return TumourLayers(nec.astype(np.float32), enh.astype(np.float32), edema.astype(np.float32),

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from dmrilib.simulate import _portable as pmath
 __all__ = ["GradientScheme", "small64d_scheme", "tensor_attenuation", "rician", "rician_volume"]
 
 #: Free water diffusivity at body temperature (mm^2/s).
@@ -81,9 +82,9 @@ def tensor_attenuation(scheme: GradientScheme, direction: np.ndarray, d_par: np.
     -------
     ndarray (N, G) float32
     """
-    cos2 = (direction.astype(np.float32) @ scheme.bvecs.T.astype(np.float32)) ** 2
+    cos2 = pmath.matmul(direction.astype(np.float32), scheme.bvecs.T.astype(np.float32)) ** 2
     adc = d_perp[:, None] + (d_par - d_perp)[:, None] * cos2
-    return np.exp(-scheme.bvals.astype(np.float32)[None] * adc).astype(np.float32)
+    return pmath.exp(-scheme.bvals.astype(np.float32)[None] * adc).astype(np.float32)
 
 
 def rician(signal: np.ndarray, sigma: float, rng: np.random.Generator) -> np.ndarray:

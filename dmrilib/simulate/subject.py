@@ -26,9 +26,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from scipy import ndimage
-from scipy.spatial.transform import Rotation
 from threadpoolctl import threadpool_limits
 
+from dmrilib.simulate import _portable as pmath
 from dmrilib.simulate.anatomy import Template, grid_affine, grid_coordinates, load_template, sample_template
 from dmrilib.simulate.config import BRAIN_BOX_MM, POSE_CLIP_SD, CohortConfig
 from dmrilib.simulate.fibres import fibre_field
@@ -87,25 +87,25 @@ class EpiDistortion:
         out = self.background(flat)[:, 0]
         for c, w, a in zip(self.centres.astype(np.float32), self.widths, self.amps):
             r2 = ((flat - c) ** 2).sum(axis=1)
-            out += np.float32(a) * np.exp(r2 * np.float32(-0.5 / w**2))
+            out += np.float32(a) * pmath.exp(r2 * np.float32(-0.5 / w**2))
         return out.reshape(head.shape[:-1])
 
     def gradient(self, head: np.ndarray) -> np.ndarray:
         """Gradient (mm/mm) with respect to head mm at ``(..., 3)``; returns ``(..., 3)`` float32."""
         flat = head.reshape(-1, 3).astype(np.float32)
         bg = self.background
-        arg = flat @ bg.freqs.T.astype(np.float32) + bg.phases.astype(np.float32)
-        out = -(np.sin(arg) * bg.amps[:, 0].astype(np.float32)) @ bg.freqs.astype(np.float32)
+        arg = pmath.affine_apply(flat, bg.freqs.astype(np.float32), bg.phases.astype(np.float32))
+        out = -pmath.matmul(pmath.sin(arg) * bg.amps[:, 0].astype(np.float32), bg.freqs.astype(np.float32))
         for c, w, a in zip(self.centres.astype(np.float32), self.widths, self.amps):
             diff = flat - c
-            bump = np.float32(a) * np.exp((diff**2).sum(axis=1) * np.float32(-0.5 / w**2))
+            bump = np.float32(a) * pmath.exp((diff**2).sum(axis=1) * np.float32(-0.5 / w**2))
             out -= (bump * np.float32(1.0 / w**2))[:, None] * diff
         return out.reshape(head.shape)
 
     @property
     def lipschitz(self) -> float:
         """Upper bound of ``|grad d|`` (a Gaussian bump's slope peaks at ``|a| / w * e^-1/2``)."""
-        bumps = float((np.abs(self.amps) / self.widths).sum() * np.exp(-0.5))
+        bumps = float((np.abs(self.amps) / self.widths).sum() * pmath.exp(-0.5))
         return bumps + self.background.lipschitz
 
     def scaled(self, factor: float) -> "EpiDistortion":
@@ -177,7 +177,7 @@ class DwiToStructural:
             return np.zeros(points.shape, dtype=np.float32)
         # h = R^T (x - c - t) + c, so grad_x d = R grad_h d (row vectors: g_h R^T).
         g = self.distortion.gradient(self.dwi_pose.to_head(points))
-        return g @ self.dwi_pose.rotation.T.astype(np.float32)
+        return pmath.matmul(g, self.dwi_pose.rotation.T.astype(np.float32))
 
     def undistort(self, points: np.ndarray) -> np.ndarray:
         """Where the tissue imaged at ``points`` sits in the undistorted diffusion scanner frame."""
@@ -195,10 +195,10 @@ class DwiToStructural:
     @property
     def rigid(self) -> np.ndarray:
         """4x4 rigid map from undistorted diffusion-scanner mm to structural-scanner mm."""
-        rot = Rotation.from_euler("xyz", np.deg2rad(self.motion_deg)).as_matrix()
+        rot = pmath.rotation_xyz(np.deg2rad(self.motion_deg))
         out = np.eye(4)
         out[:3, :3] = rot
-        out[:3, 3] = self.dwi_pose.centre + self.motion_mm - rot @ self.dwi_pose.centre
+        out[:3, 3] = self.dwi_pose.centre + self.motion_mm - pmath.matmul(rot, self.dwi_pose.centre)
         return out
 
 
@@ -211,10 +211,10 @@ def _session_motion(rng: np.random.Generator, pose: HeadPose, sd_deg: float, sd_
     shift = np.clip(rng.standard_normal(3), -POSE_CLIP_SD, POSE_CLIP_SD) * sd_mm
     if sd_deg == 0 and sd_mm == 0:
         return pose, np.zeros(3), np.zeros(3)
-    rot = Rotation.from_euler("xyz", np.deg2rad(angles)).as_matrix()
+    rot = pmath.rotation_xyz(np.deg2rad(angles))
     # M(y) = R (y - c) + c + t after the pose y = R_d (h - c) + c + t_d is
     # again a pose about c: rotation R R_d, translation R t_d + t.
-    moved = HeadPose(rot @ pose.rotation, rot @ pose.translation + shift, pose.centre)
+    moved = HeadPose(pmath.matmul(rot, pose.rotation), pmath.matmul(rot, pose.translation) + shift, pose.centre)
     return moved, angles, shift
 
 
@@ -367,17 +367,17 @@ def _support_distance(voxel_size: float) -> np.ndarray:
 
 def _near_template(template: Template, voxel_size: float, points: np.ndarray, reach_mm: float) -> np.ndarray:
     """Points (..., 3) MNI mm that may lie within ``reach_mm`` of template tissue (conservative)."""
-    mm = float(np.abs(np.linalg.det(template.affine[:3, :3])) ** (1 / 3))
+    mm = float(pmath.cbrt(np.abs(pmath.det3(template.affine[:3, :3]))))
     # Two points in cells whose centres are D apart are at least D minus a
     # cell diagonal apart.
     limit = reach_mm / mm + _CELL * np.sqrt(3.0)
     if limit >= _PAD_CELLS * _CELL:  # beyond the map: keep everything
         return np.ones(points.shape[:-1], dtype=bool)
     within = _support_distance(voxel_size) <= limit
-    inv = np.linalg.inv(template.affine)
+    inv = pmath.inv_affine(template.affine)
     # cell index = floor(voxel / _CELL) + padding, folded into one affine map
     to_cell = (inv[:3, :3] / _CELL).T.astype(np.float32)
-    flat = points.reshape(-1, 3) @ to_cell
+    flat = pmath.matmul(points.reshape(-1, 3), to_cell)
     flat += (inv[:3, 3] / _CELL + _PAD_CELLS).astype(np.float32)
     np.floor(flat, out=flat)
     # Cells beyond the map are farther than its border cells, which are not within.
@@ -432,7 +432,7 @@ def _sample(geometry: _Geometry, pose: HeadPose, scanner: np.ndarray, voxel_size
         part = tumour_layers(geometry.tumour, head[near], wm[on_grid] / np.maximum(par, 1e-6), par, voxel_size)
         layers = TumourLayers(**{f.name: _scatter(getattr(part, f.name), on_grid)
                                  for f in dataclasses.fields(TumourLayers)})
-    bias = _scatter(np.exp(geometry.bias(scanner[near])[..., 0]), on_grid, fill=np.float32(1))
+    bias = _scatter(pmath.exp(geometry.bias(scanner[near])[..., 0]), on_grid, fill=np.float32(1))
     # The bias field redistributes intensity; it does not change the b0 level
     # that defines the SNR.
     bias /= bias[(gm + wm) > 0.5].mean() if np.any((gm + wm) > 0.5) else 1.0
@@ -453,9 +453,11 @@ def _sample_grid(geometry: _Geometry, pose: HeadPose, shape: tuple[int, int, int
     """
     k = max(1, int(round(_CANDIDATE_LATTICE_MM / voxel_size)))
     coarse = tuple(int(np.rint((n - 1) / k)) + 1 for n in shape)
-    coarse_affine = affine @ np.diag([k, k, k, 1.0])
+    coarse_affine = pmath.matmul(affine, np.diag([k, k, k, 1.0]))
     head = pose.to_head(grid_coordinates(coarse, coarse_affine))
-    slack = k / 2 * np.sqrt(3.0) * float(np.linalg.norm(affine[:3, :3], 2))
+    # |A|_2, the largest singular value: sqrt of A^T A's largest eigenvalue.
+    spectral = float(np.sqrt(pmath.eigh3(pmath.matmul(affine[:3, :3].T, affine[:3, :3]))[0][-1]))
+    slack = k / 2 * np.sqrt(3.0) * spectral
     reach = geometry.deformation_reach_mm + np.sqrt(3.0) + slack
     if geometry.tumour is not None:
         reach += geometry.tumour.mass_radius
@@ -463,7 +465,7 @@ def _sample_grid(geometry: _Geometry, pose: HeadPose, shape: tuple[int, int, int
     nodes = [np.minimum(np.rint(np.arange(n) / k), c - 1).astype(np.intp) for n, c in zip(shape, coarse)]
     candidates = near[np.ix_(*nodes)]
     index = np.stack(np.nonzero(candidates), axis=-1).astype(np.float32)
-    scanner = index @ affine[:3, :3].T.astype(np.float32) + affine[:3, 3].astype(np.float32)
+    scanner = pmath.affine_apply(index, affine[:3, :3], affine[:3, 3])
     return _sample(geometry, pose, scanner, voxel_size, candidates=candidates)
 
 
@@ -474,9 +476,9 @@ def _fibres(sampled: _Sampled, voxel_size: float, affine: np.ndarray, where: np.
     ``slope`` is the gradient of the distortion at those voxels (None: none).
     """
     ff = fibre_field(voxel_size)
-    inv = np.linalg.inv(ff.affine)
+    inv = pmath.inv_affine(ff.affine)
     tpl = sampled.template_points[where]
-    idx = np.rint(tpl @ inv[:3, :3].T + inv[:3, 3]).astype(np.int64)
+    idx = np.rint(pmath.affine_apply(tpl.astype(np.float64), inv[:3, :3], inv[:3, 3])).astype(np.int64)
     idx = np.clip(idx, 0, np.array(ff.v1.shape[:3]) - 1)
     ii = (idx[:, 0], idx[:, 1], idx[:, 2])
     v1, v2 = ff.v1[ii], ff.v2[ii]
@@ -492,10 +494,10 @@ def _fibres(sampled: _Sampled, voxel_size: float, affine: np.ndarray, where: np.
         jac -= jac[:, :, 1:2] * (g / (1.0 + g[:, 1:2]))[:, None, :]
     # Inside the solid tumour the anatomy is compressed to a point; no fibre
     # orientation survives there, so keep the template direction.
-    singular = np.abs(np.linalg.det(jac)) < 1e-2
+    singular = np.abs(pmath.det3(jac)) < 1e-2
     jac[singular] = np.eye(3)
     both = np.concatenate([v1, v2], axis=1).reshape(-1, 2, 3).transpose(0, 2, 1).astype(np.float64)
-    rotated = np.linalg.solve(jac, both).transpose(0, 2, 1)
+    rotated = pmath.solve3(jac, both).transpose(0, 2, 1)
     rotated /= np.maximum(np.linalg.norm(rotated, axis=-1, keepdims=True), 1e-9)
     return (rotated[:, 0].astype(np.float32), rotated[:, 1].astype(np.float32),
             ff.crossing[ii], ff.coherence[ii])
@@ -539,7 +541,7 @@ def _dwi(config: CohortConfig, geometry: _Geometry, s: _Sampled, scheme: Gradien
     c = _compartments(s, where, geometry.tumour.params if geometry.tumour else None)
     slope = None if slope is None else slope[where]
     v1, v2, crossing, coherence = _fibres(s, config.voxel_size, affine, where, slope)
-    scale = geometry.diffusivity_scale * np.exp(geometry.regional(s.template_points[where])[..., 0])
+    scale = geometry.diffusivity_scale * pmath.exp(geometry.regional(s.template_points[where])[..., 0])
     wm_par = (TISSUE_PARAMS["wm_par"][0] + TISSUE_PARAMS["wm_par"][1] * coherence) * scale * c["par"]
     wm_perp = (TISSUE_PARAMS["wm_perp"][0] + TISSUE_PARAMS["wm_perp"][1] * coherence) * scale * c["perp"]
     gm_par = TISSUE_PARAMS["gm"][0] * scale * c["par"]
@@ -548,16 +550,16 @@ def _dwi(config: CohortConfig, geometry: _Geometry, s: _Sampled, scheme: Gradien
     t2 = 1.0 + 0.3 * c["edema"] + 0.03 * c["infiltration"]
     b = scheme.bvals.astype(np.float32)
     bvecs = scheme.bvecs.T.astype(np.float32)
-    cos1 = (v1 @ bvecs) ** 2  # shared by every compartment aligned with v1
-    signal = ((c["csf"] + c["fluid"]) * s0["csf"])[:, None] * np.exp(-b * D_FREE)[None]
+    cos1 = pmath.matmul(v1, bvecs) ** 2  # shared by every compartment aligned with v1
+    signal = ((c["csf"] + c["fluid"]) * s0["csf"])[:, None] * pmath.exp(-b * D_FREE)[None]
     signal += (c["gm"] * s0["gm"] * t2)[:, None] * _attenuation(b, cos1, gm_par, gm_perp)
     wm_w = c["wm"] * s0["wm"] * t2
     signal += ((1 - crossing) * wm_w)[:, None] * _attenuation(b, cos1, wm_par, wm_perp)
     crossed = crossing > 0
     signal[crossed] += (crossing * wm_w)[crossed, None] * _attenuation(
-        b, (v2[crossed] @ bvecs) ** 2, wm_par[crossed], wm_perp[crossed])
+        b, pmath.matmul(v2[crossed], bvecs) ** 2, wm_par[crossed], wm_perp[crossed])
     if geometry.tumour is not None:
-        signal += (c["necrosis"] * s0["necrosis"])[:, None] * np.exp(-b * TISSUE_PARAMS["necrosis"])[None]
+        signal += (c["necrosis"] * s0["necrosis"])[:, None] * pmath.exp(-b * TISSUE_PARAMS["necrosis"])[None]
         cp, cq = TISSUE_PARAMS["cellular"]
         lesional = c["cellular"] > 0
         signal[lesional] += (c["cellular"] * s0["cellular"])[lesional, None] * _attenuation(
@@ -576,7 +578,7 @@ def _attenuation(b: np.ndarray, cos2: np.ndarray, d_par: np.ndarray, d_perp: np.
     adc = cos2 * (d_par - d_perp)[:, None].astype(np.float32)
     adc += d_perp[:, None].astype(np.float32)
     adc *= -b[None]
-    return np.exp(adc, out=adc)
+    return pmath.exp(adc)
 
 
 def _structural(s: _Sampled, where: np.ndarray, c: dict, contrast: str, snr: float, rng: np.random.Generator,

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from dmrilib.simulate import _portable as pmath
+
 __all__ = ["SmoothField", "smooth_field", "Deformation", "random_deformation", "HeadPose", "random_head_pose"]
 
 
@@ -26,8 +28,8 @@ class SmoothField:
     def __call__(self, points: np.ndarray) -> np.ndarray:
         """Evaluate at points (..., 3) mm; returns (..., C) float32."""
         flat = points.reshape(-1, 3).astype(np.float32)
-        arg = flat @ self.freqs.T.astype(np.float32) + self.phases.astype(np.float32)
-        out = np.cos(arg) @ self.amps.astype(np.float32)
+        arg = pmath.affine_apply(flat, self.freqs.astype(np.float32), self.phases.astype(np.float32))
+        out = pmath.matmul(pmath.cos(arg), self.amps.astype(np.float32))
         return out.reshape(points.shape[:-1] + (self.amps.shape[1],))
 
     @property
@@ -106,20 +108,12 @@ class HeadPose:
     def to_head(self, points: np.ndarray) -> np.ndarray:
         """Scanner mm -> head (subject anatomy) mm."""
         p = points - (self.centre + self.translation).astype(np.float32)
-        return (p @ self.rotation.astype(np.float32)) + self.centre.astype(np.float32)
+        return pmath.matmul(p, self.rotation.astype(np.float32)) + self.centre.astype(np.float32)
 
     def to_scanner(self, points: np.ndarray) -> np.ndarray:
         """Head mm -> scanner mm."""
         p = points - self.centre.astype(np.float32)
-        return p @ self.rotation.T.astype(np.float32) + (self.centre + self.translation).astype(np.float32)
-
-
-def _rotation(angles: np.ndarray) -> np.ndarray:
-    ax, ay, az = angles
-    rx = np.array([[1, 0, 0], [0, np.cos(ax), -np.sin(ax)], [0, np.sin(ax), np.cos(ax)]])
-    ry = np.array([[np.cos(ay), 0, np.sin(ay)], [0, 1, 0], [-np.sin(ay), 0, np.cos(ay)]])
-    rz = np.array([[np.cos(az), -np.sin(az), 0], [np.sin(az), np.cos(az), 0], [0, 0, 1]])
-    return rz @ ry @ rx
+        return pmath.matmul(p, self.rotation.T.astype(np.float32)) + (self.centre + self.translation).astype(np.float32)
 
 
 def random_head_pose(rng: np.random.Generator, *, max_rotation_deg: float = 3.0,
@@ -127,4 +121,4 @@ def random_head_pose(rng: np.random.Generator, *, max_rotation_deg: float = 3.0,
     """Small random head rotation and translation about the brain centre."""
     angles = np.deg2rad(rng.uniform(-max_rotation_deg, max_rotation_deg, size=3))
     translation = rng.uniform(-max_translation_mm, max_translation_mm, size=3)
-    return HeadPose(_rotation(angles), translation, np.array([0.0, -17.0, 15.0]))
+    return HeadPose(pmath.rotation_xyz(angles), translation, np.array([0.0, -17.0, 15.0]))

@@ -17,6 +17,7 @@ import pandas as pd
 
 from dmrilib._atomic import atomic_path, write_json_atomic
 from dmrilib.config import Profile, config_hash, provenance
+from dmrilib.integrity import check_finite, load_npy, save_npy, sha256_file
 
 __all__ = [
     "results_root",
@@ -51,9 +52,9 @@ def run_dir(profile: Profile, model: str, variant: str, fold: int, results: str 
     return results_root(profile, results) / "runs" / model / variant / f"fold-{int(fold)}"
 
 
-def _save_npy(path: Path, array: np.ndarray) -> None:
-    with atomic_path(path, suffix=".npy") as tmp:
-        np.save(tmp, array)
+def _save_npy(path: Path, array: np.ndarray) -> str:
+    """Write an array atomically with its ``.sha256`` sidecar (:func:`dmrilib.integrity.save_npy`); return the sha256."""
+    return save_npy(path, array)
 
 
 # --------------------------------------------------------------------------- cohort
@@ -168,6 +169,7 @@ def run_train(profile: Profile, model: str, variant: str, fold: int, results: st
         model_config=profile.model,
         train_config=profile.train,
         out_dir=run_dir(profile, model, variant, fold, results),
+        acquisition=prepared.acquisition(ids),  # lets dmri predict refuse data unlike the training data
         progress=progress,
     )
     # Predict while the data are loaded: the evaluate job then only evaluates.
@@ -240,6 +242,8 @@ def _evaluate_maps(profile: Profile, prepared, *, model: str, variant: str, fold
     from dmrilib import metrics
 
     cfg = profile.evaluate
+    for name, maps in (("maps-test.npy", maps_test), ("maps-val.npy", maps_val)):
+        check_finite(out_dir / name, maps)  # NaN would give AUROC/Dice numbers that mean nothing
     val_idx = prepared.index(val_ids)
     healthy = metrics.healthy_fpr_thresholds(maps_val, np.asarray(prepared.eval_mask[val_idx]), cfg.healthy_fprs)
     key = {"model": model, "variant": variant, "fold": int(fold)}
@@ -274,8 +278,18 @@ def _evaluate_maps(profile: Profile, prepared, *, model: str, variant: str, fold
 
 
 def _checkpoint_id(ckpt: Path) -> dict[str, Any]:
-    stat = ckpt.stat()
-    return {"name": ckpt.name, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    # The file's sha256, not its size and time: a checkpoint copied in from
+    # another run (cp gives it a new time) or restored with its old time is
+    # recognised as another file either way. Torch-free and ~0.1 s per 100 MB.
+    return {"name": ckpt.name, "sha256": sha256_file(ckpt)}
+
+
+def _run_identity(profile: Profile, prepared, model: str, variant: str, fold: int, f) -> dict[str, Any]:
+    """What a run's maps depend on, computable without torch (the run hash needs ``profile.model``)."""
+    return {"model": model, "variant": variant, "fold": int(fold), "train_ids": list(f.train), "val_ids": list(f.val),
+            "in_channels": int(prepared.attenuation.shape[1]), "grid": [int(g) for g in prepared.grid],
+            "settings": config_hash(profile.seed, profile.sections.get("model") or {},
+                                    profile.sections.get("train") or {})}
 
 
 def predict_run(profile: Profile, model: str, variant: str, fold: int, results: str | Path = "results",
@@ -284,15 +298,30 @@ def predict_run(profile: Profile, model: str, variant: str, fold: int, results: 
     """Anomaly maps of a trained run: the patients and the fold's validation healthy subjects.
 
     The maps are stored beside the checkpoint (``maps-test.npy``,
-    ``maps-val.npy``, float16) with the identity of the checkpoint that made
-    them (``maps.json``); a later call reuses them while that checkpoint is
-    unchanged. Maps are always returned as stored (float16 values), so
-    evaluation gives the same numbers whether they were just predicted or read.
-    torch is imported (and ``threads`` applied) only when maps must be predicted.
+    ``maps-val.npy``, float16, each with a ``.sha256`` sidecar) with a record
+    (``maps.json``) of the run, the checkpoint file (its sha256) and the maps'
+    sha256. A later call reuses them only while that record matches this run
+    and this checkpoint file; maps made by another checkpoint or for another
+    run are not used but predicted again. Before predicting, the checkpoint
+    must be this run's: its model, variant and config hash (:func:`dmrilib.train.run_hash`
+    of the profile's settings and the fold) are checked. Maps are always
+    returned as stored (float16 values), so evaluation gives the same numbers
+    whether they were just predicted or read. torch is imported (and
+    ``threads`` applied) only when maps must be predicted.
 
     Returns
     -------
     maps_test, test_ids, maps_val, val_ids
+
+    Raises
+    ------
+    FileNotFoundError
+        If the run has no ``checkpoint-best.pt``.
+    dmrilib.train.CheckpointMismatchError
+        If the checkpoint belongs to another run (model, variant or config hash).
+    dmrilib.integrity.IntegrityError
+        If the checkpoint or a stored map is corrupted (sha256 mismatch) or a
+        map holds NaN or infinite values.
     """
     from dmrilib.dataset import load_prepared
 
@@ -304,22 +333,36 @@ def predict_run(profile: Profile, model: str, variant: str, fold: int, results: 
     if not ckpt.is_file():
         raise FileNotFoundError(f"{ckpt}: no trained checkpoint; run the train job for {model}/{variant} fold {fold} first.")
     test_ids, val_ids = prepared.patient_ids(), list(f.val)
-    ident = {"checkpoint": _checkpoint_id(ckpt), "test_ids": test_ids, "val_ids": val_ids}
-    record = out / "maps.json"
+    ident = {"run": _run_identity(profile, prepared, model, variant, fold, f), "checkpoint": _checkpoint_id(ckpt),
+             "test_ids": test_ids, "val_ids": val_ids}
+    record_path = out / "maps.json"
     paths = (out / "maps-test.npy", out / "maps-val.npy")
-    if record.is_file() and all(p.is_file() for p in paths):
-        if json.loads(record.read_text()).get("identity") == ident:
-            return np.load(paths[0]).astype(np.float32), test_ids, np.load(paths[1]).astype(np.float32), val_ids
+    remedy = f"Delete {out / 'maps*'} and run the evaluate job again to predict them anew."
+    if record_path.is_file() and all(p.is_file() for p in paths):
+        record = json.loads(record_path.read_text())
+        if record.get("identity") == ident:
+            hashes = record.get("sha256") or {}
+            maps = [load_npy(p, sha256=hashes.get(p.name), what_to_do=remedy).astype(np.float32) for p in paths]
+            return maps[0], test_ids, maps[1], val_ids
     from dmrilib.scoring import predict_maps
+    from dmrilib.train import load_checkpoint, run_hash
 
     _set_threads(threads)
     t0 = time.perf_counter()
-    maps = []
+    expected_hash = run_hash(model, variant, profile.model, profile.train, in_channels=ident["run"]["in_channels"],
+                             grid=prepared.grid, train_ids=list(f.train), val_ids=list(f.val))
+    net, meta = load_checkpoint(ckpt, expected_hash=expected_hash, expected={"model": model, "variant": variant})
+    maps, hashes = [], {}
     for ids, path in zip((test_ids, val_ids), paths):
-        m = predict_maps(ckpt, prepared.attenuation.stored[prepared.index(ids)], device=device).astype(np.float16)
-        _save_npy(path, m)
+        m = predict_maps((net, meta), prepared.attenuation.stored[prepared.index(ids)], device=device).astype(np.float16)
+        if not np.isfinite(m).all():
+            raise ValueError(f"{ckpt}: predicts NaN or infinite scores for {int((~np.isfinite(m)).sum())} voxels "
+                             "(training diverged?). Check log.csv and retrain the run, e.g. with a lower train.lr.")
+        hashes[path.name] = _save_npy(path, m)
         maps.append(m.astype(np.float32))
-    write_json_atomic(record, {"identity": ident, "predict_time_s": round(time.perf_counter() - t0, 2)})
+    write_json_atomic(record_path, {"identity": ident, "sha256": hashes, "checkpoint_config_hash": meta["config_hash"],
+                                    "checkpoint_epoch": meta.get("epoch"),
+                                    "predict_time_s": round(time.perf_counter() - t0, 2)})
     return maps[0], test_ids, maps[1], val_ids
 
 

@@ -87,22 +87,151 @@ def predict_maps(checkpoint_path: str | os.PathLike | tuple[nn.Module, dict[str,
     return maps
 
 
+#: Largest relative difference per axis between the input's voxel size and the training range.
+VOXEL_TOLERANCE = 0.05
+#: Largest angle (degrees, up to sign) between an input gradient direction and its training direction.
+DIRECTION_TOLERANCE_DEG = 5.0
+_RESAMPLE_HINT = ("dmri predict does not resample or reorient: bring the DWI (with its mask and b-vectors) to "
+                  "the training grid first, e.g. with nilearn.image.resample_img, dipy.align.reslice or "
+                  "mrtrix3 mrgrid/mrconvert, then run it again.")
+
+
+def _mm(values) -> str:
+    return " x ".join(f"{float(v):.3g}" for v in values)
+
+
+def _training_acquisition(checkpoint_path, meta: dict[str, Any], dwi_path) -> dict[str, Any]:
+    from dmrilib.train import CheckpointMismatchError
+
+    acq = meta.get("acquisition")
+    if not acq:
+        raise CheckpointMismatchError(
+            f"{checkpoint_path}: records no training acquisition (voxel size, orientation, gradient directions): "
+            f"it was written by an older dmrilib or trained without one, so dmri predict cannot check that "
+            f"{Path(dwi_path).name} matches the data it was trained on. Retrain the run with this version "
+            "(make book, or dmri train) and use its checkpoint."
+        )
+    return acq
+
+
+def _check_geometry(dwi, acq: dict[str, Any], voxel_tolerance: float) -> None:
+    import nibabel as nib
+
+    from dmrilib.io import DwiInputError
+
+    lo, hi = np.asarray(acq["voxel_size_min"], float), np.asarray(acq["voxel_size_max"], float)
+    voxel = np.asarray(dwi.voxel_size, float)
+    if np.any(voxel < lo * (1 - voxel_tolerance)) or np.any(voxel > hi * (1 + voxel_tolerance)):
+        trained = _mm(lo) if np.allclose(lo, hi) else f"{_mm(lo)} to {_mm(hi)}"
+        raise DwiInputError(
+            f"{dwi.path.name}: voxel size {_mm(voxel)} mm, but the checkpoint was trained on {trained} mm "
+            f"(tolerance {voxel_tolerance:.0%}): the network would see anatomy at another scale. "
+            f"Resample to {_mm(lo)} mm in orientation {acq['orientations'][0]}. {_RESAMPLE_HINT}"
+        )
+    codes = "".join(nib.aff2axcodes(dwi.affine))
+    if codes not in acq["orientations"]:
+        raise DwiInputError(
+            f"{dwi.path.name}: orientation {codes} (voxel axes from the affine), but the checkpoint was trained "
+            f"on {'/'.join(acq['orientations'])}: the network would see the brain flipped or turned. "
+            f"Reorient to {acq['orientations'][0]}, and permute/flip the b-vectors with it. {_RESAMPLE_HINT}"
+        )
+
+
+def _channel_order(dwi, acq: dict[str, Any], direction_tolerance_deg: float, bvalue_tolerance: float) -> np.ndarray:
+    """Input channel of each training channel (identity, or a reordering of the same directions)."""
+    from scipy.optimize import linear_sum_assignment
+
+    from dmrilib.io import DwiInputError
+
+    dw = ~dwi.is_b0
+    vecs = np.asarray(dwi.bvecs, float)[dw]
+    n = len(vecs)
+    bvalue = float(np.mean(dwi.bvals[dw]))
+    if abs(bvalue - float(acq["bvalue"])) > bvalue_tolerance:
+        raise DwiInputError(
+            f"{dwi.bval_path.name}: the scored shell has b = {bvalue:.0f} s/mm^2, but the checkpoint was trained "
+            f"on b = {float(acq['bvalue']):.0f}. Select the training shell (target_bvalue) or train on this shell."
+        )
+    cos_tol = np.cos(np.radians(direction_tolerance_deg))
+    worst: tuple[int, float] | None = None
+    for scheme in acq["gradient_schemes"]:
+        train = np.asarray(scheme, float)
+        if train.shape != vecs.shape:
+            continue
+        # |cos|: diffusion is antipodally symmetric, so g and -g are the same measurement
+        dots = np.abs(vecs @ train.T)
+        if np.all(np.diag(dots) >= cos_tol):
+            return np.arange(n)
+        rows, cols = linear_sum_assignment(-dots)
+        matched = dots[rows, cols]
+        if np.all(matched >= cos_tol):
+            order = np.empty(n, dtype=int)
+            order[cols] = rows
+            return order
+        miss = (int((matched < cos_tol).sum()), float(np.degrees(np.arccos(np.clip(matched.min(), 0, 1)))))
+        worst = miss if worst is None or miss < worst else worst
+    detail = (f"{worst[0]} of {n} directions have no training direction within {direction_tolerance_deg:g} "
+              f"degrees (up to sign; worst {worst[1]:.0f} degrees)" if worst is not None else
+              f"{n} directions here, {len(acq['gradient_schemes'][0])} in training")
+    raise DwiInputError(
+        f"{dwi.bvec_path.name}: the gradient directions differ from the checkpoint's training scheme: {detail}. "
+        "Each input channel of the network is one gradient direction, so data of another scheme cannot be "
+        "scored. Check that this .bvec belongs to the image (FSL convention: image axes), or train on data "
+        "with this scheme."
+    )
+
+
+def _check_brain_fits(dwi, mask: np.ndarray, crop, acq: dict[str, Any], mask_path) -> None:
+    from dmrilib.io import DwiInputError
+
+    n_brain = int(mask.sum())
+    kept = float(crop.to_grid(mask).sum()) / max(n_brain, 1)
+    required = min(0.99, acq.get("brain_fraction_min") or 0.99)
+    if kept < required - 1e-9:
+        where = Path(mask_path).name if mask_path is not None else f"{dwi.path.name} (brain mask from its b0)"
+        raise DwiInputError(
+            f"{where}: only {kept:.0%} of the {n_brain}-voxel brain mask fits in the network grid "
+            f"{'x'.join(map(str, crop.grid_shape))} (the checkpoint needs {required:.0%}); the rest would be "
+            "written as 0, unscored. Check the voxel size and the mask (non-brain blobs in an automatic mask "
+            "spread it out: pass a brain mask), or use a checkpoint trained on a larger prepare.grid."
+        )
+
+
 def predict_dwi(checkpoint_path: str | os.PathLike, dwi_path: str | os.PathLike,
                 bval_path: str | os.PathLike | None = None, bvec_path: str | os.PathLike | None = None,
                 mask_path: str | os.PathLike | None = None, *, out_path: str | os.PathLike,
-                device: str = "auto", b0_threshold: float = 50.0, target_bvalue: float | None = 1000.0,
-                bvalue_tolerance: float = 100.0) -> Path:
+                device: str = "auto", b0_threshold: float = 50.0, target_bvalue: float | None = None,
+                bvalue_tolerance: float = 100.0, voxel_tolerance: float = VOXEL_TOLERANCE,
+                direction_tolerance_deg: float = DIRECTION_TOLERANCE_DEG) -> Path:
     """Score a new subject's DWI and write the anomaly map as NIfTI.
 
-    The DWI is read and validated (:func:`dmrilib.io.load_dwi`), turned into
-    attenuation (:func:`dmrilib.preprocess.attenuation`), cropped/padded to the
-    checkpoint's grid (centred on the brain mask), scored, mapped back onto
-    the input grid (zero outside the brain and the crop) and written with the
-    input's affine.
+    The DWI is read and validated (:func:`dmrilib.io.load_dwi`) and checked
+    against the training data recorded in the checkpoint (its
+    ``acquisition``, see :meth:`dmrilib.dataset.PreparedCohort.acquisition`):
+
+    * voxel size within ``voxel_tolerance`` (relative, per axis) of the
+      training range, and the same orientation (axis codes of the affine,
+      e.g. RAS). Nothing is resampled or reoriented: a mismatch is an error
+      that says how to resample (nilearn, dipy, mrtrix3);
+    * the same shell and gradient directions in the same order, up to sign
+      (``g`` and ``-g`` measure the same diffusion) and ``direction_tolerance_deg``.
+      The same directions in another order are reordered to the training
+      order, so the map does not depend on the order of the volumes in the
+      file; other directions are an error;
+    * the brain mask fits in the network grid (at least 99% of it, or as
+      much as the training subjects' least), since the rest would be
+      written as 0 without being scored.
+
+    It is then turned into attenuation (:func:`dmrilib.preprocess.attenuation`),
+    cropped/padded to the checkpoint's grid (centred on the brain mask),
+    scored, mapped back onto the input grid (zero outside the brain) and
+    written with the input's affine.
 
     Parameters
     ----------
     checkpoint_path : path-like
+        A checkpoint of :func:`dmrilib.train.train_run` that records its
+        training acquisition (older checkpoints are refused: retrain).
     dwi_path : path-like
         4D NIfTI.
     bval_path, bvec_path : path-like, optional
@@ -113,13 +242,31 @@ def predict_dwi(checkpoint_path: str | os.PathLike, dwi_path: str | os.PathLike,
     out_path : path-like
         Output ``.nii.gz`` (written atomically).
     device : {"auto", "cpu", "cuda"}
-    b0_threshold, target_bvalue, bvalue_tolerance : float
+    b0_threshold, bvalue_tolerance : float
         Shell selection, passed to :func:`dmrilib.io.load_dwi`.
+    target_bvalue : float, optional
+        Shell to score; default: the checkpoint's training b-value.
+    voxel_tolerance : float
+        Relative voxel-size difference accepted per axis (default 5%).
+    direction_tolerance_deg : float
+        Angle accepted between a gradient direction and its training
+        direction, up to sign (default 5 degrees).
 
     Returns
     -------
     Path
         ``out_path``.
+
+    Raises
+    ------
+    DwiInputError
+        For malformed input and for input of another voxel size,
+        orientation, shell or gradient scheme, or a brain that does not
+        fit the grid; nothing is written then.
+    CheckpointMismatchError
+        For a checkpoint without a training acquisition record.
+    IntegrityError
+        For a corrupted checkpoint.
     """
     import nibabel as nib
 
@@ -129,14 +276,22 @@ def predict_dwi(checkpoint_path: str | os.PathLike, dwi_path: str | os.PathLike,
 
     dev = resolve_device(device)
     net, meta = load_checkpoint(checkpoint_path, map_location=dev)
+    acq = _training_acquisition(checkpoint_path, meta, dwi_path)
+    if target_bvalue is None:
+        target_bvalue = float(acq["bvalue"])
     dwi = dio.load_dwi(dwi_path, bval=bval_path, bvec=bvec_path, b0_threshold=b0_threshold,
                        target_bvalue=target_bvalue, bvalue_tolerance=bvalue_tolerance)
+    _check_geometry(dwi, acq, voxel_tolerance)
+    n_dw = int((~dwi.is_b0).sum())
+    if n_dw != int(meta["in_channels"]):
+        raise dio.DwiInputError(
+            f"{dwi.path.name}: {n_dw} diffusion-weighted volumes at b = {target_bvalue:g} after shell selection, "
+            f"but the checkpoint expects {meta['in_channels']}. Select the matching shell (target_bvalue).")
+    order = _channel_order(dwi, acq, direction_tolerance_deg, bvalue_tolerance)
     mask = dio.load_mask(mask_path, dwi) if mask_path is not None else preprocess.brain_mask_from_b0(dwi)
-    att = preprocess.attenuation(dwi, mask=mask)  # (X, Y, Z, C) float32 in [0, 1], zero outside the brain
-    if att.shape[-1] != int(meta["in_channels"]):
-        raise ValueError(f"{dwi_path}: {att.shape[-1]} diffusion-weighted volumes after shell selection, but the "
-                         f"checkpoint expects {meta['in_channels']}. Select the matching shell (target_bvalue).")
     crop = preprocess.NetworkGrid(tuple(meta["grid"])).crop_for(mask)
+    _check_brain_fits(dwi, mask, crop, acq, mask_path)
+    att = preprocess.attenuation(dwi, mask=mask)[..., order]  # (X, Y, Z, C) in training channel order
     volume = np.moveaxis(crop.to_grid(att), -1, 0)[None]  # (1, C, X, Y, Z)
     score = predict_maps((net, meta), volume, batch_size=1, device=str(dev))[0]
     score *= crop.to_grid(mask)  # the networks only ever saw brain: report brain only

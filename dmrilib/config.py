@@ -135,9 +135,56 @@ def provenance(**extra: Any) -> dict[str, Any]:
         "versions": versions,
         "python": platform.python_version(),
         "platform": platform.platform(),
+        "cpu": cpu_record(),
         "git_commit": _git_commit(),
     }
     record.update(extra)
+    return record
+
+
+#: Variables that change which code paths numpy, OpenBLAS, oneDNN, ATen or
+#: MKL take, and so the last bits of their results.
+_ISA_VARIABLES = ("NPY_DISABLE_CPU_FEATURES", "NPY_ENABLE_CPU_FEATURES", "OPENBLAS_CORETYPE", "GLIBC_TUNABLES",
+                  "ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY", "MKL_CBWR")
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def cpu_record() -> dict[str, Any]:
+    """The CPU and the instruction-set paths this process computes with.
+
+    Trained weights depend on them in the last bits (oneDNN's AVX-512 and
+    AVX2 convolutions sum in another order), so every result records them:
+    the CPU model, the SIMD extensions numpy dispatches to, torch's ATen
+    capability and threads (only when torch is already imported: evaluation
+    jobs do not import it), and any variable that overrides these choices.
+    """
+    import sys
+
+    import numpy as np
+
+    features = np._core._multiarray_umath.__cpu_features__
+    record: dict[str, Any] = {
+        "model": _cpu_model(),
+        "logical_cores": os.cpu_count(),
+        "numpy_simd": [f for f in ("AVX512_SPR", "AVX512_ICL", "AVX512_SKX", "AVX512F", "AVX2", "FMA3", "AVX",
+                                   "SSE42", "ASIMD", "SVE", "VSX", "VX") if features.get(f)],
+    }
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        record["torch_cpu_capability"] = torch.backends.cpu.get_cpu_capability()
+        record["torch_threads"] = torch.get_num_threads()
+    overrides = {name: os.environ[name] for name in _ISA_VARIABLES if name in os.environ}
+    if overrides:
+        record["overrides"] = overrides
     return record
 
 
@@ -333,17 +380,16 @@ def _build_section(name: str, values: Any, source: str):
 
 
 def _check_variants(variants: Any, source: str) -> dict[str, tuple[str, ...]]:
-    """Parse ``variants`` with the models' own grammar (``parse_dae_variant``, ``JoodConfig.from_variant``)."""
+    """Parse ``variants`` with the models' own grammar (:mod:`dmrilib.variants`)."""
     if not isinstance(variants, Mapping):
         raise ConfigError(f"{source}: variants: expected a mapping of 'dae'/'recdisc' to lists of variant ids, "
                           f"got {_show(variants)}.")
     unknown = sorted(str(k) for k in set(variants) - {"dae", "recdisc"})
     if unknown:
         raise ConfigError(f"{source}: variants: unknown model(s) {unknown}; the models are 'dae' and 'recdisc'.")
-    from dmrilib.models import parse_dae_variant
-    from dmrilib.noise import JoodConfig
+    from dmrilib.variants import parse_dae_variant, parse_recdisc_variant
 
-    parse = {"dae": parse_dae_variant, "recdisc": JoodConfig.from_variant}
+    parse = {"dae": parse_dae_variant, "recdisc": parse_recdisc_variant}
     out = {}
     for model, ids in variants.items():
         ids = [] if ids is None else ids  # `recdisc:` with every entry commented out

@@ -24,11 +24,10 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from dmrilib.variants import APPEARANCES, DISTRIBUTIONS, MEANS, parse_recdisc_variant
+
 __all__ = ["JoodConfig", "add_jood", "noise_distribution_samples", "DISTRIBUTIONS", "APPEARANCES", "MEANS"]
 
-DISTRIBUTIONS = ("normal", "uniform", "mix")
-APPEARANCES = ("random", "directional", "isotropic", "mix")
-MEANS = ("full", "half")
 _BASE_APPEARANCES = ("random", "directional", "isotropic")
 
 
@@ -86,14 +85,7 @@ class JoodConfig:
 
         ``overrides`` set the other fields (e.g. ``radius=(2, 4)``).
         """
-        parts = str(variant).split("-")
-        if (len(parts) != 3 or parts[0] not in DISTRIBUTIONS or parts[1] not in APPEARANCES
-                or parts[2] not in MEANS):
-            raise ValueError(
-                f"RecDiscNet/JOOD variant {variant!r} is not '<distribution>-<appearance>-<mean>' with "
-                f"distribution in {DISTRIBUTIONS}, appearance in {APPEARANCES}, mean in {MEANS} "
-                "(e.g. 'normal-directional-half')."
-            )
+        parts = parse_recdisc_variant(variant)
         return cls(distribution=parts[0], appearance=parts[1], mean=parts[2], **overrides)  # type: ignore[arg-type]
 
     @property

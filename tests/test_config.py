@@ -242,3 +242,15 @@ def test_snakefile_refuses_a_bad_profile_before_any_job(tmp_path):
     assert out.returncode != 0
     assert "evaluate.pool_size must be >= 1" in out.stdout + out.stderr
     assert not (tmp_path / "results").exists()
+
+
+def test_loading_a_profile_does_not_import_torch():
+    # Evaluation, baseline, aggregate and figure jobs validate their profile
+    # too; importing torch would cost each ~2.5 s.
+    import subprocess
+    import sys
+
+    code = ("import sys; from dmrilib.config import load_profile; "
+            "[load_profile(p) for p in ('smoke', 'quick', 'gpu', 'paper')]; print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

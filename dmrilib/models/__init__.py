@@ -7,14 +7,19 @@ noise, see :class:`dmrilib.noise.JoodConfig`) into a network.
 """
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Literal, Sequence
 
-from torch import nn
+import importlib
+from typing import TYPE_CHECKING, Any
 
-from dmrilib.models.dae import DAE, KL_WEIGHT, DAEOutput, dae_loss, kl_divergence
-from dmrilib.models.recdisc import RecDiscNet, RecDiscOutput, recdisc_loss
+from dmrilib.variants import MODELS, parse_dae_variant, parse_recdisc_variant
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from dmrilib.models.dae import DAE, KL_WEIGHT, DAEOutput, dae_loss, kl_divergence
+    from dmrilib.models.recdisc import RecDiscNet, RecDiscOutput, recdisc_loss
 
 __all__ = [
     "ModelConfig",
@@ -31,10 +36,19 @@ __all__ = [
     "MODELS",
 ]
 
-#: Model names accepted by :func:`build_model`.
-MODELS = ("dae", "recdisc")
+# The networks need torch; ModelConfig and the variant grammar do not, and
+# every job validates its profile with them (evaluation jobs never import
+# torch: ~2.5 s each). The networks load on first use.
+_LAZY = {name: "dmrilib.models.dae" for name in ("DAE", "KL_WEIGHT", "DAEOutput", "dae_loss", "kl_divergence")}
+_LAZY.update({name: "dmrilib.models.recdisc" for name in ("RecDiscNet", "RecDiscOutput", "recdisc_loss")})
 
-_DAE_VARIANT = re.compile(r"^lsd(\d+)-(linear|sigmoid)$")
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclass(frozen=True)
@@ -81,23 +95,8 @@ class ModelConfig:
         return 2 ** max(self.recon_depth, self.disc_depth)
 
 
-def parse_dae_variant(variant: str) -> tuple[int, Literal["linear", "sigmoid"]]:
-    """``"lsd512-sigmoid"`` -> ``(512, "sigmoid")``.
-
-    Raises
-    ------
-    ValueError
-        If ``variant`` is not ``lsd<N>-linear`` or ``lsd<N>-sigmoid``.
-    """
-    match = _DAE_VARIANT.match(str(variant))
-    if not match or int(match.group(1)) < 1:
-        raise ValueError(f"DAE variant {variant!r} is not of the form 'lsd<N>-linear' or 'lsd<N>-sigmoid' "
-                         "(e.g. 'lsd512-sigmoid').")
-    return int(match.group(1)), match.group(2)  # type: ignore[return-value]
-
-
 def build_model(model: str, variant: str, config: ModelConfig, in_channels: int, *,
-                grid: Sequence[int]) -> nn.Module:
+                grid: Sequence[int]) -> "nn.Module":
     """Build the network of one (model, variant) configuration.
 
     Parameters
@@ -116,15 +115,16 @@ def build_model(model: str, variant: str, config: ModelConfig, in_channels: int,
     -------
     DAE or RecDiscNet
     """
+    from dmrilib.models.dae import DAE
+    from dmrilib.models.recdisc import RecDiscNet
+
     grid = tuple(int(g) for g in grid)
     if model == "dae":
         lsd, activation = parse_dae_variant(variant)
         return DAE(in_channels, grid, lsd, activation, widths=config.dae_widths,
                    negative_slope=config.negative_slope)
     if model == "recdisc":
-        from dmrilib.noise import JoodConfig  # validates the variant id
-
-        JoodConfig.from_variant(variant)
+        parse_recdisc_variant(variant)
         divisor = config.divisor("recdisc")
         if len(grid) != 3 or any(g < 1 or g % divisor for g in grid):
             raise ValueError(f"RecDiscNet: grid must be 3 positive multiples of 2**max(recon_depth, disc_depth) "

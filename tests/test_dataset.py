@@ -237,9 +237,10 @@ def test_shipped_profiles_build_a_prepare_config(name):
 def test_unknown_prepare_setting_is_a_config_error():
     from dmrilib.config import ConfigError
 
-    profile = Profile.from_dict({"name": "x", "variants": {}, "folds": [0], "prepare": {"grid_size": 3}})
+    # profiles are validated when they are loaded (every required section present)
+    sections = {name: {} for name in ("cohort", "model", "train", "evaluate")}
     with pytest.raises(ConfigError, match="grid_size"):
-        profile.prepare
+        Profile.from_dict({"name": "x", "variants": {}, "folds": [0], **sections, "prepare": {"grid_size": 3}})
 
 
 # ----------------------------------------------------------------- integrity and acquisition

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from dmrilib.models import ModelConfig
 from dmrilib.integrity import IntegrityError
+from dmrilib.models import ModelConfig
 from dmrilib.train import (CheckpointMismatchError, Fold, TrainConfig, checkpoint_provenance, derive_seed,
                            load_checkpoint, make_folds, payload_sha256, read_checkpoint, read_folds, run_hash,
                            save_checkpoint, seeded_generator, train_run, write_folds)

@@ -28,12 +28,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import multiprocessing
 import os
 import shutil
-import tempfile
 import warnings
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -41,7 +38,8 @@ from typing import Any, Iterable, Sequence
 import nibabel as nib
 import numpy as np
 
-from dmrilib._atomic import write_json_atomic
+from dmrilib._atomic import atomic_dir, remove_stale_temp, write_json_atomic
+from dmrilib._workers import process_pool
 from dmrilib.config import config_hash, provenance
 from dmrilib.integrity import IntegrityError, check_sha256, check_unit_interval, sha256_file
 from dmrilib.io import (
@@ -377,7 +375,7 @@ def _validate_inputs(entries: Sequence[BidsDwi], config: PrepareConfig) -> int:
 def _swap_into_place(tmp: Path, out_dir: Path) -> None:
     trash = None
     if out_dir.exists():
-        trash = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
+        trash = atomic_dir(out_dir, "old")
         os.replace(out_dir, trash / out_dir.name)
     os.replace(tmp, out_dir)
     if trash is not None:
@@ -480,8 +478,10 @@ def prepare_cohort(
 
     grid = NetworkGrid(config.grid)
     n = len(entries)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    # Folders a killed run was building (its pid is gone) are not results.
+    remove_stale_temp(out_dir.parent, recursive=False)
+    # Named after this process, and with ordinary permissions: it becomes out_dir.
+    tmp = atomic_dir(out_dir, "tmp")
     try:
         arrays = {
             "attenuation": np.lib.format.open_memmap(
@@ -503,7 +503,7 @@ def prepare_cohort(
         jobs = [(e, root, config, grid) for e in entries]
         pool = None
         if n_jobs > 1:
-            pool = ProcessPoolExecutor(max_workers=n_jobs, mp_context=multiprocessing.get_context("fork"))
+            pool = process_pool(n_jobs, "fork")
             done = pool.map(_prepare_one, jobs)
         else:
             done = map(_prepare_one, jobs)

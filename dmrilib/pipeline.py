@@ -63,6 +63,12 @@ def run_cohort(profile: Profile, results: str | Path = "results", *, bids_root: 
                progress: bool = True, n_jobs: int | None = None) -> tuple[Path, Path]:
     """Simulate the profile's cohort (or register a real BIDS dataset) and prepare its arrays.
 
+    Re-runnable whatever a previous run left: ``cohort/`` is this pipeline's
+    own folder, so a cohort of this config is completed (a workflow manager
+    deletes ``dataset_description.json`` before re-running the job) and one
+    of another config is replaced; a folder that is not a simulated cohort is
+    refused, never deleted.
+
     Parameters
     ----------
     profile : Profile
@@ -89,8 +95,8 @@ def run_cohort(profile: Profile, results: str | Path = "results", *, bids_root: 
     if bids_root is None:
         from dmrilib.simulate import simulate_cohort
 
-        if not (cohort_dir / "dataset_description.json").is_file():
-            simulate_cohort(profile.cohort, cohort_dir, progress=progress, n_jobs=n_jobs)
+        _forget_external(cohort_dir)
+        simulate_cohort(profile.cohort, cohort_dir, progress=progress, n_jobs=n_jobs, replace=True)
         source = cohort_dir
     else:
         source = Path(bids_root)
@@ -102,6 +108,19 @@ def run_cohort(profile: Profile, results: str | Path = "results", *, bids_root: 
         })
     prepared_dir = prepare_cohort(source, profile.prepare, root / "prepared", progress=progress, n_jobs=n_jobs)
     return cohort_dir, Path(prepared_dir)
+
+
+def _forget_external(cohort_dir: Path) -> None:
+    """Remove the record of an external dataset that a previous run wrote (its only file)."""
+    desc = cohort_dir / "dataset_description.json"
+    if cohort_dir.is_dir() and [p.name for p in cohort_dir.iterdir()] == [desc.name]:
+        try:
+            external = "SourceDatasets" in json.loads(desc.read_text())
+        except (OSError, ValueError, TypeError):
+            external = False
+        if external:
+            desc.unlink()
+            cohort_dir.rmdir()
 
 
 def cohort_overview(profile: Profile, results: str | Path = "results") -> pd.DataFrame:
@@ -433,9 +452,11 @@ def run_groundtruth(profile: Profile, results: str | Path = "results", *, bids_r
     registers the T1w to the DWI (ANTs) and carries the mask over; writes to
     ``groundtruth/``: ``segmentation/`` (the U-Net run), ``subjects.csv``
     (per patient: segmentation Dice, registration error in mm, Dice of the
-    carried-over mask against the exact lesion, ...), ``lesion-pipeline.npy``
-    (the masks on the network grid, patients in ``groundtruth.json`` order)
-    and ``groundtruth.json`` (config hash, seed, provenance, timings).
+    carried-over mask against the exact lesion, ...), ``timings.csv`` (wall
+    seconds per patient and step: kept out of ``subjects.csv`` so that
+    identical runs give identical tables), ``lesion-pipeline.npy`` (the masks
+    on the network grid, patients in ``groundtruth.json`` order) and
+    ``groundtruth.json`` (config hash, seed, provenance, stage timings).
 
     Parameters
     ----------
@@ -475,6 +496,7 @@ def run_groundtruth(profile: Profile, results: str | Path = "results", *, bids_r
     _save_npy(out / "lesion-pipeline.npy", on_grid)
     table = result.table
     _write_csv(out / "subjects.csv", table)
+    _write_csv(out / "timings.csv", result.timings)
     write_json_atomic(out / "groundtruth.json", {
         "subjects": patients,
         "config_hash": config_hash(seg_cfg, reg_cfg, profile.sections["cohort"], profile.sections["prepare"]),
@@ -520,7 +542,11 @@ def _pipeline_masks(profile: Profile, results: str | Path, record: dict[str, Any
 
 def _collect(profile: Profile, results: str | Path, name: str, *, required: bool = True) -> pd.DataFrame | None:
     root = results_root(profile, results) / "runs"
-    frames = [pd.read_csv(p) for p in sorted(root.glob(f"*/*/fold-*/{name}"))]
+    # Only the profile's runs: after a variant or fold is removed from the
+    # profile, its old run folder must not reach the tables.
+    runs = [*profile.runs(), *(("baseline", "normative", f) for f in profile.folds)]
+    paths = [run_dir(profile, m, v, f, results) / name for m, v, f in runs]
+    frames = [pd.read_csv(p) for p in sorted(paths) if p.is_file()]
     if not frames:
         if not required:
             return None
@@ -581,7 +607,10 @@ def run_aggregate(profile: Profile, results: str | Path = "results") -> dict[str
         tables["truth_comparison"] = _truth_comparison(dice, det, dice_p, det_p)
     gt_table = _groundtruth_dir(profile, results) / "subjects.csv"
     if gt_table.is_file():
-        tables["groundtruth"] = pd.read_csv(gt_table)
+        gt = pd.read_csv(gt_table)
+        # Wall times (written here by older ground-truth jobs) differ between
+        # identical runs; they live in groundtruth/timings.csv.
+        tables["groundtruth"] = gt.drop(columns=[c for c in gt.columns if c.startswith("seconds_")])
     out = root / "tables"
     for name, table in tables.items():
         with atomic_path(out / f"{name}.csv") as tmp:
@@ -598,6 +627,24 @@ def run_aggregate(profile: Profile, results: str | Path = "results") -> dict[str
     return tables
 
 
+#: Column of ``tables/runs.csv`` -> key of ``run.json`` (written by :func:`dmrilib.train.train_run`).
+_RUN_TABLE_KEYS = {
+    "config_hash": "config_hash", "seed": "seed", "epochs": "epochs", "best_epoch": "best_epoch",
+    "best_val_loss": "best_val_loss", "train_time_s": "wall_seconds", "device": "device",
+    "parameters": "parameters",
+}
+
+
+def _profile_argument(profile: Profile) -> str:
+    """What to pass as ``-p profile``: the name of a shipped profile, else the path of its file."""
+    from dmrilib.config import PROFILES_DIR
+
+    source = Path(profile.source)
+    if not source.is_file() or source.resolve() == (PROFILES_DIR / f"{profile.name}.yaml").resolve():
+        return profile.name
+    return str(source.resolve())
+
+
 def _runs_table(profile: Profile, results: str | Path) -> pd.DataFrame:
     rows = []
     for model, variant, fold in profile.runs():
@@ -606,12 +653,9 @@ def _runs_table(profile: Profile, results: str | Path) -> pd.DataFrame:
         ev = json.loads((d / "eval.json").read_text()) if (d / "eval.json").is_file() else {}
         rows.append({
             "model": model, "variant": variant, "fold": fold,
-            "config_hash": run.get("config_hash"), "seed": run.get("seed"),
-            "epochs": run.get("epochs_done", run.get("epochs")), "best_epoch": run.get("best_epoch"),
-            "best_val_loss": run.get("best_val_loss"), "train_time_s": run.get("wall_time_s"),
-            "device": run.get("device"), "parameters": run.get("n_parameters"),
+            **{column: run.get(key) for column, key in _RUN_TABLE_KEYS.items()},
             "auroc_mean": ev.get("auroc_mean"),
-            "command": f"papermill notebooks/train.ipynb out.ipynb -p profile {profile.name} "
+            "command": f"papermill notebooks/train.ipynb out.ipynb -p profile {_profile_argument(profile)} "
                        f"-p model {model} -p variant {variant} -p fold {fold}",
         })
     return pd.DataFrame(rows)

@@ -18,22 +18,25 @@ each step's error separately (one row per subject):
 - ``dice_resampling``: the true structural lesion carried with the true
   transform (the floor set by resampling between the two grids);
 - ``lesion_voxels``, ``pipeline_voxels``: sizes of the true and the
-  carried-over masks on the diffusion grid;
-- ``seconds_segment``, ``seconds_register``: wall times.
+  carried-over masks on the diffusion grid.
+
+Wall times (``seconds_segment``, ``seconds_register``) are a separate table
+(:attr:`GroundTruthResult.timings`): they differ between identical runs, and
+the results table should not.
 """
 from __future__ import annotations
 
 import math
-import multiprocessing
 import time
 from collections import deque
-from concurrent.futures import Future, ProcessPoolExecutor
-from dataclasses import dataclass
+from concurrent.futures import Future
+from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 import numpy as np
 import pandas as pd
 
+from dmrilib._workers import process_pool
 from dmrilib.groundtruth.config import RegConfig, SegConfig
 from dmrilib.groundtruth.registration import (Registration, register_structural_to_dwi, registration_error_mm,
                                               voxel_centres_mm, warp_to_dwi)
@@ -43,12 +46,14 @@ from dmrilib.metrics import dice
 # registration worker processes start without it.
 
 __all__ = ["GroundTruthInput", "GroundTruthResult", "inputs_from_simulation", "run_groundtruth_cohort",
-           "structural_lesion_of", "TABLE_COLUMNS"]
+           "structural_lesion_of", "TABLE_COLUMNS", "TIMING_COLUMNS"]
 
 #: Columns of :attr:`GroundTruthResult.table`, in order.
 TABLE_COLUMNS = ("subject", "dice_segmentation", "reg_error_mean_mm", "reg_error_median_mm", "reg_error_p95_mm",
                  "dice_pipeline", "dice_true_transform", "dice_true_mask", "dice_resampling",
-                 "lesion_voxels", "pipeline_voxels", "seconds_segment", "seconds_register")
+                 "lesion_voxels", "pipeline_voxels")
+#: Columns of :attr:`GroundTruthResult.timings` (wall seconds per step), in order.
+TIMING_COLUMNS = ("subject", "seconds_segment", "seconds_register")
 
 
 @dataclass
@@ -130,13 +135,15 @@ class GroundTruthResult:
     ``masks`` holds the pipeline's tumour mask of each subject on its
     diffusion grid (bool), ``structural_masks`` the segmentation on the
     structural grid, ``table`` one row per subject (:data:`TABLE_COLUMNS`),
-    ``registrations`` the registrations when asked for (``keep_registrations``).
+    ``registrations`` the registrations when asked for (``keep_registrations``),
+    ``timings`` the wall times of each subject's steps (:data:`TIMING_COLUMNS`).
     """
 
     masks: dict[str, np.ndarray]
     structural_masks: dict[str, np.ndarray]
     table: pd.DataFrame
     registrations: dict[str, Registration]
+    timings: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=list(TIMING_COLUMNS)))
 
 
 def run_groundtruth_cohort(inputs: Iterable[GroundTruthInput], network: Any, *,
@@ -188,18 +195,20 @@ def run_groundtruth_cohort(inputs: Iterable[GroundTruthInput], network: Any, *,
         net, _ = load_segmentation(network, map_location=resolve_device(seg.device))
     result = GroundTruthResult(masks={}, structural_masks={}, table=pd.DataFrame(), registrations={})
     rows: list[dict] = []
+    timings: list[dict] = []
     pending: deque[tuple[str, float, Future]] = deque()
 
     def collect(subject: str, t_seg: float, out: tuple) -> None:
-        carried, row, registration = out
+        carried, row, registration, t_reg = out
         result.masks[subject] = carried
         if registration is not None:
             result.registrations[subject] = registration
-        rows.append(row | {"seconds_segment": t_seg})
+        rows.append(row)
+        timings.append({"subject": subject, "seconds_segment": t_seg, "seconds_register": t_reg})
 
     pool = None
     if n_jobs > 1:
-        pool = ProcessPoolExecutor(max_workers=int(n_jobs), mp_context=multiprocessing.get_context("spawn"))
+        pool = process_pool(int(n_jobs), "spawn")
     try:
         bar = tqdm(inputs, desc="ground truth", unit="subject", disable=not progress)
         for item in bar:
@@ -225,18 +234,22 @@ def run_groundtruth_cohort(inputs: Iterable[GroundTruthInput], network: Any, *,
         if pool is not None:
             pool.shutdown(cancel_futures=True)
     result.table = pd.DataFrame(rows, columns=list(TABLE_COLUMNS))
+    result.timings = pd.DataFrame(timings, columns=list(TIMING_COLUMNS))
     return result
 
 
 def _register_and_score(item: GroundTruthInput, predicted: np.ndarray, reg: RegConfig,
-                        keep: bool) -> tuple[np.ndarray, dict, Registration | None]:
-    """Register one subject, carry its predicted mask over and score it (runs in a worker)."""
+                        keep: bool) -> tuple[np.ndarray, dict, Registration | None, float]:
+    """Register one subject, carry its predicted mask over and score it (runs in a worker).
+
+    Returns the carried-over mask, the table row, the registration (if
+    ``keep``) and the registration's wall seconds.
+    """
     registration = register_structural_to_dwi(item.t1w, item.b0, t1w_affine=item.structural_affine,
                                               dwi_affine=item.dwi_affine, config=reg)
     carried = registration.warp(predicted, reg.interpolation)
     row = _scores(item, predicted, carried, registration, reg.interpolation)
-    row["seconds_register"] = registration.seconds
-    return carried, row, registration if keep else None
+    return carried, row, registration if keep else None, registration.seconds
 
 
 def _scores(item: GroundTruthInput, predicted: np.ndarray, carried: np.ndarray, registration: Registration,
@@ -260,4 +273,4 @@ def _scores(item: GroundTruthInput, predicted: np.ndarray, carried: np.ndarray, 
                                                           interpolation=interpolation), item.lesion)
         if item.structural_lesion is not None:
             row["dice_true_mask"] = dice(registration.warp(item.structural_lesion, interpolation), item.lesion)
-    return {c: row.get(c, nan) for c in TABLE_COLUMNS if not c.startswith("seconds")}
+    return {c: row.get(c, nan) for c in TABLE_COLUMNS}

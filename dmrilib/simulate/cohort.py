@@ -3,16 +3,16 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import multiprocessing
 import os
 import shutil
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import as_completed
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from dmrilib._atomic import write_json_atomic, write_text_atomic
+from dmrilib._atomic import atomic_dir, remove_stale_temp, write_json_atomic, write_text_atomic
+from dmrilib._workers import process_pool
 from dmrilib.simulate.anatomy import load_template
 from dmrilib.simulate.bids import PIPELINE, subject_files, write_subject
 from dmrilib.simulate.config import GRADES, CohortConfig
@@ -24,6 +24,7 @@ __all__ = ["SubjectPlan", "cohort_plan", "simulate_cohort"]
 
 _SIZES = ("large", "medium", "small")
 _DONE = ".done"
+_RECORD = ".dmrilib-simulation.json"
 
 
 @dataclass(frozen=True)
@@ -100,13 +101,41 @@ def _description(config: CohortConfig) -> dict:
     }
 
 
+def _recorded_hash(root: Path) -> str | None:
+    """Config hash of the simulated cohort in ``root`` from its description or, when a workflow
+    deleted that (Snakemake removes a job's outputs before re-running it), from the hidden copy."""
+    for name in ("dataset_description.json", _RECORD):
+        try:
+            value = json.loads((root / name).read_text()).get("ConfigHash")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if value:
+            return str(value)
+    return None
+
+
 def _is_complete(root: Path, config: CohortConfig) -> bool:
     desc = root / "dataset_description.json"
-    return desc.is_file() and json.loads(desc.read_text()).get("ConfigHash") == _description(config)["ConfigHash"]
+    try:
+        return json.loads(desc.read_text()).get("ConfigHash") == _description(config)["ConfigHash"]
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _looks_simulated(root: Path) -> bool:
+    """Whether ``root`` was written by :func:`simulate_cohort` (a hidden record, or the ground-truth
+    derivatives' description naming dmrilib.simulate)."""
+    if (root / _RECORD).is_file():
+        return True
+    try:
+        desc = json.loads((root / "derivatives" / PIPELINE / "dataset_description.json").read_text())
+        return any(g.get("Name") == "dmrilib.simulate" for g in desc.get("GeneratedBy", []))
+    except (OSError, ValueError, AttributeError, TypeError):
+        return False
 
 
 def simulate_cohort(config: CohortConfig, out_dir: str | os.PathLike, *, progress: bool = True,
-                    n_jobs: int | None = None) -> Path:
+                    n_jobs: int | None = None, replace: bool = False) -> Path:
     """Simulate the cohort and write it as a BIDS dataset at ``out_dir``.
 
     The dataset is assembled in ``<out_dir>.partial`` and renamed onto
@@ -115,36 +144,81 @@ def simulate_cohort(config: CohortConfig, out_dir: str | os.PathLike, *, progres
     already finished in the partial folder (same config) are kept. The same
     config gives bit-identical files, whatever ``n_jobs``.
 
+    A cohort of this config that lost its ``dataset_description.json`` (a
+    workflow manager deletes a job's outputs before re-running it) or some
+    subjects is completed in place of being refused: its hidden record
+    ``.dmrilib-simulation.json`` names the config it was simulated with.
+
     Parameters
     ----------
     config : CohortConfig
     out_dir : path-like
         Destination folder; must not exist unless it holds this very cohort
-        (then it is returned as is).
+        (then it is returned as is, completed if needed), or ``replace`` is set.
     progress : bool
         Show a tqdm progress bar.
     n_jobs : int, optional
         Worker processes (default: up to 2, the CPU count permitting).
+    replace : bool
+        Replace a cohort that ``simulate_cohort`` wrote with another config.
+        For folders that a pipeline owns (``results/<profile>/cohort``); a
+        folder that does not look like a simulated cohort is never deleted.
 
     Returns
     -------
     pathlib.Path
         ``out_dir``.
+
+    Raises
+    ------
+    ValueError
+        If ``out_dir`` holds something else (see ``replace``); nothing is changed then.
     """
     out = Path(out_dir)
+    description = _description(config)
+    partial = out.with_name(out.name + ".partial")
+    marker = partial / _DONE / "config.json"
+    if out.is_dir() and not any(out.iterdir()):
+        # Workflow managers create output folders before the job runs; an
+        # empty one is not a previous result.
+        out.rmdir()
     if out.exists():
         if _is_complete(out, config):
+            if not (out / _RECORD).is_file():  # a cohort of an older version: record it for later re-runs
+                write_json_atomic(out / _RECORD, description)
             return out
-        raise ValueError(
-            f"{out}: exists and does not hold the cohort of this config (hash "
-            f"{_description(config)['ConfigHash']}). Remove it or choose another output folder."
-        )
-    partial = out.with_name(out.name + ".partial")
-    description = _description(config)
-    marker = partial / _DONE / "config.json"
+        recorded = _recorded_hash(out)
+        if recorded == description["ConfigHash"]:
+            # This very cohort, incomplete: move it back to the partial folder
+            # and mark the subjects whose every file is there (each was written
+            # atomically) as done; the rest is simulated as after an interruption.
+            if partial.exists():
+                shutil.rmtree(partial)
+            os.replace(out, partial)
+            (partial / "dataset_description.json").unlink(missing_ok=True)
+            write_json_atomic(marker, description)
+            for p in cohort_plan(config):
+                if all(f.is_file() for f in subject_files(partial, p.label, followup=p.followup)):
+                    write_text_atomic(partial / _DONE / p.label, "")
+        elif replace and _looks_simulated(out):
+            trash = atomic_dir(out, "old")
+            os.replace(out, trash / out.name)
+            shutil.rmtree(trash)
+        elif _looks_simulated(out):
+            raise ValueError(
+                f"{out}: holds a simulated cohort of another config (hash {recorded or 'unknown'}; this config "
+                f"has {description['ConfigHash']}). Remove it or choose another output folder; nothing was changed."
+            )
+        else:
+            raise ValueError(
+                f"{out}: exists and is not a cohort simulated by dmrilib (hash {description['ConfigHash']}). "
+                "Remove it or choose another output folder; nothing was changed."
+            )
     if partial.exists() and (not marker.is_file() or json.loads(marker.read_text()) != description):
         shutil.rmtree(partial)
     partial.mkdir(parents=True, exist_ok=True)
+    # Files that killed workers were writing (their pid is gone) are not results.
+    remove_stale_temp(partial)
     write_json_atomic(marker, description)
 
     plan = cohort_plan(config)
@@ -166,8 +240,7 @@ def simulate_cohort(config: CohortConfig, out_dir: str | os.PathLike, *, progres
             _simulate_one(config, p, str(partial))
             bar.update()
     else:
-        ctx = multiprocessing.get_context("fork")
-        with ProcessPoolExecutor(max_workers=n_jobs, mp_context=ctx) as pool:
+        with process_pool(n_jobs, "fork") as pool:
             futures = [pool.submit(_simulate_one, config, p, str(partial)) for p in todo]
             for fut in as_completed(futures):
                 fut.result()
@@ -194,6 +267,9 @@ def simulate_cohort(config: CohortConfig, out_dir: str | os.PathLike, *, progres
         "GeneratedBy": description["GeneratedBy"],
     })
     shutil.rmtree(partial / _DONE)
+    # Hidden (skipped by BIDS tools and manifests): survives the deletion of
+    # dataset_description.json, so a re-run can tell this cohort's config.
+    write_json_atomic(partial / _RECORD, description)
     # Written last: its presence (with the config hash) marks a complete cohort.
     write_json_atomic(partial / "dataset_description.json", description)
     os.replace(partial, out)

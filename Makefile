@@ -1,6 +1,10 @@
 # dmri-anomaly: `make book` (main job) and `make test`. Both set themselves up.
 SHELL := /bin/bash
 PROFILE ?= quick
+# A profile is a shipped name (configs/<name>.yaml) or a YAML file; a file
+# reaches the workflow and the book as an absolute path (jobs and book pages
+# run in other folders).
+PROFILE_ARG = $(if $(filter %.yaml %.yml,$(PROFILE)),$(abspath $(PROFILE)),$(PROFILE))
 CORES ?= 2
 # Threads (and worker processes) per job; more on a many-core GPU machine.
 JOB_THREADS ?= $(CORES)
@@ -13,26 +17,34 @@ export PYTHONHASHSEED := 0
 # Workflow jobs call papermill, snakemake etc. from the project environment.
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: setup book results book-only test test-fast clean-book help
+SNAKEMAKE = $(VENV)/bin/snakemake --snakefile workflow/Snakefile --profile $(SNAKEMAKE_PROFILE) \
+    --config profile=$(PROFILE_ARG) results=$(abspath $(RESULTS)) job_threads=$(JOB_THREADS)
+
+.PHONY: setup book results book-only unlock test test-fast clean-book help
 
 help:
 	@echo "make book [PROFILE=quick|smoke|gpu|paper]  run the pipeline and build the book"
 	@echo "make test                                  run the test suite"
 	@echo "make book-only PROFILE=...                 rebuild the book from existing results"
 	@echo "make setup                                 create .venv and install pinned packages"
+	@echo "make unlock PROFILE=...                    clear the lock a killed workflow left"
 
 setup:
 	@bash tools/setup.sh
 
 results: setup
-	$(VENV)/bin/snakemake --snakefile workflow/Snakefile --profile $(SNAKEMAKE_PROFILE) \
-	    --cores $(CORES) --config profile=$(PROFILE) results=$(abspath $(RESULTS)) job_threads=$(JOB_THREADS)
+	$(SNAKEMAKE) --cores $(CORES)
+
+# A killed Snakemake (kill -9, a closed terminal) leaves .snakemake/locks;
+# the next run then refuses to start until the lock is cleared.
+unlock: setup
+	$(SNAKEMAKE) --unlock
 
 book: results
 	@$(MAKE) --no-print-directory book-only PROFILE=$(PROFILE)
 
 book-only: setup
-	DMRI_PROFILE=$(PROFILE) DMRI_RESULTS=$(abspath $(RESULTS)) $(VENV)/bin/jupyter-book build book \
+	DMRI_PROFILE=$(PROFILE_ARG) DMRI_RESULTS=$(abspath $(RESULTS)) $(VENV)/bin/jupyter-book build book \
 	    --path-output $(abspath $(BOOK_OUT)) --quiet
 	@echo "Book ($(PROFILE) profile): file://$(abspath $(BOOK_OUT))/_build/html/index.html"
 

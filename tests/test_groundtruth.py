@@ -270,6 +270,31 @@ def test_training_refuses_another_configuration_or_bad_inputs(tmp_path):
                            progress=False)
 
 
+def _flip_byte_in_largest_tensor(path):
+    """Flip an exponent bit of one float32 inside the checkpoint's largest stored tensor."""
+    state = torch.load(path, weights_only=True)["state_dict"]
+    tensor = max(state.values(), key=lambda t: t.numel())
+    raw = bytearray(path.read_bytes())
+    at = bytes(raw).find(tensor.numpy().tobytes())
+    assert at >= 0, "tensor bytes not found in the file"
+    raw[at + tensor.element_size() * (tensor.numel() // 2) + 3] ^= 0x40
+    path.write_bytes(bytes(raw))
+
+
+def test_resume_refuses_a_corrupted_segmentation_checkpoint(tmp_path):
+    from dmrilib.integrity import IntegrityError
+
+    _, images, targets = _training_data(n=3, shape=(8, 8, 8))
+    cfg = _seg_config(epochs=1)
+    train_segmentation(images, targets, config=cfg, out_dir=tmp_path, progress=False)
+    _flip_byte_in_largest_tensor(tmp_path / "checkpoint-last.pt")
+    with pytest.raises(IntegrityError, match=r"checkpoint-last.pt: content sha256 .* does not match"):
+        train_segmentation(images, targets, config=dataclasses.replace(cfg, epochs=2), out_dir=tmp_path,
+                           progress=False)
+    with pytest.raises(IntegrityError, match="checkpoint-last.pt"):
+        load_segmentation(tmp_path)
+
+
 def test_training_subjects_come_from_their_own_seed_stream():
     from dmrilib.simulate import CohortConfig, cohort_plan
 

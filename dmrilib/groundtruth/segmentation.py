@@ -360,6 +360,9 @@ def train_segmentation(images: np.ndarray, targets: np.ndarray, *, config: SegCo
     ValueError
         For inconsistent inputs; :class:`dmrilib.train.CheckpointMismatchError`
         when ``out_dir`` holds a run of another configuration or data.
+    dmrilib.integrity.IntegrityError
+        When ``checkpoint-last.pt`` is unreadable or does not match its
+        payload sha256 (corrupted): it is not resumed from.
     """
     images = np.asarray(images)
     targets = np.asarray(targets)
@@ -399,8 +402,11 @@ def train_segmentation(images: np.ndarray, targets: np.ndarray, *, config: SegCo
     scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=cfg.lr_gamma)
     start_epoch, rows, wall = 0, [], 0.0
     if last_path.exists():
-        payload = torch.load(last_path, map_location=device, weights_only=True)
-        if payload.get("format") != _CHECKPOINT_FORMAT or payload.get("config_hash") != chash:
+        # The checked reader, not a bare torch.load: a corrupted resume point
+        # (one flipped byte) would otherwise continue silently from bad weights.
+        payload = read_checkpoint(last_path, expected_format=_CHECKPOINT_FORMAT, map_location=device,
+                                  trainer="dmrilib.groundtruth.train_segmentation")
+        if payload.get("config_hash") != chash:
             raise CheckpointMismatchError(
                 f"{last_path}: belongs to config hash {payload.get('config_hash')}, this run has {chash}. "
                 "Delete the folder to retrain, or use another out_dir.")

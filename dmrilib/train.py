@@ -20,6 +20,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import time
 import warnings
 from pathlib import Path
@@ -222,6 +223,23 @@ def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> None:
         torch.save(payload, tmp)
 
 
+def _load_failure(exc: BaseException) -> str:
+    """What ``torch.load(..., weights_only=True)`` found wrong, without its advice.
+
+    torch's message for a refused pickle suggests re-running with
+    ``weights_only=False`` (arbitrary code execution for an untrusted file)
+    or allow-listing globals; only its finding (e.g. ``Unsupported operand
+    110``, ``Trying to load unsupported GLOBAL posix.system ...``) is kept.
+    """
+    advice = ("weights_only", "Weights only", "trust", "file an issue", "documentation", "safe_globals",
+              "two options", "Alternatively")
+    sentences = re.split(r"\n+|(?<=\.)\s+", str(exc))
+    findings = [re.sub(r"^WeightsUnpickler error:\s*", "", t.strip()) for t in sentences
+                if t.strip() and not any(a in t for a in advice)]
+    findings = [t.rstrip(".") for t in findings if t]
+    return f"{type(exc).__name__}: {findings[0]}" if findings else type(exc).__name__
+
+
 def read_checkpoint(path: str | os.PathLike, *, expected_format: str, expected_hash: str | None = None,
                     expected: Mapping[str, Any] | None = None, map_location: str | torch.device = "cpu",
                     trainer: str = "the training function") -> dict[str, Any]:
@@ -255,7 +273,9 @@ def read_checkpoint(path: str | os.PathLike, *, expected_format: str, expected_h
     FileNotFoundError
         If there is no such file.
     IntegrityError
-        If the file is unreadable or its content does not match its sha256.
+        If the file is unreadable (not a checkpoint, truncated, or holding
+        objects ``weights_only=True`` refuses) or its content does not match
+        its sha256.
     ValueError
         If it is a checkpoint of another kind.
     CheckpointMismatchError
@@ -267,8 +287,10 @@ def read_checkpoint(path: str | os.PathLike, *, expected_format: str, expected_h
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # noqa: BLE001 - torch raises many types for corrupt files
-        raise IntegrityError(f"{path}: not a readable dmrilib checkpoint ({exc}). "
-                             "Restore it from a copy or retrain the run.") from exc
+        # Not chained: torch's text advises loading with weights_only=False,
+        # which runs any code an untrusted file carries.
+        raise IntegrityError(f"{path}: not a readable dmrilib checkpoint: the file is not one, or it is damaged "
+                             f"({_load_failure(exc)}). Re-run the training job ({trainer}) to rebuild it.") from None
     if not isinstance(payload, dict) or payload.get("format") != expected_format:
         raise ValueError(f"{path}: not a checkpoint of this kind (format {expected_format!r} expected, "
                          f"found {payload.get('format') if isinstance(payload, dict) else type(payload).__name__!r}).")

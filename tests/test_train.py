@@ -248,6 +248,26 @@ def test_read_checkpoint_checks_file_format_and_hash(tmp_path):
                                         "payload_sha256": payload_sha256(payload)}
 
 
+def test_unreadable_checkpoint_error_names_the_file_without_torchs_weights_only_advice(tmp_path):
+    import os
+    import pickle
+
+    path = tmp_path / "checkpoint-best.pt"
+    with path.open("wb") as f:  # a pickle that would call os.system: torch's safe loader refuses it
+        pickle.dump({"run": os.system}, f, protocol=2)
+    with pytest.raises(IntegrityError) as info:
+        read_checkpoint(path, expected_format="kind/1", trainer="my_trainer")
+    message = str(info.value)
+    assert message.startswith(f"{path}: not a readable dmrilib checkpoint")
+    assert "damaged" in message and "Re-run the training job (my_trainer)" in message
+    assert "weights_only=False" not in message and "weights_only` set to `False" not in message
+    assert info.value.__cause__ is None and info.value.__suppress_context__  # not shown in a traceback either
+    path.write_bytes(torch.ones(1).numpy().tobytes())  # not a checkpoint at all
+    with pytest.raises(IntegrityError, match="not a readable dmrilib checkpoint") as info:
+        load_checkpoint(path)
+    assert "weights_only" not in str(info.value)
+
+
 def _flip_byte_in_largest_tensor(path):
     """Flip one bit inside the stored bytes of the checkpoint's largest weight tensor."""
     state = torch.load(path, weights_only=True)["state_dict"]

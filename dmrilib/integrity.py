@@ -96,13 +96,17 @@ def check_sha256(path: str | os.PathLike, expected: str, *, what_to_do: str) -> 
                              f"the file changed after it was written (corrupted or edited). {what_to_do}")
 
 
-def check_finite(path: str | os.PathLike, array: np.ndarray) -> None:
-    """Raise :class:`IntegrityError` naming ``path`` if ``array`` holds NaN or infinity."""
+def check_finite(path: str | os.PathLike, array: np.ndarray, *,
+                 what_to_do: str = "Delete it and run the job that writes it again.") -> None:
+    """Raise :class:`IntegrityError` naming ``path`` if ``array`` holds NaN or infinity.
+
+    ``what_to_do`` is the remedy named in the error.
+    """
     array = np.asarray(array)
     if array.dtype.kind == "f" and not np.isfinite(array).all():
         n_bad = int((~np.isfinite(array)).sum())
         raise IntegrityError(f"{path}: {n_bad} value(s) are NaN or infinite; a stored map must be finite. "
-                             "Delete it and run the job that writes it again.")
+                             f"{what_to_do}")
 
 
 def check_unit_interval(path: str | os.PathLike, array: np.ndarray) -> None:
@@ -192,5 +196,5 @@ def load_npy(path: str | os.PathLike, *, sha256: str | None = None, finite: bool
     except ValueError as exc:
         raise IntegrityError(f"{path}: not a readable .npy array ({exc}). {what_to_do}") from exc
     if finite:
-        check_finite(path, array)
+        check_finite(path, array, what_to_do=what_to_do)
     return array

@@ -534,7 +534,9 @@ def _pipeline_masks(profile: Profile, results: str | Path, record: dict[str, Any
     missing = sorted(set(subjects) - set(order))
     if missing:
         raise ValueError(f"{out / 'groundtruth.json'}: no pipeline mask for {missing}; re-run the ground-truth job.")
-    stack = np.load(out / "lesion-pipeline.npy", mmap_mode="r")
+    # Checked like every stored result (sha256 sidecar); the stack is small
+    # (uint8 masks of the patients), so reading it whole costs nothing.
+    stack = load_npy(out / "lesion-pipeline.npy", what_to_do="Delete it and run the ground-truth job again.")
     return np.stack([np.asarray(stack[order.index(s)], dtype=bool) for s in subjects])
 
 
@@ -703,7 +705,10 @@ def run_followup(profile: Profile, results: str | Path = "results", *, model: st
     rows = []
     for fold in profile.folds:
         d = run_dir(profile, model, variant, fold, results)
-        maps = np.load(d / "maps-test.npy").astype(np.float32)
+        # sha256 and finiteness checked: a corrupted map would give wrong colocalisation silently.
+        job = "baseline" if model == "baseline" else "evaluate"
+        maps = load_npy(d / "maps-test.npy", what_to_do=f"Delete {d / 'maps*'} and run the {job} job of "
+                        f"{model}/{variant} fold {fold} again.").astype(np.float32)
         dice = pd.read_csv(d / "eval-dice.csv")
         thr = dice[dice["rule"] == rule].set_index("subject")["threshold"]
         for i, subject in enumerate(prepared.patient_ids()):

@@ -17,6 +17,7 @@ from matplotlib.figure import Figure
 
 from dmrilib._atomic import atomic_path
 from dmrilib.config import Profile
+from dmrilib.integrity import load_npy
 
 __all__ = ["render_all", "FIGURES", "qualitative_cases"]
 
@@ -57,14 +58,24 @@ class _Results:
         self.dice = pd.read_csv(tables / "dice_all.csv")
         self.auroc = pd.read_csv(tables / "auroc_all.csv")
         self.patients = self.prepared.patient_ids()
-        self._maps: dict[tuple[str, str], np.ndarray] = {}
+        self._maps: dict[tuple[str, str, int], np.ndarray] = {}
 
     def maps(self, model: str, variant: str, fold: int | None = None) -> np.ndarray:
+        """The stored test maps of a run, float32; sha256 sidecar and finiteness checked.
+
+        Raises
+        ------
+        dmrilib.integrity.IntegrityError
+            If ``maps-test.npy`` has no sidecar, does not match it or holds NaN/inf.
+        """
         fold = self.profile.folds[0] if fold is None else fold
         key = (model, variant, fold)
         if key not in self._maps:
-            path = self.root / "runs" / model / variant / f"fold-{fold}" / "maps-test.npy"
-            self._maps[key] = np.load(path).astype(np.float32)
+            run = self.root / "runs" / model / variant / f"fold-{fold}"
+            self._maps[key] = load_npy(run / "maps-test.npy", what_to_do=(
+                f"Delete {run / 'maps*'} and run the {'baseline' if model == 'baseline' else 'evaluate'} job of "
+                f"{model}/{variant} fold {fold} again."
+            )).astype(np.float32)
         return self._maps[key]
 
     def arrays(self, name: str, ids: list[str]) -> np.ndarray:

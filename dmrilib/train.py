@@ -482,13 +482,9 @@ def train_run(volumes: np.ndarray, brain_masks: np.ndarray, subject_ids: Sequenc
     acquisition = _plain(dict(acquisition)) if acquisition is not None else None
     start_epoch, best_loss, best_epoch, rows, wall = 0, math.inf, -1, [], 0.0
     if last_path.exists():
-        payload = torch.load(last_path, map_location=device, weights_only=True)
-        _verify_payload(last_path, payload)  # a corrupted resume point would silently continue from bad weights
-        if payload.get("config_hash") != chash:
-            raise CheckpointMismatchError(
-                f"{last_path}: belongs to config hash {payload.get('config_hash')}, this run has {chash}. "
-                "Delete the folder to retrain, or use another out_dir."
-            )
+        # The checked reader: a corrupted resume point would silently continue from bad weights.
+        payload = read_checkpoint(last_path, expected_format=_CHECKPOINT_FORMAT, expected_hash=chash,
+                                  map_location=device, trainer="train_run")
         net.load_state_dict(payload["state_dict"])
         optimizer.load_state_dict(payload["optimizer"])
         scheduler.load_state_dict(payload["scheduler"])

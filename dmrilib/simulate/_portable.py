@@ -46,8 +46,9 @@ _COS_COEF = tuple((-1.0) ** n / float(np.prod(np.arange(1, 2 * n + 1, dtype=floa
 
 
 def _horner(coef: tuple[float, ...], z: np.ndarray) -> np.ndarray:
-    p = np.full_like(z, coef[0])
-    for c in coef[1:]:
+    p = z * coef[0]
+    p += coef[1]
+    for c in coef[2:]:
         p *= z
         p += c
     return p
@@ -83,14 +84,15 @@ def _exp64(x: np.ndarray) -> np.ndarray:
 
 
 def _reduce_half_pi(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    if x.size and not np.all(np.abs(x[np.isfinite(x)]) < _TRIG_MAX):
-        raise ValueError(f"sin/cos argument beyond {_TRIG_MAX:.3g} rad: the range reduction would lose accuracy.")
+    """``x = k pi/2 + r`` with ``|r| <= pi/4``; returns ``r`` and the quadrant ``k mod 4``."""
     k = np.rint(x * _TWO_OVER_PI)
+    if k.size and not np.abs(k).max() < _TRIG_MAX / (np.pi / 2):  # also refuses NaN
+        raise ValueError(f"sin/cos argument NaN or beyond {_TRIG_MAX:.3g} rad: the range reduction would lose "
+                         "accuracy.")
     r = x - k * _PIO2_1
     r -= k * _PIO2_2
     r -= k * _PIO2_3
-    quadrant = np.mod(k, 4.0).astype(np.int8)
-    return r, quadrant
+    return r, k.astype(np.int64) & 3
 
 
 def _sin_cos_r(r: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -98,16 +100,26 @@ def _sin_cos_r(r: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return r * _horner(_SIN_COEF, z), _horner(_COS_COEF, z)
 
 
+def _quadrant(q: np.ndarray, first: np.ndarray, second: np.ndarray, negate: np.ndarray) -> np.ndarray:
+    # Both polynomials for every element: picking the elements that need
+    # each one (boolean gather and scatter) was slower.
+    out = np.where(q & 1, second, first)
+    np.negative(out, out=out, where=negate)
+    return out
+
+
 def _sin64(x: np.ndarray) -> np.ndarray:
+    # quadrant 0: sin r, 1: cos r, 2: -sin r, 3: -cos r
     r, q = _reduce_half_pi(x)
     s, c = _sin_cos_r(r)
-    return np.select([q == 0, q == 1, q == 2], [s, c, -s], -c)
+    return _quadrant(q, s, c, q >= 2)
 
 
 def _cos64(x: np.ndarray) -> np.ndarray:
+    # quadrant 0: cos r, 1: -sin r, 2: -cos r, 3: sin r
     r, q = _reduce_half_pi(x)
     s, c = _sin_cos_r(r)
-    return np.select([q == 0, q == 1, q == 2], [c, -s, -c], s)
+    return _quadrant(q, c, s, (q == 1) | (q == 2))
 
 
 def _cbrt64(x: np.ndarray) -> np.ndarray:

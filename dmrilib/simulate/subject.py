@@ -94,8 +94,7 @@ class EpiDistortion:
         """Gradient (mm/mm) with respect to head mm at ``(..., 3)``; returns ``(..., 3)`` float32."""
         flat = head.reshape(-1, 3).astype(np.float32)
         bg = self.background
-        arg = pmath.affine_apply(flat, bg.freqs.astype(np.float32), bg.phases.astype(np.float32))
-        out = -pmath.matmul(pmath.sin(arg) * bg.amps[:, 0].astype(np.float32), bg.freqs.astype(np.float32))
+        out = -bg.wave_sum(flat, pmath.sin, bg.freqs, scale=bg.amps[:, 0])
         for c, w, a in zip(self.centres.astype(np.float32), self.widths, self.amps):
             diff = flat - c
             bump = np.float32(a) * pmath.exp((diff**2).sum(axis=1) * np.float32(-0.5 / w**2))

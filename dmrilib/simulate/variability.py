@@ -27,10 +27,37 @@ class SmoothField:
 
     def __call__(self, points: np.ndarray) -> np.ndarray:
         """Evaluate at points (..., 3) mm; returns (..., C) float32."""
-        flat = points.reshape(-1, 3).astype(np.float32)
-        arg = pmath.affine_apply(flat, self.freqs.astype(np.float32), self.phases.astype(np.float32))
-        out = pmath.matmul(pmath.cos(arg), self.amps.astype(np.float32))
+        out = self.wave_sum(points, pmath.cos, self.amps)
         return out.reshape(points.shape[:-1] + (self.amps.shape[1],))
+
+    def wave_sum(self, points: np.ndarray, fn, weights: np.ndarray, scale: np.ndarray | None = None) -> np.ndarray:
+        """``sum_k (fn(w_k . x + phi_k) [* scale_k]) * weights[k]`` at points (..., 3); (N, M) float32.
+
+        Float32 throughout, one wave at a time in order k = 0..K-1, so the
+        bits do not depend on the CPU (see :mod:`dmrilib.simulate._portable`)
+        and the point arrays stay contiguous (a (N, K) table of phases read
+        column by column was most of the simulator's time).
+        """
+        coords = points.reshape(-1, 3).astype(np.float32).T.copy()
+        freqs = self.freqs.astype(np.float32)
+        phases = self.phases.astype(np.float32)
+        weights = np.asarray(weights, dtype=np.float32)
+        scale = None if scale is None else np.asarray(scale, dtype=np.float32)
+        out = np.empty((weights.shape[1], coords.shape[1]), dtype=np.float32)
+        for k in range(freqs.shape[0]):
+            arg = coords[0] * freqs[k, 0]
+            arg += coords[1] * freqs[k, 1]
+            arg += coords[2] * freqs[k, 2]
+            arg += phases[k]
+            wave = fn(arg)
+            if scale is not None:
+                wave *= scale[k]
+            for m in range(weights.shape[1]):
+                if k == 0:
+                    np.multiply(wave, weights[k, m], out=out[m])
+                else:
+                    out[m] += wave * weights[k, m]
+        return out.T
 
     @property
     def lipschitz(self) -> float:

@@ -83,14 +83,15 @@ def _compare(ref: Path, other: Path) -> dict[str, float]:
     }
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--profile", default="quick")
     parser.add_argument("--runs", nargs="+", default=["dae:lsd128-sigmoid", "recdisc:mix-mix-half"])
     parser.add_argument("--settings", nargs="+", default=["native", "avx2", "avx", "native-1t"], choices=sorted(SETTINGS))
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", default=None, help="work folder (default: a temp folder)")
-    args = parser.parse_args()
+    parser.add_argument("--json", default=None, help="also write the rows to this JSON file")
+    args = parser.parse_args(argv)
 
     from dmrilib.config import load_profile, provenance
     from dmrilib.pipeline import run_cohort
@@ -110,6 +111,7 @@ def main() -> None:
                 link.symlink_to(base / args.profile / name)
 
     timings: dict[tuple[str, str], float] = {}
+    rows = []
     for run in args.runs:
         model, variant = run.split(":")
         for setting in args.settings:
@@ -128,8 +130,11 @@ def main() -> None:
         for setting in args.settings:
             d = _compare(ref, _run_dir(work / setting, args.profile, model, variant))
             t = timings[run, setting]
+            rows.append({"run": run, "setting": setting, "train_s": t, **d})
             print(f"{setting:8s} {t:8.1f} {t / timings[run, args.settings[0]]:6.2f} {d['weights_max_rel']:11.2e} "
                   f"{d['maps_rel_l2']:12.2e} {d['auroc']:7.4f} {d['auroc'] - d['auroc_ref']:+8.4f}")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"cpu": provenance()["cpu"], "rows": rows}, indent=1))
     print(f"\nwork folder: {work}")
 
 

@@ -33,8 +33,18 @@ def smoke_build(tmp_path_factory):
         ["make", "--no-print-directory", "book", "PROFILE=smoke", f"RESULTS={results}", f"BOOK_OUT={book_out}"],
         cwd=ROOT, capture_output=True, text=True, timeout=1500, env=env,
     )
+    (work / "make-book.log").write_text(proc.stdout + proc.stderr)
     assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-6000:]
     return results / "smoke", book_out / "_build" / "html"
+
+
+def test_make_book_prints_no_kernel_transport_warnings(smoke_build):
+    # ipykernel warned "Kernel is running over TCP without encryption" once per
+    # workflow job and book page (61 lines in a quick build).
+    root, _ = smoke_build
+    log = (root.parent.parent / "make-book.log").read_text()
+    assert "without encryption" not in log
+    assert "steps (100%) done" in log
 
 
 def test_every_job_wrote_its_notebook_and_provenance(smoke_build):

@@ -65,6 +65,11 @@ else
   # pandas etc. at import (seconds per process, 55 processes per quick book).
   VIRTUAL_ENV="$PWD/$VENV" "$VENV/bin/uv" pip install -q --compile-bytecode -c "$constraints" -e ".[dev]"
   "$VENV/bin/python" -m pip check
+  # Kernels of this environment (workflow jobs, the book's pages) log at
+  # ERROR: ipykernel's "Kernel is running over TCP without encryption"
+  # warning was printed once per job and page (local kernels, loopback only).
+  mkdir -p "$VENV/etc/ipython"
+  echo 'c.IPKernelApp.log_level = "ERROR"' > "$VENV/etc/ipython/ipython_kernel_config.py"
   echo "$want" > "$STAMP"
 fi
 

@@ -7,14 +7,23 @@ through :mod:`dmrilib.published` and are labelled as the paper's.
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
 from dmrilib.config import Profile, load_profile
-from dmrilib.published import DAE_INDEX, RECDISC_INDEX, paper_table
+from dmrilib.published import DAE_INDEX, FOLLOWUP_MISMATCHES, RECDISC_INDEX, paper_table
+
+if TYPE_CHECKING:
+    from pandas.io.formats.style import Styler
+
+    from dmrilib.metrics import EvalConfig
 
 __all__ = [
     "BookContext",
@@ -24,6 +33,12 @@ __all__ = [
     "fmt_ci",
     "comparison_auroc",
     "comparison_dice",
+    "style_table",
+    "style_scorecard",
+    "findings_scorecard",
+    "opening_limits",
+    "SCORECARD_COLUMNS",
+    "VERDICTS",
     "MODEL_NAMES",
     "RULE_NAMES",
 ]
@@ -61,6 +76,12 @@ class BookContext:
             return pd.read_csv(path)
         except pd.errors.EmptyDataError:
             return pd.DataFrame()
+
+    def tables(self) -> dict[str, pd.DataFrame]:
+        """Every table of the build (:func:`dmrilib.pipeline.load_tables`), by name."""
+        from dmrilib.pipeline import load_tables
+
+        return load_tables(self.profile, self.root.parent)
 
     def json(self, relpath: str) -> dict:
         return json.loads((self.root / relpath).read_text())
@@ -187,3 +208,376 @@ def comparison_dice(ours: pd.DataFrame, table: str) -> pd.DataFrame:
             "Δ Dice post (ours − paper)": None if o is None else round(o["dice_post_mean"] - p["dice_post_mean"], 3),
         })
     return pd.DataFrame(rows)
+
+
+def style_table(df: pd.DataFrame, *, wrap: Iterable[str] = (), precision: int = 3) -> "Styler":
+    """A table as the book shows it: no index column, ``precision`` digits, blanks for NaN.
+
+    Value cells never break inside a value (``book/_static/tables.css`` sets
+    ``white-space: nowrap`` on table cells and lets a wide table scroll
+    sideways); the columns named in ``wrap`` hold prose and wrap at word
+    boundaries instead, within a readable width.
+    """
+    styler = df.style.hide(axis="index").format(precision=precision, na_rep="")
+    prose = [c for c in wrap if c in df.columns]
+    if prose:
+        styler = styler.set_properties(subset=prose, **{"white-space": "normal", "min-width": "14em",
+                                                        "max-width": "32em"})
+    return styler
+
+
+#: Background of each verdict in :func:`style_scorecard` (light, so the text stays readable).
+_VERDICT_COLOURS = {"holds": "#dff0d8", "does not hold": "#f2dede", "inconclusive": "#fcf8e3",
+                    "not testable": "#eeeeee"}
+
+
+def style_scorecard(card: pd.DataFrame) -> "Styler":
+    """:func:`findings_scorecard` as the book shows it: prose columns wrap, verdicts tinted."""
+    return style_table(card, wrap=["claim", "paper", "this build", "note"]).map(
+        lambda v: f"background-color: {_VERDICT_COLOURS[v]}" if v in _VERDICT_COLOURS else "",
+        subset=["verdict"])
+
+
+# --------------------------------------------------------------------------- findings scorecard
+
+#: Columns of :func:`findings_scorecard`.
+SCORECARD_COLUMNS = ("claim", "paper", "this build", "verdict", "note")
+#: Verdicts of :func:`findings_scorecard`: the first three from intervals over
+#: patients, the last where the build cannot test the claim.
+VERDICTS = ("holds", "does not hold", "inconclusive", "not testable")
+
+_LSD_RE = re.compile(r"^lsd(?P<lsd>\d+)-(?P<activation>linear|sigmoid)$")
+_PAIR_RE = re.compile(r"^(?P<pair>[a-z]+-[a-z]+)-(?P<mean>full|half)$")
+#: The paper's Tables 3-6, whose rows are the best configuration of each model under one rule.
+_DICE_TABLES = ("table3", "table4", "table5", "table6")
+
+
+@dataclass(frozen=True)
+class _Estimate:
+    """A mean with its bootstrap interval over patients."""
+
+    mean: float
+    low: float
+    high: float
+
+    @property
+    def missing(self) -> bool:
+        return any(pd.isna(v) for v in (self.mean, self.low, self.high))
+
+    def __str__(self) -> str:
+        # no-break spaces: a table cell may wrap between estimates, never inside one
+        return "" if self.missing else f"{self.mean:.3f}\u00a0[{self.low:.3f},\u00a0{self.high:.3f}]"
+
+
+def _estimate(row: Mapping, prefix: str) -> _Estimate:
+    """From a table row with ``<prefix>_mean`` (or ``<prefix>``), ``ci_low``/``ci_high`` columns."""
+    if f"{prefix}_ci_low" in row:
+        return _Estimate(row[f"{prefix}_mean"], row[f"{prefix}_ci_low"], row[f"{prefix}_ci_high"])
+    return _Estimate(row[f"{prefix}_mean"], row["ci_low"], row["ci_high"])
+
+
+def _order(a: _Estimate, b: _Estimate, level: str) -> tuple[str, str]:
+    """Verdict on "a above b": intervals apart decide, overlapping ones do not."""
+    if a.missing or b.missing:
+        return "not testable", "no interval: too few patients"
+    if a.low > b.high:
+        return "holds", ""
+    if a.high < b.low:
+        return "does not hold", ""
+    side = ("in the paper's direction" if a.mean > b.mean
+            else "against it" if a.mean < b.mean else "equal")
+    return "inconclusive", f"{level} intervals overlap (means {side})"
+
+
+def _above(a: _Estimate, value: float, level: str) -> tuple[str, str]:
+    """Verdict on "a above value"."""
+    if a.missing:
+        return "not testable", "no interval: too few patients"
+    if a.low > value:
+        return "holds", ""
+    if a.high < value:
+        return "does not hold", ""
+    return "inconclusive", f"the {level} interval contains {value:g}"
+
+
+def opening_limits(voxel_mm: float, opening_size: int) -> dict[str, str]:
+    """What a cubic opening of ``opening_size`` voxels of ``voxel_mm`` mm removes from the simulated lesions.
+
+    The opening keeps a flagged voxel only inside a whole ``n^3`` block of
+    flagged voxels (``n = opening_size``). Wherever a ball lies on the grid,
+    it holds such a block only when its diameter is at least the diagonal of
+    a cube of side ``n * voxel_mm``; a rim holds one only when it is at least
+    ``n * voxel_mm`` thick. So once that diagonal exceeds the nominal
+    diameter of the small simulated lesions
+    (:data:`dmrilib.simulate.lesion.SIZE_RADII_MM`), the opening can remove a
+    small lesion however well it is detected, and once the side exceeds the
+    thinnest infiltration margin (:data:`~dmrilib.simulate.lesion.GRADE_PARAMS`),
+    a flagged region outside the lesion survives only where attached to it.
+
+    Returns
+    -------
+    dict
+        ``"lesion"`` and/or ``"margin"`` -> a sentence saying why; empty on a
+        grid fine enough (the paper's 3^3 at 2.4 mm: 12.5 mm diagonal, 20 mm
+        small lesions), and empty when the opening is off (``opening_size`` 0 or 1).
+    """
+    from dmrilib.simulate.lesion import GRADE_PARAMS, SIZE_RADII_MM
+
+    if opening_size <= 1:
+        return {}
+    side = opening_size * float(voxel_mm)
+    diagonal = side * math.sqrt(3.0)
+    small = 2.0 * min(SIZE_RADII_MM.values())
+    margin = min(p["infiltration_mm"] for p in GRADE_PARAMS.values())
+    element = f"a {opening_size}³ opening at {voxel_mm:g} mm ({side:.1f} mm cube)"
+    out = {}
+    if diagonal > small:
+        out["lesion"] = (f"{element} can remove small lesions even when detected perfectly: depending on where one "
+                         f"lies on the grid, a ball of their nominal diameter ({small:g} mm) need not hold a whole "
+                         f"{opening_size}³ block of voxels (that takes the cube's diagonal, {diagonal:.1f} mm)")
+    if side > margin:
+        out["margin"] = (f"{element} is wider than the thinnest simulated infiltration margin ({margin:g} mm): "
+                         "a flagged region outside the lesion survives it only where attached to the lesion")
+    return out
+
+
+def _row(claim: str, paper: str, build: str, verdict: str, note: str = "") -> dict[str, str]:
+    return dict(zip(SCORECARD_COLUMNS, (claim, paper, build, verdict, note)))
+
+
+def _untestable(row: dict[str, str], reason: str) -> dict[str, str]:
+    """The same comparison, marked as one this build cannot test, with what it measured."""
+    measured = {"holds": "measured in the paper's direction", "does not hold": "measured against it",
+                "inconclusive": "measured: inconclusive", "not testable": ""}[row["verdict"]]
+    return {**row, "verdict": "not testable", "note": "; ".join(n for n in (reason, measured) if n)}
+
+
+def _table(tables: Mapping[str, pd.DataFrame], name: str) -> pd.DataFrame:
+    t = tables.get(name)
+    return t if t is not None else pd.DataFrame()
+
+
+def _claim_auroc_order(tables, level) -> list[dict]:
+    claim = "1. DAE AUROC above RecDiscNet's (best configuration of each)"
+    t1, t2 = _table(tables, "table1"), _table(tables, "table2")
+    p1, p2 = paper_table("table1"), paper_table("table2")
+    pb1, pb2 = p1.loc[p1["auroc_mean"].idxmax()], p2.loc[p2["auroc_mean"].idxmax()]
+    paper = f"{pb1['variant']}\u00a0{pb1['auroc_mean']:.3f} vs {pb2['variant']}\u00a0{pb2['auroc_mean']:.3f}"
+    if t1.empty or t2.empty:
+        return [_row(claim, paper, "", "not testable", "no AUROC table of one of the models")]
+    b1, b2 = t1.loc[t1["auroc_mean"].idxmax()], t2.loc[t2["auroc_mean"].idxmax()]
+    a, b = _estimate(b1, "auroc"), _estimate(b2, "auroc")
+    verdict, note = _order(a, b, level)
+    wording = "the paper: RecDiscNet's AUC is 'lower compared to top performing' DAE models (Table 2)"
+    return [_row(claim, paper, f"{b1['variant']}\u00a0{a} vs {b2['variant']}\u00a0{b}", verdict,
+                 "; ".join(n for n in (note, wording) if n))]
+
+
+def _claim_pairs(tables, level, *, model: str) -> list[dict]:
+    """Claims 2 (sigmoid above linear per latent size) and 3 (half above full per disturbance)."""
+    if model == "dae":
+        name, pattern, key, better, worse = "table1", _LSD_RE, "lsd", "sigmoid", "linear"
+        title, each = "2. DAE: sigmoid above linear output", "LSD {}"
+        what = "latent size with both output activations"
+    else:
+        name, pattern, key, better, worse = "table2", _PAIR_RE, "pair", "half", "full"
+        title, each = "3. RecDiscNet: half above full disturbance mean", "{}"
+        what = "distribution/appearance pair with both means"
+    part = "activation" if model == "dae" else "mean"
+
+    def by_key(t: pd.DataFrame) -> dict[str, dict[str, Mapping]]:
+        out: dict[str, dict[str, Mapping]] = {}
+        for _, r in t.iterrows():
+            m = pattern.match(str(r["variant"]))
+            if m:
+                out.setdefault(m[key], {})[m[part]] = r
+        return out
+
+    ours = by_key(_table(tables, name))
+    paper = by_key(paper_table(name))
+    keys = [k for k in ours if better in ours[k] and worse in ours[k]]
+    keys.sort(key=lambda k: (int(k), k) if k.isdigit() else (0, k))
+    if not keys:
+        ran = ", ".join(sorted(str(r["variant"]) for v in ours.values() for r in v.values())) or "none"
+        return [_row(title, "", "", "not testable",
+                     f"this profile runs no {what} (it runs: {ran})")]
+    rows = []
+    for k in keys:
+        a, b = _estimate(ours[k][better], "auroc"), _estimate(ours[k][worse], "auroc")
+        p = paper.get(k, {})
+        paper_text = (f"{p[better]['auroc_mean']:.3f} vs {p[worse]['auroc_mean']:.3f}"
+                      if better in p and worse in p else "")
+        rows.append(_row(f"{title}, {each.format(k)}", paper_text, f"{a} vs {b}", *_order(a, b, level)))
+    return rows
+
+
+def _best_rows(t: pd.DataFrame) -> dict[str, Mapping]:
+    return {str(r["model"]): r for _, r in t.iterrows()} if len(t) else {}
+
+
+def _claim_dice_order(tables, level, limits) -> list[dict]:
+    rows = []
+    for name in _DICE_TABLES:
+        paper = _best_rows(paper_table(name))
+        rule = RULE_NAMES.get(paper["dae"]["rule"], paper["dae"]["rule"])
+        ours = _best_rows(_table(tables, name))
+        for col, when in (("dice", "before the opening"), ("dice_post", "after the opening")):
+            claim = f"4. RecDiscNet Dice above DAE's, {rule}, {when}"
+            paper_text = f"{paper['recdisc'][col + '_mean']:.3f} vs {paper['dae'][col + '_mean']:.3f}"
+            if "dae" not in ours or "recdisc" not in ours:
+                rows.append(_row(claim, paper_text, "", "not testable", f"no {name} row of one of the models"))
+                continue
+            a, b = _estimate(ours["recdisc"], col), _estimate(ours["dae"], col)
+            row = _row(claim, paper_text, f"{a} vs {b}", *_order(a, b, level))
+            if col == "dice_post" and "lesion" in limits:
+                row = _untestable(row, limits["lesion"])
+            rows.append(row)
+    return rows
+
+
+def _gain(tables, model: str, variant: str, rule: str, config: "EvalConfig") -> _Estimate:
+    """Mean Dice gain of the opening (``dice_post - dice``) with its bootstrap interval over patients."""
+    from dmrilib import metrics
+
+    d = _table(tables, "dice_all")
+    if d.empty:
+        return _Estimate(math.nan, math.nan, math.nan)
+    g = d[(d["model"] == model) & (d["variant"] == variant) & (d["rule"] == rule)]
+    g = g.assign(gain=g["dice_post"] - g["dice"])
+    s = metrics.summarise(g, [], ["gain"], config).iloc[0]
+    return _Estimate(s["mean"], s["ci_low"], s["ci_high"])
+
+
+def _claim_opening(tables, level, limits, config: "EvalConfig") -> list[dict]:
+    rows = []
+    for name in _DICE_TABLES:
+        paper = _best_rows(paper_table(name))
+        rule_id = paper["dae"]["rule"]
+        claim = f"5. The opening helps the DAE much more than RecDiscNet, {RULE_NAMES.get(rule_id, rule_id)}"
+        gain = {m: paper[m]["dice_post_mean"] - paper[m]["dice_mean"] for m in ("dae", "recdisc")}
+        paper_text = f"gain {gain['dae']:+.3f} vs {gain['recdisc']:+.3f}"
+        ours = _best_rows(_table(tables, name))
+        if config.opening_size <= 1:
+            rows.append(_row(claim, paper_text, "", "not testable",
+                             "this profile switches the opening off (evaluate.opening_size)"))
+            continue
+        if "dae" not in ours or "recdisc" not in ours or _table(tables, "dice_all").empty:
+            rows.append(_row(claim, paper_text, "", "not testable", f"no per-patient Dice of {name}'s rows"))
+            continue
+        a, b = (_gain(tables, m, ours[m]["variant"], rule_id, config) for m in ("dae", "recdisc"))
+        verdict, note = _order(a, b, level)
+        row = _row(claim, paper_text, f"gain {a} vs {b}", verdict,
+                   "; ".join(n for n in (note, "'much more': the DAE's interval lies above RecDiscNet's") if n))
+        if "lesion" in limits:
+            row = _untestable(row, limits["lesion"])
+        rows.append(row)
+    return rows
+
+
+def _claim_followup(tables, level, limits, config: "EvalConfig") -> list[dict]:
+    from dmrilib import metrics
+
+    p = FOLLOWUP_MISMATCHES
+    claims = {
+        "most": ("6. Follow-up mismatches in most WHO IV patients",
+                 f"{p['IV']['mismatch']} / {p['IV']['patients']}"),
+        "IV>III": ("6. Follow-up mismatches more frequent in WHO IV than III",
+                   f"{p['IV']['mismatch'] / p['IV']['patients']:.3f} vs {p['III']['mismatch'] / p['III']['patients']:.3f}"),
+        "III>II": ("6. Follow-up mismatches more frequent in WHO III than II",
+                   f"{p['III']['mismatch'] / p['III']['patients']:.3f} vs {p['II']['mismatch'] / p['II']['patients']:.3f}"),
+        "none": ("6. No follow-up mismatch in WHO II", f"{p['II']['mismatch']} / {p['II']['patients']}"),
+    }
+    fu = _table(tables, "followup")
+    if fu.empty or "grade" not in fu or "mismatch" not in fu:
+        return [_row(c, pt, "", "not testable", "no patient with a follow-up in this build")
+                for c, pt in claims.values()]
+    fu = fu.assign(grade=fu["grade"].astype(str), rate=fu["mismatch"].astype(float))
+    s = metrics.summarise(fu, ["grade"], ["rate"], config).set_index("grade")
+    per_patient = fu.groupby(["grade", "subject"])["rate"].max()
+
+    def est(g: str) -> _Estimate:
+        return _Estimate(*s.loc[g, ["mean", "ci_low", "ci_high"]]) if g in s.index else _Estimate(*[math.nan] * 3)
+
+    def count(g: str) -> str:
+        if g not in s.index:
+            return f"no WHO {g} patient"
+        pp = per_patient.loc[g]
+        return f"{int((pp > 0).sum())} / {len(pp)}"
+
+    rows = []
+    claim, paper_text = claims["most"]
+    verdict, note = _above(est("IV"), 0.5, level) if "IV" in s.index else ("not testable", "no WHO IV patient")
+    rows.append(_row(claim, paper_text, f"{count('IV')}: {est('IV')}", verdict,
+                     "; ".join(n for n in (note, "'most': the rate's interval lies above 0.5") if n)))
+    for key, (hi, lo) in (("IV>III", ("IV", "III")), ("III>II", ("III", "II"))):
+        claim, paper_text = claims[key]
+        missing = [g for g in (hi, lo) if g not in s.index]
+        verdict, note = (("not testable", f"no WHO {' or '.join(missing)} patient") if missing
+                         else _order(est(hi), est(lo), level))
+        rows.append(_row(claim, paper_text, f"{est(hi)} vs {est(lo)}", verdict, note))
+    claim, paper_text = claims["none"]
+    if "II" not in s.index:
+        rows.append(_row(claim, paper_text, count("II"), "not testable", "no WHO II patient with a follow-up"))
+    else:
+        rows.append(_row(claim, paper_text, count("II"),
+                         "holds" if (per_patient.loc["II"] == 0).all() else "does not hold"))
+    if "margin" in limits:
+        rows = [_untestable(r, limits["margin"]) for r in rows]
+    return rows
+
+
+def findings_scorecard(tables: Mapping[str, pd.DataFrame], *, voxel_mm: float | None = None,
+                       config: "EvalConfig | None" = None) -> pd.DataFrame:
+    """Each qualitative claim of the paper as a test on this build's tables.
+
+    Parameters
+    ----------
+    tables : mapping of str to DataFrame
+        The build's tables (:func:`dmrilib.pipeline.load_tables`): ``table1``
+        to ``table6``, ``dice_all`` and ``followup`` are read; a missing one
+        makes its claims "not testable".
+    voxel_mm : float, optional
+        Voxel size of the network grid (the profile's ``cohort.voxel_size``).
+        Claims that rest on the opening are "not testable" where it exceeds
+        what the opening leaves of the simulated lesions (:func:`opening_limits`);
+        None skips that check.
+    config : EvalConfig, optional
+        The profile's ``evaluate`` section: ``opening_size``, ``ci`` and the
+        bootstrap settings of the intervals computed here (claims 5 and 6).
+
+    Returns
+    -------
+    DataFrame
+        Columns :data:`SCORECARD_COLUMNS`, one row per comparison:
+        ``claim`` (numbered as below), ``paper`` (the paper's numbers, from
+        :mod:`dmrilib.published`), ``this build`` (means with bootstrap
+        intervals over patients), ``verdict`` (one of :data:`VERDICTS`) and
+        ``note``. "A above B" *holds* when A's interval lies above B's, *does
+        not hold* when it lies below, and is *inconclusive* when they overlap.
+
+        1. DAE AUROC above RecDiscNet's, best configuration of each (the
+           paper: RecDiscNet's AUC "is lower compared to top performing"
+           DAE models).
+        2. Sigmoid above linear DAE output, per latent size run with both.
+        3. Half above full disturbance mean for RecDiscNet, per distribution
+           and appearance run with both.
+        4. RecDiscNet Dice above the DAE's under each rule of Tables 3-6,
+           before and after the opening.
+        5. The opening's Dice gain of the DAE above RecDiscNet's, per rule.
+        6. Follow-up mismatches (best DAE) in most WHO IV patients, more
+           frequent in IV than III and in III than II, none in II.
+    """
+    from dmrilib.metrics import EvalConfig
+
+    config = config or EvalConfig()
+    level = f"{config.ci:.0%}"
+    limits = opening_limits(voxel_mm, config.opening_size) if voxel_mm is not None else {}
+    rows = [
+        *_claim_auroc_order(tables, level),
+        *_claim_pairs(tables, level, model="dae"),
+        *_claim_pairs(tables, level, model="recdisc"),
+        *_claim_dice_order(tables, level, limits),
+        *_claim_opening(tables, level, limits, config),
+        *_claim_followup(tables, level, limits, config),
+    ]
+    return pd.DataFrame(rows, columns=list(SCORECARD_COLUMNS))

@@ -7,11 +7,15 @@ independent of the models that produced the maps.
 Conventions
 -----------
 * A voxel is flagged when ``score >= threshold`` (every rule, every function).
-* Detection metrics and Dice are computed inside the evaluation ``mask`` (the
-  paper's white + grey matter region, lesion voxels included).
+* Detection metrics and Dice are computed inside the evaluation ``mask``.
 * Otsu, the pooled-maximum rule and the binary map that is post-processed use
-  the *brain* region (``brain_mask``, which defaults to ``mask``); the map is
+  the rule region (``brain_mask``, which defaults to ``mask``); the map is
   taken as zero outside it.
+* Which voxels these are is ``EvalConfig.threshold_region``
+  (:func:`evaluation_regions`): the authors' code scores everything inside the
+  brain mask eroded by a 3x3x3 cube without CSF (``eroded_brain_no_csf``, the
+  default); ``brain`` applies the rules on the whole brain (CSF included) and
+  scores inside white + grey matter; ``wmgm`` uses white + grey matter for both.
 * Post-processing is a morphological opening with a cubic element (paper:
   3x3x3), optionally followed by removing connected components smaller than
   ``min_component_size`` voxels (26-connectivity).
@@ -21,14 +25,24 @@ Conventions
 Threshold rules (:data:`THRESHOLD_RULES`)
 -----------------------------------------
 ``fixed``         per-model constant (paper: DAE 0.3, RecDiscNet 0.5)
-``otsu``          Otsu's method (256-bin histogram) on the brain-masked map
-``pool_max``      maximum of the mean-pooled map (cube of ``pool_size`` voxels)
+``otsu``          Otsu's method (256-bin histogram) on the map inside the rule region
+``pool_max``      maximum of the mean-pooled map (cube of ``pool_size`` voxels,
+                  non-overlapping blocks or a sliding window: ``pool_stride``)
 ``youden``        maximum of TPR - FPR on the ROC (supervised)
 ``dice_optimal``  maximum of the unprocessed Dice (supervised, oracle)
 
 and, beyond the paper, ``healthy_fpr_<percent>`` rows (e.g. ``healthy_fpr_05``)
 from thresholds that flag a fraction of the validation healthy subjects' voxels
 (:func:`healthy_fpr_thresholds`): unsupervised and free of test-label leakage.
+
+Tables (:func:`summarise` and everything built on it) report a mean and an SD
+per group as set by ``EvalConfig.aggregate``: ``per_fold`` (the authors' code)
+takes the patients' mean and population SD within each fold and averages both
+over folds; ``pooled`` takes mean and sample SD over all patient x fold rows.
+
+``EvalConfig.fidelity`` (``code`` or ``paper``) sets the defaults of
+``threshold_region``, ``pool_stride`` and ``aggregate`` (:data:`FIDELITY_DEFAULTS`);
+a key given explicitly wins.
 """
 from __future__ import annotations
 
@@ -38,7 +52,7 @@ import re
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Literal, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -49,6 +63,9 @@ from dmrilib._atomic import atomic_path
 
 __all__ = [
     "EvalConfig",
+    "FIDELITY_DEFAULTS",
+    "THRESHOLD_REGIONS",
+    "evaluation_regions",
     "Threshold",
     "ThresholdRule",
     "THRESHOLD_RULES",
@@ -76,6 +93,19 @@ __all__ = [
 
 _DEFAULT_FIXED = {"dae": 0.3, "recdisc": 0.5, "normative": 3.0}
 
+#: Values of ``EvalConfig.threshold_region`` (see :func:`evaluation_regions`).
+THRESHOLD_REGIONS = ("eroded_brain_no_csf", "wmgm", "brain")
+
+#: Defaults of the per-difference keys of :class:`EvalConfig` for each
+#: ``fidelity``. ``code``: what the authors' repository does
+#: (``DataProcessing/quantitative_analysis.py``, ``processing_data.py``);
+#: ``paper``: the article's text, or what this package did before where the
+#: text is silent (region of the rules, aggregation).
+FIDELITY_DEFAULTS: dict[str, dict[str, Any]] = {
+    "code": {"threshold_region": "eroded_brain_no_csf", "pool_stride": "block", "aggregate": "per_fold"},
+    "paper": {"threshold_region": "brain", "pool_stride": 1, "aggregate": "pooled"},
+}
+
 
 # --------------------------------------------------------------------------- config
 
@@ -89,13 +119,30 @@ class EvalConfig:
     fixed_thresholds : mapping of str to float
         Threshold of the ``fixed`` rule per model (paper: DAE 0.3, RecDiscNet
         0.5; ``normative`` is the z-score baseline of :mod:`dmrilib.baselines`).
+    fidelity : {"code", "paper"}
+        Whose protocol sets the defaults of ``threshold_region``,
+        ``pool_stride`` and ``aggregate`` when they are not given
+        (:data:`FIDELITY_DEFAULTS`): the authors' code (default) or the paper's
+        text.
+    threshold_region : {"eroded_brain_no_csf", "wmgm", "brain"}, optional
+        Voxels the threshold rules, the opening and the scores see
+        (:func:`evaluation_regions`). ``eroded_brain_no_csf`` (code): the brain
+        mask eroded by a 3x3x3 cube, CSF removed, for rules and scores alike;
+        ``brain`` (paper): rules on the whole brain incl. CSF, scores inside
+        white + grey matter; ``wmgm``: white + grey matter for both.
     pool_size : int
         Side of the cubic mean-pooling window of the ``pool_max`` rule (paper:
         16 at 2.4 mm; use 8 on a grid with voxels twice as large).
-    pool_stride : int
-        Step between pooling windows: 1 slides the window over every position
-        (the paper's convolution ``I * f``), ``pool_size`` gives
-        non-overlapping blocks.
+    pool_stride : int or "block", optional
+        ``"block"`` (code): non-overlapping blocks, the map zero-padded to a
+        multiple of ``pool_size`` (``skimage.measure.block_reduce``); an
+        integer slides the window with that step, 1 over every position (the
+        paper's convolution ``I * f``).
+    aggregate : {"per_fold", "pooled"}, optional
+        How tables summarise patients and folds (:func:`summarise`):
+        ``per_fold`` (code) averages each fold's patient mean and population
+        SD over folds; ``pooled`` (paper) takes mean and sample SD over all
+        patient x fold rows.
     opening_size : int
         Side of the cubic opening element (paper: 3); 0 or 1 switches it off.
     healthy_fprs : tuple of float
@@ -115,8 +162,11 @@ class EvalConfig:
     """
 
     fixed_thresholds: Mapping[str, float] = field(default_factory=lambda: dict(_DEFAULT_FIXED))
+    fidelity: Literal["code", "paper"] = "code"
+    threshold_region: Literal["eroded_brain_no_csf", "wmgm", "brain"] | None = None
     pool_size: int = 16
-    pool_stride: int = 1
+    pool_stride: int | Literal["block"] | None = None
+    aggregate: Literal["per_fold", "pooled"] | None = None
     opening_size: int = 3
     healthy_fprs: tuple[float, ...] = (0.01, 0.05, 0.10)
     n_bootstrap: int = 1000
@@ -134,10 +184,24 @@ class EvalConfig:
         fixed.update({str(k): float(v) for k, v in dict(self.fixed_thresholds).items()})
         object.__setattr__(self, "fixed_thresholds", fixed)
         object.__setattr__(self, "healthy_fprs", tuple(float(q) for q in self.healthy_fprs))
+        if self.fidelity not in FIDELITY_DEFAULTS:
+            raise ValueError(f"evaluate.fidelity must be one of {sorted(FIDELITY_DEFAULTS)}, got {self.fidelity!r}.")
+        # Resolve the per-difference keys here, so that the fields (and every
+        # config hash of them) hold the values actually used; a key given
+        # explicitly wins over the fidelity's default.
+        for key, default in FIDELITY_DEFAULTS[self.fidelity].items():
+            if getattr(self, key) is None:
+                object.__setattr__(self, key, default)
+        if self.threshold_region not in THRESHOLD_REGIONS:
+            raise ValueError(f"evaluate.threshold_region must be one of {list(THRESHOLD_REGIONS)}, "
+                             f"got {self.threshold_region!r}.")
+        if self.aggregate not in ("per_fold", "pooled"):
+            raise ValueError(f"evaluate.aggregate must be 'per_fold' or 'pooled', got {self.aggregate!r}.")
         if int(self.pool_size) < 1:
             raise ValueError(f"evaluate.pool_size must be >= 1, got {self.pool_size}.")
-        if int(self.pool_stride) < 1:
-            raise ValueError(f"evaluate.pool_stride must be >= 1, got {self.pool_stride}.")
+        stride = self.pool_stride
+        if stride != "block" and (isinstance(stride, bool) or not isinstance(stride, int) or stride < 1):
+            raise ValueError(f"evaluate.pool_stride must be 'block' or an integer >= 1, got {stride!r}.")
         if self.opening_size < 0 or (self.opening_size > 1 and self.opening_size % 2 == 0):
             raise ValueError(
                 f"evaluate.opening_size must be 0/1 (off) or an odd size such as 3, got {self.opening_size}."
@@ -340,6 +404,58 @@ def detection_scores(score_map: ArrayLike, truth: ArrayLike, mask: ArrayLike) ->
     return {"auroc": _auroc(st), "ap": _average_precision(st)}
 
 
+# --------------------------------------------------------------------------- regions
+
+
+def evaluation_regions(brain_mask: ArrayLike, tissue_mask: ArrayLike,
+                       threshold_region: str = "eroded_brain_no_csf") -> tuple[np.ndarray, np.ndarray]:
+    """The evaluation mask and the rule region of one subject.
+
+    Parameters
+    ----------
+    brain_mask : ndarray of bool, shape (X, Y, Z)
+        Brain mask (CSF included).
+    tissue_mask : ndarray of bool, shape (X, Y, Z)
+        White + grey matter, CSF and ventricles out, lesion voxels in (the
+        prepared cohort's ``eval_mask``, BIDS ``desc-wmgm_mask``).
+    threshold_region : {"eroded_brain_no_csf", "wmgm", "brain"}
+        ``eroded_brain_no_csf``: the brain mask eroded by a 3x3x3 cube (voxels
+        outside the array count as background), without CSF, i.e. intersected
+        with ``tissue_mask``; both masks are that region, as in the authors'
+        code (map and lesion zeroed outside it before every rule, the opening
+        and every score). ``brain``: scores inside ``tissue_mask``, rules on
+        the whole ``brain_mask``. ``wmgm``: ``tissue_mask`` for both.
+
+    Returns
+    -------
+    mask, rule_region : ndarray of bool
+        ``mask`` for Dice, AUROC and the healthy-FPR thresholds (``mask`` of
+        :func:`evaluate_map`); ``rule_region`` for Otsu, the pooled maximum
+        and the binary map (its ``brain_mask``).
+
+    Raises
+    ------
+    ValueError
+        Unknown ``threshold_region``, masks of different shapes, or an eroded
+        region without voxels.
+    """
+    brain = np.asarray(brain_mask).astype(bool, copy=False)
+    tissue = np.asarray(tissue_mask).astype(bool, copy=False)
+    if brain.shape != tissue.shape:
+        raise ValueError(f"brain_mask has shape {brain.shape} but tissue_mask has shape {tissue.shape}.")
+    if threshold_region == "brain":
+        return tissue, brain
+    if threshold_region == "wmgm":
+        return tissue, tissue
+    if threshold_region != "eroded_brain_no_csf":
+        raise ValueError(f"threshold_region must be one of {list(THRESHOLD_REGIONS)}, got {threshold_region!r}.")
+    region = ndimage.binary_erosion(brain, structure=np.ones((3,) * brain.ndim, dtype=bool)) & tissue
+    if not region.any():
+        raise ValueError("the brain mask eroded by a 3x3x3 cube holds no white/grey-matter voxel: nothing to "
+                         "evaluate. Check the masks, or set evaluate.threshold_region: wmgm for a grid this coarse.")
+    return region, region
+
+
 # --------------------------------------------------------------------------- binary maps
 
 
@@ -452,24 +568,29 @@ def postprocess(binary: ArrayLike, *, opening_size: int = 3, min_component_size:
     return out
 
 
-def pooled_maximum(score_map: ArrayLike, size: int = 16, stride: int = 1) -> float:
+def pooled_maximum(score_map: ArrayLike, size: int = 16, stride: int | str = 1) -> float:
     """Maximum of the mean-pooled map (the ``pool_max`` threshold).
 
-    Only windows that lie fully inside the array count (no padding); a window
-    larger than the array along an axis is clipped to the array. With
-    ``stride == size`` this is the maximum of
-    ``skimage.measure.block_reduce(score_map, (size,)*ndim, np.mean)`` over
-    complete blocks.
+    With ``stride="block"`` the map is cut into non-overlapping ``size``-cubes,
+    zero-padded at the end of each axis to a multiple of ``size``, and the
+    largest block mean is returned: the maximum of
+    ``skimage.measure.block_reduce(score_map, (size,)*ndim, np.mean)``, as the
+    authors' code computes it. With an integer stride the window slides by
+    that step; only windows that lie fully inside the array count (no
+    padding), and a window larger than the array along an axis is clipped to
+    the array.
 
     Parameters
     ----------
     score_map : ndarray
-        Map, zero where it should not count (outside the brain).
+        Map, zero where it should not count (outside the rule region).
     size : int
         Side of the cubic window.
-    stride : int
-        Step between windows.
+    stride : int or "block"
+        Step between windows, or ``"block"`` for non-overlapping blocks.
     """
+    if stride == "block":
+        return _block_maximum(np.asarray(score_map, dtype=np.float64), size)
     arr = np.asarray(score_map, dtype=np.float64)
     lo, hi = float(arr.min()), float(arr.max())
     k = tuple(min(size, n) for n in arr.shape)
@@ -481,6 +602,13 @@ def pooled_maximum(score_map: ArrayLike, size: int = 16, stride: int = 1) -> flo
         arr = arr[tuple(valid)]
     # running sums can stray by an ulp; a mean never leaves the data's range
     return float(np.clip(arr.max(), lo, hi))
+
+
+def _block_maximum(arr: np.ndarray, size: int) -> float:
+    """Largest mean of the non-overlapping ``size``-cubes of ``arr`` (zero padding at the end)."""
+    arr = np.pad(arr, [(0, -n % size) for n in arr.shape])
+    blocks = arr.reshape([d for n in arr.shape for d in (n // size, size)])
+    return float(blocks.mean(axis=tuple(range(1, 2 * arr.ndim, 2))).max())
 
 
 def _otsu(values: np.ndarray, nbins: int = 256) -> float:
@@ -558,13 +686,14 @@ def _rule_fixed(st: _MapStats, config: EvalConfig, model: str) -> tuple[float, s
 
 
 def _rule_otsu(st: _MapStats, config: EvalConfig, model: str) -> tuple[float, str]:
-    return _otsu(st.region_values), f"Otsu, 256 bins, {st.region_values.size} brain voxels"
+    return _otsu(st.region_values), f"Otsu, 256 bins, {st.region_values.size} voxels of the rule region"
 
 
 def _rule_pool(st: _MapStats, config: EvalConfig, model: str) -> tuple[float, str]:
     masked = np.where(st.region, st.score_map, 0.0)
     value = pooled_maximum(masked, config.pool_size, config.pool_stride)
-    return value, f"max of {config.pool_size}^3 mean pool, stride {config.pool_stride}, zero outside brain"
+    windows = "blocks" if config.pool_stride == "block" else f"stride {config.pool_stride}"
+    return value, f"max of {config.pool_size}^3 mean pool, {windows}, zero outside the rule region"
 
 
 def _rule_youden(st: _MapStats, config: EvalConfig, model: str) -> tuple[float, str]:
@@ -590,7 +719,7 @@ THRESHOLD_RULES: dict[str, ThresholdRule] = {
     r.name: r
     for r in (
         ThresholdRule("fixed", False, "per-model constant (DAE 0.3, RecDiscNet 0.5)", _rule_fixed),
-        ThresholdRule("otsu", False, "Otsu's method on the brain-masked map", _rule_otsu),
+        ThresholdRule("otsu", False, "Otsu's method on the map inside the rule region", _rule_otsu),
         ThresholdRule("pool_max", False, "maximum of the mean-pooled map (DRAEM rule)", _rule_pool),
         ThresholdRule("youden", True, "maximum Youden's J on the ROC", _rule_youden),
         ThresholdRule("dice_optimal", True, "maximum unprocessed Dice (oracle)", _rule_dice_optimal),
@@ -678,15 +807,16 @@ def evaluate_map(
     truth : ndarray of bool, shape (X, Y, Z)
         Ground-truth lesion.
     mask : ndarray of bool, shape (X, Y, Z)
-        Evaluation region (white + grey matter).
+        Evaluation region (first output of :func:`evaluation_regions`).
     model : str
         ``"dae"``, ``"recdisc"`` or ``"normative"``: picks the fixed threshold.
     config : EvalConfig, optional
-        Evaluation settings (defaults to the paper's).
+        Evaluation settings (defaults to the authors' code).
     healthy_thresholds : mapping, optional
         Output of :func:`healthy_fpr_thresholds` for this fold; adds one row each.
     brain_mask : ndarray of bool, optional
-        Region for Otsu, pooling and the binary map (defaults to ``mask``).
+        Region for Otsu, pooling and the binary map (second output of
+        :func:`evaluation_regions`; defaults to ``mask``).
     rules : iterable of str, optional
         Subset of :data:`THRESHOLD_RULES` (default: all).
 
@@ -881,10 +1011,14 @@ def summarise(df: pd.DataFrame, by: Sequence[str], value_cols: Sequence[str],
               config: EvalConfig | None = None) -> pd.DataFrame:
     """Mean, sd, bootstrap CI and count of value columns per group.
 
-    Mean and sd are over all rows of a group (patients and folds, as in the
-    paper's tables). The confidence interval resamples *patients*: when the
-    table has a ``subject`` column, values are first averaged per subject
-    over folds, so that folds of one patient are not treated as independent.
+    Mean and sd follow ``config.aggregate``: ``per_fold`` (the authors' code)
+    takes, within each fold, the mean and the population SD over the group's
+    rows (patients) and averages both over folds; ``pooled`` takes the mean
+    and the sample SD over all rows of the group (patients and folds). A table
+    without a ``fold`` column is one fold. The confidence interval resamples
+    *patients*: when the table has a ``subject`` column, values are first
+    averaged per subject over folds, so that folds of one patient are not
+    treated as independent.
 
     Parameters
     ----------
@@ -895,7 +1029,7 @@ def summarise(df: pd.DataFrame, by: Sequence[str], value_cols: Sequence[str],
     value_cols : sequence of str
         Columns to summarise.
     config : EvalConfig, optional
-        ``n_bootstrap``, ``ci`` and ``seed``.
+        ``aggregate``, ``n_bootstrap``, ``ci`` and ``seed``.
 
     Returns
     -------
@@ -916,9 +1050,29 @@ def summarise(df: pd.DataFrame, by: Sequence[str], value_cols: Sequence[str],
             vals = g[col].astype(float)
             units = vals.groupby(g["subject"]).mean() if "subject" in g.columns else vals
             low, high = bootstrap_ci(units.to_numpy(), n_boot=config.n_bootstrap, ci=config.ci, seed=config.seed)
-            records.append({**dict(zip(by, key)), "metric": col, "mean": vals.mean(), "sd": vals.std(ddof=1),
+            mean, sd = _mean_sd(vals, g["fold"] if "fold" in g.columns else None, config.aggregate)
+            records.append({**dict(zip(by, key)), "metric": col, "mean": mean, "sd": sd,
                             "ci_low": low, "ci_high": high, "n": int(vals.notna().sum())})
     return pd.DataFrame.from_records(records, columns=[*by, "metric", "mean", "sd", "ci_low", "ci_high", "n"])
+
+
+def _mean_sd(values: pd.Series, folds: pd.Series | None, aggregate: str) -> tuple[float, float]:
+    """Mean and SD of one group's values (NaNs skipped) under ``EvalConfig.aggregate``."""
+    if aggregate == "pooled":
+        return float(values.mean()), float(values.std(ddof=1))
+    if folds is None:
+        return float(values.mean()), float(values.std(ddof=0))
+    per_fold = values.groupby(folds, dropna=False)
+    # statistics.pstdev per fold in the authors' code; pandas skips NaNs (a
+    # fold of NaNs only, e.g. a supervised rule without lesion, drops out)
+    return float(per_fold.mean().mean()), float(per_fold.std(ddof=0).mean())
+
+
+def _group_means(frame: pd.DataFrame, by: list[str], column: str, aggregate: str) -> pd.Series:
+    """Mean of ``column`` per ``by`` group, fold means averaged for ``per_fold``."""
+    if aggregate == "per_fold" and "fold" in frame.columns:
+        return frame.groupby([*by, "fold"], dropna=False)[column].mean().groupby(level=list(range(len(by)))).mean()
+    return frame.groupby(by)[column].mean()
 
 
 def _pm(mean: float, sd: float) -> str:
@@ -966,14 +1120,15 @@ def best_variants(dice_df: pd.DataFrame, rule: str, config: EvalConfig | None = 
     """Best variant of each model under a threshold rule.
 
     The best variant has the highest mean of ``config.best_by`` (``dice_post``
-    by default, or ``dice``) over all its patients and folds; ties go to the
-    variant whose name sorts first.
+    by default, or ``dice``) over its patients and folds, the mean taken as
+    :func:`summarise` takes it (``config.aggregate``); ties go to the variant
+    whose name sorts first.
     """
     config = config or EvalConfig()
     sub = dice_df[dice_df["rule"] == rule]
     if sub.empty:
         raise ValueError(f"no rows for rule {rule!r}; rules present: {sorted(dice_df['rule'].unique())}.")
-    means = sub.groupby(["model", "variant"])[config.best_by].mean().reset_index()
+    means = _group_means(sub, ["model", "variant"], config.best_by, config.aggregate).reset_index()
     means = means.sort_values(["model", config.best_by, "variant"], ascending=[True, False, True])
     return dict(means.groupby("model", sort=True)["variant"].first())
 
@@ -1127,9 +1282,12 @@ def evaluate_nifti_maps(
     read from ``<truth_root>/derivatives/simulation/sub-<label>/ses-<ses>/dwi/``
     (``desc-lesion_mask`` and ``desc-wmgm_mask``; ``ses`` defaults to ``pre``;
     a folder without session level, ``sub-<label>/dwi/``, is used when there is
-    no session folder). A ``desc-brain_mask`` there, if any, is the region of
-    Otsu and pooling. Every file is read and checked before anything is
-    computed or written.
+    no session folder). The ``desc-brain_mask`` there and the ``wmgm`` mask
+    give the evaluation mask and the region of the rules as
+    ``config.threshold_region`` says (:func:`evaluation_regions`); the brain
+    mask is required for ``eroded_brain_no_csf`` (the default) and optional
+    otherwise (``brain`` then falls back to the ``wmgm`` mask). Every file is
+    read and checked before anything is computed or written.
 
     Parameters
     ----------
@@ -1151,7 +1309,8 @@ def evaluate_nifti_maps(
     Raises
     ------
     FileNotFoundError
-        No maps, or a truth file missing (named in the message).
+        No maps, or a truth file missing (named in the message), including the
+        brain mask under ``threshold_region: eroded_brain_no_csf``.
     ValueError
         A map whose shape differs from its truth files, or NaNs in the mask.
     """
@@ -1170,6 +1329,12 @@ def evaluate_nifti_maps(
         label, ses = m["label"], m["ses"] or "pre"
         paths = {d: _truth_file(truth_root, label, ses, d) for d in ("lesion", "wmgm")}
         brain_path = _truth_file(truth_root, label, ses, "brain", required=False)
+        if brain_path is None and config.threshold_region == "eroded_brain_no_csf":
+            raise FileNotFoundError(
+                f"{paths['wmgm'].parent}: no desc-brain_mask for the map of sub-{label}; "
+                "evaluate.threshold_region 'eroded_brain_no_csf' erodes the brain mask. Add it, "
+                "or set evaluate.threshold_region: wmgm (rules and scores inside the wmgm mask)."
+            )
         arr = np.asarray(nib.load(f).dataobj, dtype=np.float32)
         truth = np.asarray(nib.load(paths["lesion"]).dataobj) > 0
         mask = np.asarray(nib.load(paths["wmgm"]).dataobj) > 0
@@ -1190,6 +1355,8 @@ def evaluate_nifti_maps(
         loaded.append((f"sub-{label}", arr, truth, mask, brain))
     rows = []
     for subject, arr, truth, mask, brain in loaded:
+        if brain is not None:
+            mask, brain = evaluation_regions(brain, mask, config.threshold_region)
         det = detection_scores(arr, truth, mask)
         for r in evaluate_map(arr, truth, mask, model=model, config=config, brain_mask=brain):
             rows.append({"model": model, "variant": variant, "fold": fold, "subject": subject, **r, **det})

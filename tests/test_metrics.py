@@ -227,13 +227,16 @@ def test_thresholds_lie_inside_the_maps_range(score, seed):
     rng = np.random.default_rng(seed)
     truth = rng.random(score.shape) > 0.5
     mask = np.ones(score.shape, bool)
-    cfg = EvalConfig(pool_size=2)
+    cfg = EvalConfig(pool_size=2, pool_stride=1)
     for name, rule in M.THRESHOLD_RULES.items():
         if name == "fixed":
             continue
         t = rule(score, truth, mask, config=cfg).value
         if not math.isnan(t):
             assert score.min() <= t <= score.max(), name
+    # blocks are zero-padded (block_reduce): the zeros are part of what is averaged
+    t = M.THRESHOLD_RULES["pool_max"](score, truth, mask, config=EvalConfig(pool_size=2, pool_stride="block")).value
+    assert min(score.min(), 0.0) <= t <= max(score.max(), 0.0)
 
 
 # ----------------------------------------------------------------- edge cases
@@ -286,6 +289,102 @@ def test_config_rejects_bad_values():
     with pytest.raises(ValueError, match="opening_size"):
         EvalConfig(opening_size=2)
     assert EvalConfig(healthy_fprs=[0.02]).healthy_fprs == (0.02,)
+    for bad in ({"fidelity": "article"}, {"threshold_region": "csf"}, {"aggregate": "mean"},
+                {"pool_stride": 0}, {"pool_stride": "blocks"}, {"pool_stride": True}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            EvalConfig(**bad)
+
+
+# ----------------------------------------------------------------- fidelity: code vs paper
+
+
+def test_fidelity_sets_the_defaults_and_explicit_keys_win():
+    from dmrilib.config import config_hash
+
+    code, paper = EvalConfig(), EvalConfig(fidelity="paper")
+    assert (code.fidelity, code.threshold_region, code.pool_stride, code.aggregate) == \
+        ("code", "eroded_brain_no_csf", "block", "per_fold")
+    assert (paper.threshold_region, paper.pool_stride, paper.aggregate) == ("brain", 1, "pooled")
+    mixed = EvalConfig(fidelity="paper", pool_stride="block", aggregate="per_fold")
+    assert (mixed.threshold_region, mixed.pool_stride, mixed.aggregate) == ("brain", "block", "per_fold")
+    assert EvalConfig(threshold_region="wmgm").pool_stride == "block"
+    # the resolved values are the fields: every config hash of them changes with them
+    hashes = {config_hash(c) for c in (code, paper, mixed, EvalConfig(fidelity="paper", aggregate="per_fold"))}
+    assert len(hashes) == 4
+
+
+def _region_case():
+    """Brain box with a CSF slab inside and a bright rim (edge artefact) along the brain border."""
+    shape = (20, 20, 20)
+    rng = np.random.default_rng(30)
+    brain = np.zeros(shape, bool)
+    brain[2:18, 2:18, 2:18] = True
+    csf = brain.copy()
+    csf[6:] = False
+    tissue = brain & ~csf
+    truth = np.zeros(shape, bool)
+    truth[10:14, 8:12, 8:12] = True
+    score = rng.random(shape) * 0.2 + truth * 0.5
+    score[csf] = 0.9
+    rim = brain & ~ndimage.binary_erosion(brain, np.ones((3, 3, 3), bool)) & tissue
+    score[rim] = 0.7
+    score[~brain] = 0.0
+    return score.astype(np.float32), truth, brain, tissue
+
+
+def test_eroded_region_is_the_brain_eroded_by_a_cube_without_csf():
+    score, truth, brain, tissue = _region_case()
+    mask, region = M.evaluation_regions(brain, tissue, "eroded_brain_no_csf")
+    expected = ndimage.binary_erosion(brain, structure=np.ones((3, 3, 3))) & tissue
+    np.testing.assert_array_equal(mask, expected)
+    np.testing.assert_array_equal(region, expected)
+    mask, region = M.evaluation_regions(brain, tissue, "brain")
+    assert (mask == tissue).all() and (region == brain).all()
+    mask, region = M.evaluation_regions(brain, tissue, "wmgm")
+    assert (mask == tissue).all() and (region == tissue).all()
+    with pytest.raises(ValueError, match="eroded by a 3x3x3 cube holds no"):
+        M.evaluation_regions(np.ones((2, 2, 2), bool), np.ones((2, 2, 2), bool))
+
+
+def test_threshold_region_switch_changes_otsu_threshold_and_dice():
+    score, truth, brain, tissue = _region_case()
+    out = {}
+    for region_name in ("eroded_brain_no_csf", "brain"):
+        cfg = EvalConfig(threshold_region=region_name)
+        mask, region = M.evaluation_regions(brain, tissue, cfg.threshold_region)
+        rows = M.evaluate_map(score, truth, mask, model="dae", config=cfg, brain_mask=region, rules=["otsu"])
+        out[region_name] = rows[0]
+    code, old = out["eroded_brain_no_csf"], out["brain"]
+    # the authors' region holds no CSF and no rim: Otsu splits tissue from lesion
+    assert 0.15 <= code["threshold"] <= 0.5 and code["dice"] > 0.8
+    # the whole brain: Otsu also sees CSF and rim, and the flagged rim is scored as false positives
+    assert code["threshold"] != old["threshold"] and old["dice"] < 0.3
+
+
+def test_pool_stride_block_splits_a_hot_cube_that_the_sliding_window_finds():
+    score = np.full((8, 8, 8), 0.1, np.float32)
+    truth = np.zeros(score.shape, bool)
+    truth[2:6, 2:6, 2:6] = True
+    score[truth] = 1.0
+    score[6:, 6:, 6:] = 0.6  # a fainter blob beside the lesion
+    mask = np.ones(score.shape, bool)
+    rows = {stride: M.evaluate_map(score, truth, mask, model="dae", rules=["pool_max"],
+                                   config=EvalConfig(pool_size=4, pool_stride=stride))[0]
+            for stride in ("block", 1)}
+    # each 4^3 block holds one eighth of the lesion; the one with the blob averages (8 + 8*0.6 + 48*0.1)/64
+    assert rows["block"]["threshold"] == pytest.approx(0.275)
+    assert rows[1]["threshold"] == pytest.approx(1.0)  # a sliding window covers the lesion whole
+    assert rows["block"]["dice"] == pytest.approx(2 * 64 / (64 + 72))  # the blob is flagged too
+    assert rows[1]["dice"] == pytest.approx(1.0)
+
+
+def test_block_pooled_maximum_zero_pads_like_block_reduce():
+    rng = np.random.default_rng(31)
+    arr = rng.random((13, 18, 7))
+    ref = block_reduce(arr, (4, 4, 4), np.mean, cval=0).max()
+    assert M.pooled_maximum(arr, 4, stride="block") == pytest.approx(ref)
+    small = arr[:, :16]  # one block, mostly padding
+    assert M.pooled_maximum(small, 16, stride="block") == pytest.approx(small.sum() / 16**3)
 
 
 # ----------------------------------------------------------------- tables and statistics
@@ -352,6 +451,34 @@ def test_paired_wilcoxon_between_best_variants():
     assert 0.0 <= res["pvalue"] < 0.05
 
 
+def test_aggregate_per_fold_averages_fold_means_and_population_sds():
+    rows = [{"model": "dae", "variant": "lsd16-linear", "fold": f, "subject": f"sub-P{s}", "rule": "otsu",
+             "threshold": 0.3, "dice": v, "dice_post": v, "auroc": v}
+            for f, values in ((0, [0.1, 0.3]), (1, [0.5, 0.7])) for s, v in enumerate(values)]
+    df = pd.DataFrame(rows)
+    per_fold = M.summarise(df, [], ["dice"], EvalConfig(aggregate="per_fold", n_bootstrap=20)).iloc[0]
+    pooled = M.summarise(df, [], ["dice"], EvalConfig(aggregate="pooled", n_bootstrap=20)).iloc[0]
+    assert per_fold["mean"] == pytest.approx(0.4) and pooled["mean"] == pytest.approx(0.4)
+    assert per_fold["sd"] == pytest.approx(0.1)  # pstdev 0.1 in each fold, averaged
+    assert pooled["sd"] == pytest.approx(np.std([0.1, 0.3, 0.5, 0.7], ddof=1))
+    assert per_fold["n"] == pooled["n"] == 4
+    t_fold = M.table_dice(df, "otsu", EvalConfig(n_bootstrap=20))  # code: per fold
+    t_pool = M.table_dice(df, "otsu", EvalConfig(fidelity="paper", n_bootstrap=20))
+    assert t_fold["dice_sd"].iloc[0] == pytest.approx(0.1) and t_pool["dice_sd"].iloc[0] > 0.25
+    assert M.table_auroc(df, "dae", EvalConfig(n_bootstrap=20))["auroc_sd"].iloc[0] == pytest.approx(0.1)
+
+
+def test_aggregate_per_fold_weighs_folds_equally_when_picking_the_best_variant():
+    # variant a: one patient at 1.0 in fold 0, three at 0.0 in fold 1; b: 0.4 everywhere
+    rows = [{"model": "dae", "variant": "lsd16-linear", "fold": f, "subject": f"sub-P{s}", "rule": "otsu",
+             "dice": v, "dice_post": v} for f, s, v in ((0, 0, 1.0), (1, 1, 0.0), (1, 2, 0.0), (1, 3, 0.0))]
+    rows += [{"model": "dae", "variant": "lsd32-linear", "fold": f, "subject": f"sub-P{s}", "rule": "otsu",
+              "dice": 0.4, "dice_post": 0.4} for f in (0, 1) for s in range(4)]
+    df = pd.DataFrame(rows)
+    assert M.best_variants(df, "otsu", EvalConfig(aggregate="per_fold")) == {"dae": "lsd16-linear"}  # 0.5 > 0.4
+    assert M.best_variants(df, "otsu", EvalConfig(aggregate="pooled")) == {"dae": "lsd32-linear"}  # 0.25 < 0.4
+
+
 # ----------------------------------------------------------------- follow-up, densities
 
 
@@ -384,10 +511,11 @@ def test_score_densities_integrate_to_one():
 # ----------------------------------------------------------------- NIfTI front end
 
 
-def _write_truth(root, label, truth, mask):
+def _write_truth(root, label, truth, mask, brain=True):
     folder = root / "derivatives" / "simulation" / f"sub-{label}" / "ses-pre" / "dwi"
     folder.mkdir(parents=True)
-    for desc, arr in (("lesion", truth), ("wmgm", mask)):
+    masks = [("lesion", truth), ("wmgm", mask)] + ([("brain", np.ones(mask.shape, bool))] if brain else [])
+    for desc, arr in masks:
         nib.save(nib.Nifti1Image(arr.astype(np.uint8), np.eye(4)),
                  folder / f"sub-{label}_ses-pre_space-dwi_desc-{desc}_mask.nii.gz")
 
@@ -402,7 +530,8 @@ def test_evaluate_nifti_maps_writes_tidy_csv(tmp_path):
     assert M.evaluate_nifti_maps(maps, tmp_path / "bids", out, model="dae", config=EvalConfig()) == out
     back = pd.read_csv(out)
     assert len(back) == len(M.THRESHOLD_RULES) and set(back["subject"]) == {"sub-P01"}
-    assert back["auroc"].iloc[0] == pytest.approx(M.auroc(score, truth, mask))
+    region = ndimage.binary_erosion(np.ones(SHAPE, bool), np.ones((3, 3, 3))) & mask  # the authors' region
+    assert back["auroc"].iloc[0] == pytest.approx(M.auroc(score, truth, region))
     assert list(back.columns[:5]) == ["model", "variant", "fold", "subject", "rule"]
 
 
@@ -440,7 +569,25 @@ def test_evaluate_nifti_maps_reads_sessionless_truth_and_brain_mask(tmp_path):
     for desc, arr in (("lesion", truth), ("wmgm", mask), ("brain", brain)):
         nib.save(nib.Nifti1Image(arr.astype(np.uint8), np.eye(4)),
                  folder / f"sub-P07_space-dwi_desc-{desc}_mask.nii.gz")
-    out = M.evaluate_nifti_maps(maps, tmp_path / "bids", tmp_path / "e.csv", model="recdisc")
-    back = pd.read_csv(out).set_index("rule")
+    region = ndimage.binary_erosion(brain, np.ones((3, 3, 3))) & mask
+    code = pd.read_csv(M.evaluate_nifti_maps(maps, tmp_path / "bids", tmp_path / "e.csv", model="recdisc"))
+    paper = pd.read_csv(M.evaluate_nifti_maps(maps, tmp_path / "bids", tmp_path / "p.csv", model="recdisc",
+                                              config=EvalConfig(fidelity="paper")))
+    code, paper = code.set_index("rule"), paper.set_index("rule")
+    assert code.loc["otsu", "threshold"] == pytest.approx(M.THRESHOLD_RULES["otsu"](score, None, region).value)
     expected = M.THRESHOLD_RULES["otsu"](score, None, mask, brain_mask=brain).value
-    assert back.loc["otsu", "threshold"] == pytest.approx(expected)
+    assert paper.loc["otsu", "threshold"] == pytest.approx(expected)
+    assert code.loc["otsu", "threshold"] != pytest.approx(expected)
+
+
+def test_evaluate_nifti_maps_without_brain_mask_names_the_setting(tmp_path):
+    score, truth, mask = _case(22)
+    maps = tmp_path / "maps"
+    maps.mkdir()
+    nib.save(nib.Nifti1Image(score, np.eye(4)), maps / "sub-P01_anomaly.nii.gz")
+    _write_truth(tmp_path / "bids", "P01", truth, mask, brain=False)
+    with pytest.raises(FileNotFoundError, match=r"no desc-brain_mask for the map of sub-P01.*threshold_region: wmgm"):
+        M.evaluate_nifti_maps(maps, tmp_path / "bids", tmp_path / "e.csv", model="dae")
+    out = M.evaluate_nifti_maps(maps, tmp_path / "bids", tmp_path / "e.csv", model="dae",
+                                config=EvalConfig(threshold_region="wmgm"))
+    assert pd.read_csv(out)["auroc"].iloc[0] == pytest.approx(M.auroc(score, truth, mask))

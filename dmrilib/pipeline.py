@@ -226,7 +226,9 @@ def _score_maps(profile: Profile, prepared, maps_test: np.ndarray, test_ids: lis
     """Dice rows (every rule) and detection rows (AUROC, AP) of the test maps.
 
     ``lesions`` (one per test subject) replaces the prepared cohort's exact
-    lesion masks, e.g. with the ground-truth pipeline's masks.
+    lesion masks, e.g. with the ground-truth pipeline's masks. Scores and
+    rules see the regions ``evaluate.threshold_region`` names
+    (:func:`dmrilib.metrics.evaluation_regions` of the brain and WM+GM masks).
     """
     from dmrilib import metrics
 
@@ -234,11 +236,10 @@ def _score_maps(profile: Profile, prepared, maps_test: np.ndarray, test_ids: lis
     dice_rows, det_rows = [], []
     for i, (subject, j) in enumerate(zip(test_ids, prepared.index(test_ids))):
         truth = np.asarray(prepared.lesion[j] if lesions is None else lesions[i], dtype=bool)
-        mask = np.asarray(prepared.eval_mask[j], dtype=bool)
-        # Otsu and the pooled maximum see the brain-masked map, as in the paper.
-        brain = np.asarray(prepared.brain_mask[j], dtype=bool)
+        mask, region = metrics.evaluation_regions(prepared.brain_mask[j], prepared.eval_mask[j],
+                                                  cfg.threshold_region)
         for row in metrics.evaluate_map(maps_test[i], truth, mask, model=threshold_model, config=cfg,
-                                        healthy_thresholds=healthy, brain_mask=brain):
+                                        healthy_thresholds=healthy, brain_mask=region):
             dice_rows.append({**key, "subject": subject, **row})
         det_rows.append({**key, "subject": subject, **metrics.detection_scores(maps_test[i], truth, mask)})
     return pd.DataFrame(dice_rows), pd.DataFrame(det_rows)
@@ -263,8 +264,10 @@ def _evaluate_maps(profile: Profile, prepared, *, model: str, variant: str, fold
     cfg = profile.evaluate
     for name, maps in (("maps-test.npy", maps_test), ("maps-val.npy", maps_val)):
         check_finite(out_dir / name, maps)  # NaN would give AUROC/Dice numbers that mean nothing
-    val_idx = prepared.index(val_ids)
-    healthy = metrics.healthy_fpr_thresholds(maps_val, np.asarray(prepared.eval_mask[val_idx]), cfg.healthy_fprs)
+    # healthy-FPR thresholds flag a fraction of the validation subjects' voxels of the same evaluation mask
+    val_masks = np.stack([metrics.evaluation_regions(prepared.brain_mask[j], prepared.eval_mask[j],
+                                                     cfg.threshold_region)[0] for j in prepared.index(val_ids)])
+    healthy = metrics.healthy_fpr_thresholds(maps_val, val_masks, cfg.healthy_fprs)
     key = {"model": model, "variant": variant, "fold": int(fold)}
     common = dict(key=key, threshold_model=threshold_model, healthy=healthy)
     dice, det = _score_maps(profile, prepared, maps_test, test_ids, **common)
@@ -276,6 +279,7 @@ def _evaluate_maps(profile: Profile, prepared, *, model: str, variant: str, fold
         "auroc_mean": float(det["auroc"].mean()),
         "healthy_fpr_thresholds": healthy,
         "dice_post_mean_by_rule": dice.groupby("rule")["dice_post"].mean().round(4).to_dict(),
+        "evaluation": {k: getattr(cfg, k) for k in ("fidelity", "threshold_region", "pool_size", "pool_stride")},
         "config_hash": config_hash(profile.evaluate, profile.prepare),
         "seed": profile.seed,
         "provenance": provenance(),
@@ -577,7 +581,10 @@ def _truth_comparison(dice: pd.DataFrame, det: pd.DataFrame, dice_p: pd.DataFram
 def run_aggregate(profile: Profile, results: str | Path = "results") -> dict[str, pd.DataFrame]:
     """Build the paper's Tables 1-6 (plus extras) from every evaluated run.
 
-    Writes ``tables/*.csv`` and ``tables/summary.json`` and returns the tables.
+    Means and SDs are taken as ``evaluate.aggregate`` says
+    (:func:`dmrilib.metrics.summarise`: per fold then averaged over folds, or
+    pooled over patient x fold rows). Writes ``tables/*.csv`` and
+    ``tables/summary.json`` and returns the tables.
     """
     from dmrilib import metrics
 
@@ -623,6 +630,8 @@ def run_aggregate(profile: Profile, results: str | Path = "results") -> dict[str
         "profile_hash": profile.hash(),
         "seed": profile.seed,
         "tables": sorted(tables),
+        # how the tables' mean/sd were taken (per fold then averaged, or pooled) and the rules' region
+        "evaluation": {k: getattr(cfg, k) for k in ("fidelity", "threshold_region", "pool_stride", "aggregate")},
         "wilcoxon_best_dae_vs_best_recdisc": wilcoxon,
         "provenance": provenance(),
     })

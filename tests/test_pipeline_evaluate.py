@@ -16,13 +16,14 @@ SUBJECTS = tuple((f"H0{i}", "healthy") for i in range(1, 5)) + (("P01", "patient
 DAE, RECDISC = ("dae", "lsd16-linear"), ("recdisc", "normal-directional-full")
 
 
-def _profile(**train):
+def _profile(evaluate=None, **train):
     return Profile.from_dict({
         "name": "tiny", "seed": 0, "cohort": {}, "prepare": {"grid": [16, 16, 16]},
         "model": {"dae_widths": [4, 8], "recon_base": 4, "recon_depth": 2, "disc_base": 2, "disc_depth": 2},
         "train": {"epochs": 1, "batch_size": 2, "n_folds": 2, "copies_per_subject": 1, "jood_radius": [1.5, 3.0],
                   "device": "cpu", "num_threads": 1, **train},
-        "evaluate": {"pool_size": 3, "n_bootstrap": 10},
+        # fidelity paper: this 104-voxel brain eroded by a 3^3 cube keeps only the lesion (AUROC undefined)
+        "evaluate": {"pool_size": 3, "n_bootstrap": 10, "fidelity": "paper", **(evaluate or {})},
         "folds": [0], "variants": {"dae": [DAE[1]], "recdisc": [RECDISC[1]]},
     })
 
@@ -137,3 +138,40 @@ def test_maps_swapped_with_their_sidecar_are_refused(runs):
     pipeline._save_npy(out / "maps-test.npy", maps * np.float16(0.5))  # another map, consistent sidecar
     with pytest.raises(IntegrityError, match=r"maps-test.npy.sha256: records sha256 .* the file is not the one"):
         pipeline.run_evaluate(profile, *DAE, 0, results)
+
+
+def test_threshold_region_of_the_profile_decides_where_maps_are_scored(runs):
+    import pandas as pd
+    from scipy import ndimage
+
+    from dmrilib import metrics
+    from dmrilib.dataset import load_prepared
+
+    profile, results = runs
+    out = _dir(profile, results, DAE)
+    code = pipeline.run_evaluate(_profile({"fidelity": "code"}), *DAE, 0, results)  # same maps, reused
+    dice_code = pd.read_csv(out / "eval-dice.csv")
+    assert code["evaluation"]["threshold_region"] == "eroded_brain_no_csf"
+    assert code["evaluation"]["pool_stride"] == "block"
+    # the authors' region by hand: brain mask eroded by a 3^3 cube, without CSF (WM+GM mask)
+    prepared = load_prepared(results / "tiny" / "prepared")
+    maps = np.load(out / "maps-test.npy").astype(np.float32)
+    j = prepared.index(["sub-P01"])[0]
+    region = ndimage.binary_erosion(prepared.brain_mask[j], np.ones((3, 3, 3))) & prepared.eval_mask[j]
+    assert region.sum() < prepared.eval_mask[j].sum()
+    i = json.loads((out / "maps.json").read_text())["identity"]["test_ids"].index("sub-P01")
+    expected = metrics.evaluate_map(maps[i], prepared.lesion[j], region, model="dae",
+                                    config=_profile({"fidelity": "code"}).evaluate, brain_mask=region,
+                                    rules=["otsu", "pool_max"])
+    got = dice_code[dice_code["subject"] == "sub-P01"].set_index("rule")
+    for row in expected:
+        assert got.loc[row["rule"], "threshold"] == pytest.approx(row["threshold"])
+        assert got.loc[row["rule"], "dice"] == pytest.approx(row["dice"])
+
+    paper = pipeline.run_evaluate(profile, *DAE, 0, results)
+    dice_paper = pd.read_csv(out / "eval-dice.csv")
+    assert paper["evaluation"] == {"fidelity": "paper", "threshold_region": "brain", "pool_size": 3, "pool_stride": 1}
+    assert paper["config_hash"] != code["config_hash"]
+    merged = dice_code.merge(dice_paper, on=["subject", "rule"], suffixes=("_code", "_paper"))
+    otsu = merged[merged["rule"] == "otsu"]
+    assert (otsu["threshold_code"] != otsu["threshold_paper"]).any()

@@ -58,6 +58,7 @@ __all__ = [
     "PROFILES_DIR",
     "SECTION_CLASSES",
     "REQUIRED_SECTIONS",
+    "STAGE_SECTIONS",
 ]
 
 #: Folder holding the shipped profiles (``smoke``, ``quick``, ``gpu``, ``paper``).
@@ -72,6 +73,16 @@ SECTION_CLASSES = {
     "evaluate": "dmrilib.metrics:EvalConfig",
     "groundtruth": "dmrilib.groundtruth.config:SegConfig",
     "registration": "dmrilib.groundtruth.config:RegConfig",
+}
+
+#: Workflow stage -> the sections its results depend on (``segmentation``:
+#: the ground-truth U-Net, trained on subjects simulated with the cohort settings).
+STAGE_SECTIONS = {
+    "cohort": ("cohort", "prepare"),
+    "train": ("model", "train"),
+    "evaluate": ("evaluate",),
+    "groundtruth": ("groundtruth", "registration"),
+    "segmentation": ("cohort", "groundtruth"),
 }
 
 _PROVENANCE_PACKAGES = ("numpy", "scipy", "torch", "nibabel", "dipy", "nilearn", "pandas", "scikit-learn")
@@ -552,6 +563,16 @@ class Profile:
     def runs(self) -> list[tuple[str, str, int]]:
         """Every (model, variant, fold) training job of this profile."""
         return [(m, v, f) for m in ("dae", "recdisc") for v in self.variants.get(m, ()) for f in self.folds]
+
+    def stage_hash(self, stage: str) -> str:
+        """Hash of the settings a workflow stage depends on (:data:`STAGE_SECTIONS`).
+
+        Computed from the sections' dataclasses, defaults filled in, so that a
+        changed default re-runs the stage as an edited YAML does.
+        """
+        if stage not in STAGE_SECTIONS:
+            raise KeyError(f"unknown stage {stage!r}; known: {sorted(STAGE_SECTIONS)}")
+        return config_hash(*(self.section(name) for name in STAGE_SECTIONS[stage]), self.seed)
 
     def hash(self) -> str:
         """Config hash of the whole profile."""

@@ -254,3 +254,23 @@ def test_loading_a_profile_does_not_import_torch():
             "[load_profile(p) for p in ('smoke', 'quick', 'gpu', 'paper')]; print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_stage_hash_follows_the_resolved_settings_not_the_yaml_text():
+    import yaml
+
+    from dmrilib.config import PROFILES_DIR, Profile
+
+    data = yaml.safe_load((PROFILES_DIR / "smoke.yaml").read_text())
+    implied = dict(data["evaluate"], fidelity="code")
+    spelled_out = dict(implied, threshold_region="eroded_brain_no_csf", pool_stride="block", aggregate="per_fold")
+    other = dict(data["evaluate"], fidelity="paper")
+    hashes = {name: Profile.from_dict(dict(data, evaluate=section), source="test.yaml").stage_hash("evaluate")
+              for name, section in (("implied", implied), ("spelled_out", spelled_out), ("other", other))}
+    # The workflow re-runs a stage when this hash changes: writing out what a
+    # default implies changes nothing, a different setting does.
+    assert hashes["implied"] == hashes["spelled_out"] != hashes["other"]
+    p = Profile.from_dict(data, source="test.yaml")
+    assert p.stage_hash("train") != p.stage_hash("cohort")
+    with pytest.raises(KeyError, match="unknown stage"):
+        p.stage_hash("book")

@@ -6,6 +6,7 @@ through :mod:`dmrilib.published` and are labelled as the paper's.
 """
 from __future__ import annotations
 
+import html
 import json
 import math
 import os
@@ -216,14 +217,36 @@ def style_table(df: pd.DataFrame, *, wrap: Iterable[str] = (), precision: int = 
     Value cells never break inside a value (``book/_static/tables.css`` sets
     ``white-space: nowrap`` on table cells and lets a wide table scroll
     sideways); the columns named in ``wrap`` hold prose and wrap at word
-    boundaries instead, within a readable width.
+    boundaries instead, within a readable width. A table without such
+    columns that is wider than the page (~1400 px window) even with its
+    headers wrapped keeps its natural width, headers on one line, and scrolls.
     """
     styler = df.style.hide(axis="index").format(precision=precision, na_rep="")
     prose = [c for c in wrap if c in df.columns]
     if prose:
-        styler = styler.set_properties(subset=prose, **{"white-space": "normal", "min-width": "14em",
+        styler = styler.set_properties(subset=prose, **{"white-space": "normal", "min-width": "8em",
                                                         "max-width": "32em"})
+    elif _min_width_em(df, precision) > _PAGE_EM:
+        # it scrolls however its headers wrap: at its natural width, with
+        # headers on one line, not squeezed to one word a line
+        styler = styler.set_table_styles([{"selector": "", "props": "width: max-content;"}], overwrite=False)
     return styler
+
+
+#: Text width of a book page at ~1400 px (sphinx-book-theme: 772 px of 16 px text) and
+#: the mean width of a character, in em: what :func:`style_table` assumes.
+_PAGE_EM, _CHAR_EM = 48.0, 0.55
+
+
+def _min_width_em(df: pd.DataFrame, precision: int) -> float:
+    """Estimated width of ``df`` with every header wrapped at its spaces and values unbroken."""
+    total = 0.0
+    for col in df.columns:
+        header = max((len(w) for w in str(col).split()), default=0)
+        cells = (("" if pd.isna(v) else f"{v:.{precision}f}" if isinstance(v, float) else str(v))
+                 for v in df[col])
+        total += max([header, *(len(c) for c in cells)]) * _CHAR_EM + 1.0  # + padding
+    return total
 
 
 #: Background of each verdict in :func:`style_scorecard` (light, so the text stays readable).
@@ -231,11 +254,22 @@ _VERDICT_COLOURS = {"holds": "#dff0d8", "does not hold": "#f2dede", "inconclusiv
                     "not testable": "#eeeeee"}
 
 
+def _lines(text: str) -> str:
+    """HTML of a comparison cell: one line per side ("A<br>vs B"), values unbroken."""
+    return html.escape(str(text)).replace(" vs ", "<br>vs ").replace("; ", "<br>")
+
+
 def style_scorecard(card: pd.DataFrame) -> "Styler":
-    """:func:`findings_scorecard` as the book shows it: prose columns wrap, verdicts tinted."""
-    return style_table(card, wrap=["claim", "paper", "this build", "note"]).map(
-        lambda v: f"background-color: {_VERDICT_COLOURS[v]}" if v in _VERDICT_COLOURS else "",
-        subset=["verdict"])
+    """:func:`findings_scorecard` as the book shows it.
+
+    Claim and note wrap; each side of a comparison gets its own line, so the
+    table fits a page at ~1400 px; verdicts are tinted.
+    """
+    return (style_table(card, wrap=["claim", "note"])
+            .set_table_styles([{"selector": "", "props": "font-size: 0.9em;"}], overwrite=False)
+            .format(_lines, subset=["paper", "this build"])
+            .map(lambda v: f"background-color: {_VERDICT_COLOURS[v]}" if v in _VERDICT_COLOURS else "",
+                 subset=["verdict"]))
 
 
 # --------------------------------------------------------------------------- findings scorecard
@@ -266,7 +300,10 @@ class _Estimate:
 
     def __str__(self) -> str:
         # no-break spaces: a table cell may wrap between estimates, never inside one
-        return "" if self.missing else f"{self.mean:.3f}\u00a0[{self.low:.3f},\u00a0{self.high:.3f}]"
+        if self.missing:
+            return ""
+        mean, low, high = (f"{v:.3f}".replace("-0.000", "0.000") for v in (self.mean, self.low, self.high))
+        return f"{mean}\u00a0[{low},\u00a0{high}]"
 
 
 def _estimate(row: Mapping, prefix: str) -> _Estimate:
@@ -285,7 +322,7 @@ def _order(a: _Estimate, b: _Estimate, level: str) -> tuple[str, str]:
     if a.high < b.low:
         return "does not hold", ""
     side = ("in the paper's direction" if a.mean > b.mean
-            else "against it" if a.mean < b.mean else "equal")
+            else "against the paper's direction" if a.mean < b.mean else "equal")
     return "inconclusive", f"{level} intervals overlap (means {side})"
 
 
@@ -321,6 +358,11 @@ def opening_limits(voxel_mm: float, opening_size: int) -> dict[str, str]:
         grid fine enough (the paper's 3^3 at 2.4 mm: 12.5 mm diagonal, 20 mm
         small lesions), and empty when the opening is off (``opening_size`` 0 or 1).
     """
+    return {key: long for key, (_, long) in _opening_checks(voxel_mm, opening_size).items()}
+
+
+def _opening_checks(voxel_mm: float, opening_size: int) -> dict[str, tuple[str, str]]:
+    """:func:`opening_limits` as (short note for the scorecard, sentence for the page)."""
     from dmrilib.simulate.lesion import GRADE_PARAMS, SIZE_RADII_MM
 
     if opening_size <= 1:
@@ -332,12 +374,16 @@ def opening_limits(voxel_mm: float, opening_size: int) -> dict[str, str]:
     element = f"a {opening_size}³ opening at {voxel_mm:g} mm ({side:.1f} mm cube)"
     out = {}
     if diagonal > small:
-        out["lesion"] = (f"{element} can remove small lesions even when detected perfectly: depending on where one "
-                         f"lies on the grid, a ball of their nominal diameter ({small:g} mm) need not hold a whole "
-                         f"{opening_size}³ block of voxels (that takes the cube's diagonal, {diagonal:.1f} mm)")
+        out["lesion"] = (
+            f"grid too coarse: {element} can remove small lesions ({diagonal:.1f} mm diagonal > {small:g} mm)",
+            f"{element} can remove small lesions even when detected perfectly: depending on where one "
+            f"lies on the grid, a ball of their nominal diameter ({small:g} mm) need not hold a whole "
+            f"{opening_size}³ block of voxels (that takes the cube's diagonal, {diagonal:.1f} mm)")
     if side > margin:
-        out["margin"] = (f"{element} is wider than the thinnest simulated infiltration margin ({margin:g} mm): "
-                         "a flagged region outside the lesion survives it only where attached to the lesion")
+        out["margin"] = (
+            f"grid too coarse: {element} is wider than the thinnest infiltration margin ({margin:g} mm)",
+            f"{element} is wider than the thinnest simulated infiltration margin ({margin:g} mm): "
+            "a flagged region outside the lesion survives it only where attached to the lesion")
     return out
 
 
@@ -362,15 +408,15 @@ def _claim_auroc_order(tables, level) -> list[dict]:
     t1, t2 = _table(tables, "table1"), _table(tables, "table2")
     p1, p2 = paper_table("table1"), paper_table("table2")
     pb1, pb2 = p1.loc[p1["auroc_mean"].idxmax()], p2.loc[p2["auroc_mean"].idxmax()]
-    paper = f"{pb1['variant']}\u00a0{pb1['auroc_mean']:.3f} vs {pb2['variant']}\u00a0{pb2['auroc_mean']:.3f}"
+    paper = f"{pb1['auroc_mean']:.3f} vs {pb2['auroc_mean']:.3f}"
     if t1.empty or t2.empty:
         return [_row(claim, paper, "", "not testable", "no AUROC table of one of the models")]
     b1, b2 = t1.loc[t1["auroc_mean"].idxmax()], t2.loc[t2["auroc_mean"].idxmax()]
     a, b = _estimate(b1, "auroc"), _estimate(b2, "auroc")
     verdict, note = _order(a, b, level)
-    wording = "the paper: RecDiscNet's AUC is 'lower compared to top performing' DAE models (Table 2)"
-    return [_row(claim, paper, f"{b1['variant']}\u00a0{a} vs {b2['variant']}\u00a0{b}", verdict,
-                 "; ".join(n for n in (note, wording) if n))]
+    best = (f"best: {b1['variant']} vs {b2['variant']} (paper: {pb1['variant']} vs {pb2['variant']}); "
+            "the paper: RecDiscNet's AUC is 'lower compared to top performing' DAE models (Table 2)")
+    return [_row(claim, paper, f"{a} vs {b}", verdict, "; ".join(n for n in (note, best) if n))]
 
 
 def _claim_pairs(tables, level, *, model: str) -> list[dict]:
@@ -478,13 +524,14 @@ def _claim_followup(tables, level, limits, config: "EvalConfig") -> list[dict]:
     from dmrilib import metrics
 
     p = FOLLOWUP_MISMATCHES
+    rate = {g: p[g]["mismatch"] / p[g]["patients"] for g in p}
     claims = {
         "most": ("6. Follow-up mismatches in most WHO IV patients",
                  f"{p['IV']['mismatch']} / {p['IV']['patients']}"),
         "IV>III": ("6. Follow-up mismatches more frequent in WHO IV than III",
-                   f"{p['IV']['mismatch'] / p['IV']['patients']:.3f} vs {p['III']['mismatch'] / p['III']['patients']:.3f}"),
+                   f"{rate['IV']:.3f} vs {rate['III']:.3f}"),
         "III>II": ("6. Follow-up mismatches more frequent in WHO III than II",
-                   f"{p['III']['mismatch'] / p['III']['patients']:.3f} vs {p['II']['mismatch'] / p['II']['patients']:.3f}"),
+                   f"{rate['III']:.3f} vs {rate['II']:.3f}"),
         "none": ("6. No follow-up mismatch in WHO II", f"{p['II']['mismatch']} / {p['II']['patients']}"),
     }
     fu = _table(tables, "followup")
@@ -507,7 +554,7 @@ def _claim_followup(tables, level, limits, config: "EvalConfig") -> list[dict]:
     rows = []
     claim, paper_text = claims["most"]
     verdict, note = _above(est("IV"), 0.5, level) if "IV" in s.index else ("not testable", "no WHO IV patient")
-    rows.append(_row(claim, paper_text, f"{count('IV')}: {est('IV')}", verdict,
+    rows.append(_row(claim, paper_text, f"{count('IV')}; {est('IV')}", verdict,
                      "; ".join(n for n in (note, "'most': the rate's interval lies above 0.5") if n)))
     for key, (hi, lo) in (("IV>III", ("IV", "III")), ("III>II", ("III", "II"))):
         claim, paper_text = claims[key]
@@ -571,7 +618,8 @@ def findings_scorecard(tables: Mapping[str, pd.DataFrame], *, voxel_mm: float | 
 
     config = config or EvalConfig()
     level = f"{config.ci:.0%}"
-    limits = opening_limits(voxel_mm, config.opening_size) if voxel_mm is not None else {}
+    checks = _opening_checks(voxel_mm, config.opening_size) if voxel_mm is not None else {}
+    limits = {key: short for key, (short, _) in checks.items()}
     rows = [
         *_claim_auroc_order(tables, level),
         *_claim_pairs(tables, level, model="dae"),

@@ -125,8 +125,9 @@ def test_scorecard_claim_holds_when_its_interval_lies_above():
     assert list(card.columns) == list(report.SCORECARD_COLUMNS)
     row = _verdict(card, "1.")
     assert row["verdict"] == "holds"
-    assert "lsd16-sigmoid\u00a00.900\u00a0[0.850,\u00a00.950] vs mix-mix-half" in row["this build"]
-    assert row["paper"] == "lsd512-sigmoid\u00a00.820 vs mix-mix-half\u00a00.772"  # from dmrilib.published
+    assert row["this build"] == "0.900\u00a0[0.850,\u00a00.950] vs 0.700\u00a0[0.600,\u00a00.750]"
+    assert row["paper"] == "0.820 vs 0.772"  # from dmrilib.published
+    assert "best: lsd16-sigmoid vs mix-mix-half (paper: lsd512-sigmoid vs mix-mix-half)" in row["note"]
 
 
 def test_scorecard_claim_does_not_hold_when_its_interval_lies_below():
@@ -210,3 +211,18 @@ def test_style_table_hides_the_index_and_lets_prose_wrap():
     assert "0.123" in html and "0.123456" not in html
     assert "row_heading" not in html
     assert "white-space: normal" in html
+
+
+def test_style_scorecard_puts_each_side_of_a_comparison_on_its_own_line():
+    card = report.findings_scorecard(_tables(), voxel_mm=2.4, config=_CONFIG)
+    html = report.style_scorecard(card).to_html()
+    assert "0.820<br>vs 0.772" in html
+    assert "background-color: #dff0d8" in html  # a verdict that holds is tinted
+
+
+def test_style_table_keeps_a_table_too_wide_for_the_page_at_its_natural_width():
+    narrow = pd.DataFrame({"WHO grade": ["IV"], "mismatch (paper, visual)": ["11 / 14"]})
+    assert "width: max-content" not in report.style_table(narrow).to_html()  # fits with headers wrapped
+    wide = pd.DataFrame({f"Dice post (config {i})": ["uniform-isotropic-half (d=10)"] for i in range(6)})
+    assert "width: max-content" in report.style_table(wide).to_html()
+    assert "width: max-content" not in report.style_table(wide, wrap=["Dice post (config 0)"]).to_html()

@@ -12,8 +12,9 @@ an add), so a sequence of them gives the same bits on any machine.
 
 The functions are accurate to a few units in the last place of float64 (the
 tests compare them with :mod:`math`); float32 input is computed in float64
-and rounded once at the end. They are 5-20x slower than numpy's SIMD loops,
-which costs the simulator a few percent.
+and rounded once at the end. They are 8-20x slower than numpy's SIMD loops
+(35-40 ns per value), which makes the quick cohort take 49 s instead of 33 s
+on two cores (``benchmarks/RESULTS.md``).
 """
 from __future__ import annotations
 

@@ -52,11 +52,6 @@ def run_dir(profile: Profile, model: str, variant: str, fold: int, results: str 
     return results_root(profile, results) / "runs" / model / variant / f"fold-{int(fold)}"
 
 
-def _save_npy(path: Path, array: np.ndarray) -> str:
-    """Write an array atomically with its ``.sha256`` sidecar (:func:`dmrilib.integrity.save_npy`); return the sha256."""
-    return save_npy(path, array)
-
-
 # --------------------------------------------------------------------------- cohort
 
 def run_cohort(profile: Profile, results: str | Path = "results", *, bids_root: str | Path | None = None,
@@ -381,7 +376,7 @@ def predict_run(profile: Profile, model: str, variant: str, fold: int, results: 
         if not np.isfinite(m).all():
             raise ValueError(f"{ckpt}: predicts NaN or infinite scores for {int((~np.isfinite(m)).sum())} voxels "
                              "(training diverged?). Check log.csv and retrain the run, e.g. with a lower train.lr.")
-        hashes[path.name] = _save_npy(path, m)
+        hashes[path.name] = save_npy(path, m)
         maps.append(m.astype(np.float32))
     write_json_atomic(record_path, {"identity": ident, "sha256": hashes, "checkpoint_config_hash": meta["config_hash"],
                                     "checkpoint_epoch": meta.get("epoch"),
@@ -432,8 +427,8 @@ def run_baseline(profile: Profile, fold: int, results: str | Path = "results") -
     # Stored as float16 like the model maps; evaluate exactly what is stored.
     maps_test, maps_val = (score(ids).astype(np.float16) for ids in (test_ids, val_ids))
     out = run_dir(profile, "baseline", "normative", fold, results)
-    _save_npy(out / "maps-test.npy", maps_test)
-    _save_npy(out / "maps-val.npy", maps_val)
+    save_npy(out / "maps-test.npy", maps_test)
+    save_npy(out / "maps-val.npy", maps_val)
     maps_test, maps_val = maps_test.astype(np.float32), maps_val.astype(np.float32)
     return _evaluate_maps(profile, prepared, model="baseline", variant="normative", fold=fold,
                           maps_test=maps_test, test_ids=test_ids, maps_val=maps_val, val_ids=val_ids,
@@ -497,7 +492,7 @@ def run_groundtruth(profile: Profile, results: str | Path = "results", *, bids_r
     t_cohort = time.perf_counter() - t0 - t_sim - t_train
     idx = prepared.index(patients)
     on_grid = np.stack([prepared.crops[j].to_grid(result.masks[s]) for s, j in zip(patients, idx)]).astype(np.uint8)
-    _save_npy(out / "lesion-pipeline.npy", on_grid)
+    save_npy(out / "lesion-pipeline.npy", on_grid)
     table = result.table
     _write_csv(out / "subjects.csv", table)
     _write_csv(out / "timings.csv", result.timings)

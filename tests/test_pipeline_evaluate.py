@@ -9,7 +9,7 @@ from _io_fixtures import make_bids
 from dmrilib import pipeline
 from dmrilib.config import Profile
 from dmrilib.dataset import prepare_cohort
-from dmrilib.integrity import IntegrityError, sha256_file
+from dmrilib.integrity import IntegrityError, save_npy, sha256_file
 from dmrilib.train import CheckpointMismatchError, load_checkpoint
 
 SUBJECTS = tuple((f"H0{i}", "healthy") for i in range(1, 5)) + (("P01", "patient"), ("P02", "patient"))
@@ -123,7 +123,7 @@ def test_nan_in_stored_maps_is_refused(runs):
     maps = np.load(out / "maps-test.npy")
     maps[0, 8, 8, 8] = np.nan
     # written with matching records, as a buggy writer would: the value check still refuses it
-    digest = pipeline._save_npy(out / "maps-test.npy", maps)
+    digest = save_npy(out / "maps-test.npy", maps)
     record = json.loads((out / "maps.json").read_text())
     record["sha256"]["maps-test.npy"] = digest
     (out / "maps.json").write_text(json.dumps(record))
@@ -135,7 +135,7 @@ def test_maps_swapped_with_their_sidecar_are_refused(runs):
     profile, results = runs
     out = _dir(profile, results, DAE)
     maps = np.load(out / "maps-test.npy")
-    pipeline._save_npy(out / "maps-test.npy", maps * np.float16(0.5))  # another map, consistent sidecar
+    save_npy(out / "maps-test.npy", maps * np.float16(0.5))  # another map, consistent sidecar
     with pytest.raises(IntegrityError, match=r"maps-test.npy.sha256: records sha256 .* the file is not the one"):
         pipeline.run_evaluate(profile, *DAE, 0, results)
 

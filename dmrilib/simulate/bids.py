@@ -7,7 +7,6 @@ key-sorted, and nothing time- or machine-dependent is written.
 from __future__ import annotations
 
 import gzip
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -16,6 +15,7 @@ import nibabel as nib
 import numpy as np
 
 from dmrilib._atomic import atomic_path, write_text_atomic
+from dmrilib.integrity import sha256_file
 from dmrilib.simulate.subject import SimulatedSubject
 
 __all__ = ["write_nifti", "write_subject", "subject_files", "points_xfm_sidecar", "write_manifest",
@@ -193,14 +193,6 @@ def points_xfm_sidecar(subject: SimulatedSubject, label: str) -> dict:
     }
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _dataset_files(root: Path) -> list[Path]:
     return sorted(p for p in root.rglob("*") if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts))
 
@@ -213,7 +205,7 @@ def write_manifest(cohort_dir: str | os.PathLike, out_file: str | os.PathLike) -
     root = Path(cohort_dir)
     if not root.is_dir():
         raise ValueError(f"{root}: not a folder; pass the root of a simulated cohort.")
-    lines = [f"{_sha256(p)}  {p.relative_to(root).as_posix()}" for p in _dataset_files(root)]
+    lines = [f"{sha256_file(p)}  {p.relative_to(root).as_posix()}" for p in _dataset_files(root)]
     return write_text_atomic(out_file, "\n".join(lines) + "\n")
 
 
@@ -240,7 +232,7 @@ def verify_manifest(cohort_dir: str | os.PathLike, manifest: str | os.PathLike) 
     for rel, digest in sorted(expected.items()):
         if rel not in present:
             problems.append(f"missing: {rel}")
-        elif _sha256(present[rel]) != digest:
+        elif sha256_file(present[rel]) != digest:
             problems.append(f"changed: {rel}")
     problems += [f"extra: {rel}" for rel in sorted(set(present) - set(expected))]
     return problems

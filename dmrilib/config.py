@@ -444,6 +444,10 @@ class Profile:
     sections : mapping
         The settings as written in the file (section -> key -> value); the
         workflow hashes these, so they stay as written.
+    fidelity : {"code", "paper"}
+        Top-level ``fidelity`` key: whose protocol the switched keys of every
+        section follow when the profile leaves them unset (the authors' code
+        or the paper's text; :mod:`dmrilib.fidelity`).
     """
 
     name: str
@@ -453,6 +457,7 @@ class Profile:
     folds: tuple[int, ...]
     source: str = "<dict>"
     description: str = ""
+    fidelity: str = "code"
 
     def __post_init__(self) -> None:
         for name in SECTION_CLASSES:
@@ -477,7 +482,7 @@ class Profile:
         """
         if not isinstance(data, Mapping):
             raise ConfigError(f"{source}: a profile must be a YAML mapping, got {type(data).__name__}.")
-        allowed = {"name", "seed", "description", "variants", "folds", *SECTION_CLASSES}
+        allowed = {"name", "seed", "description", "fidelity", "variants", "folds", *SECTION_CLASSES}
         unknown = sorted(set(data) - allowed)
         if unknown:
             raise ConfigError(f"{source}: unknown top-level key(s) {unknown}. Allowed: {sorted(allowed)}.")
@@ -493,6 +498,13 @@ class Profile:
         seed = data.get("seed", 0)
         if not _is_int(seed) or seed < 0:
             raise ConfigError(f"{source}: seed: expected a non-negative integer, got {_show(seed)}.")
+        fidelity = data.get("fidelity", "code")
+        from dmrilib.fidelity import FIDELITIES
+
+        if fidelity not in FIDELITIES:
+            raise ConfigError(f"{source}: fidelity: expected one of {', '.join(map(repr, FIDELITIES))} (whose "
+                              f"protocol the unset keys follow: the authors' code or the paper's text), "
+                              f"got {_show(fidelity)}.")
         description = data.get("description", "")
         if not isinstance(description, str):
             raise ConfigError(f"{source}: description: expected a string, got {_show(description)}.")
@@ -518,12 +530,18 @@ class Profile:
             folds=_check_folds(data["folds"], source),
             source=source,
             description=description,
+            fidelity=fidelity,
         )
 
     def _build(self, name: str):
         values = dict(self.sections.get(name, {}))
-        if "seed" in {f.name for f in dataclasses.fields(_section_class(name))}:
+        fields = {f.name for f in dataclasses.fields(_section_class(name))}
+        if "seed" in fields:
             values.setdefault("seed", self.seed)
+        # The top-level side (dmrilib.fidelity) reaches every section with switched keys;
+        # a section may still name its own.
+        if "fidelity" in fields:
+            values.setdefault("fidelity", self.fidelity)
         return _build_section(name, values, self.source)
 
     def section(self, name: str):
@@ -576,7 +594,7 @@ class Profile:
 
     def hash(self) -> str:
         """Config hash of the whole profile."""
-        return config_hash(self.name, self.seed, self.sections, self.variants, self.folds)
+        return config_hash(self.name, self.seed, self.fidelity, self.sections, self.variants, self.folds)
 
 
 def load_profile(name_or_path: str | os.PathLike) -> Profile:

@@ -41,7 +41,7 @@ takes the patients' mean and population SD within each fold and averages both
 over folds; ``pooled`` takes mean and sample SD over all patient x fold rows.
 
 ``EvalConfig.fidelity`` (``code`` or ``paper``) sets the defaults of
-``threshold_region``, ``pool_stride`` and ``aggregate`` (:data:`FIDELITY_DEFAULTS`);
+``threshold_region``, ``pool_stride`` and ``aggregate`` (:mod:`dmrilib.fidelity`);
 a key given explicitly wins.
 """
 from __future__ import annotations
@@ -60,10 +60,10 @@ from numpy.typing import ArrayLike
 from scipy import ndimage
 
 from dmrilib._atomic import atomic_path
+from dmrilib.fidelity import resolve as resolve_fidelity
 
 __all__ = [
     "EvalConfig",
-    "FIDELITY_DEFAULTS",
     "THRESHOLD_REGIONS",
     "evaluation_regions",
     "Threshold",
@@ -96,17 +96,6 @@ _DEFAULT_FIXED = {"dae": 0.3, "recdisc": 0.5, "normative": 3.0}
 #: Values of ``EvalConfig.threshold_region`` (see :func:`evaluation_regions`).
 THRESHOLD_REGIONS = ("eroded_brain_no_csf", "wmgm", "brain")
 
-#: Defaults of the per-difference keys of :class:`EvalConfig` for each
-#: ``fidelity``. ``code``: what the authors' repository does
-#: (``DataProcessing/quantitative_analysis.py``, ``processing_data.py``);
-#: ``paper``: the article's text, or what this package did before where the
-#: text is silent (region of the rules, aggregation).
-FIDELITY_DEFAULTS: dict[str, dict[str, Any]] = {
-    "code": {"threshold_region": "eroded_brain_no_csf", "pool_stride": "block", "aggregate": "per_fold"},
-    "paper": {"threshold_region": "brain", "pool_stride": 1, "aggregate": "pooled"},
-}
-
-
 # --------------------------------------------------------------------------- config
 
 
@@ -122,8 +111,8 @@ class EvalConfig:
     fidelity : {"code", "paper"}
         Whose protocol sets the defaults of ``threshold_region``,
         ``pool_stride`` and ``aggregate`` when they are not given
-        (:data:`FIDELITY_DEFAULTS`): the authors' code (default) or the paper's
-        text.
+        (:mod:`dmrilib.fidelity`): the authors' code (default) or the paper's
+        text. Set from the profile's top-level ``fidelity``.
     threshold_region : {"eroded_brain_no_csf", "wmgm", "brain"}, optional
         Voxels the threshold rules, the opening and the scores see
         (:func:`evaluation_regions`). ``eroded_brain_no_csf`` (code): the brain
@@ -184,14 +173,8 @@ class EvalConfig:
         fixed.update({str(k): float(v) for k, v in dict(self.fixed_thresholds).items()})
         object.__setattr__(self, "fixed_thresholds", fixed)
         object.__setattr__(self, "healthy_fprs", tuple(float(q) for q in self.healthy_fprs))
-        if self.fidelity not in FIDELITY_DEFAULTS:
-            raise ValueError(f"evaluate.fidelity must be one of {sorted(FIDELITY_DEFAULTS)}, got {self.fidelity!r}.")
-        # Resolve the per-difference keys here, so that the fields (and every
-        # config hash of them) hold the values actually used; a key given
-        # explicitly wins over the fidelity's default.
-        for key, default in FIDELITY_DEFAULTS[self.fidelity].items():
-            if getattr(self, key) is None:
-                object.__setattr__(self, key, default)
+        # The switched keys hold the values actually used (and hashed); a key given explicitly wins.
+        resolve_fidelity(self, "evaluate")
         if self.threshold_region not in THRESHOLD_REGIONS:
             raise ValueError(f"evaluate.threshold_region must be one of {list(THRESHOLD_REGIONS)}, "
                              f"got {self.threshold_region!r}.")

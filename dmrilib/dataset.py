@@ -33,14 +33,16 @@ import shutil
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Literal, Sequence
 
 import nibabel as nib
 import numpy as np
+from scipy import ndimage
 
 from dmrilib._atomic import atomic_dir, remove_stale_temp, write_json_atomic
 from dmrilib._workers import process_pool
 from dmrilib.config import config_hash, provenance
+from dmrilib.fidelity import resolve as resolve_fidelity
 from dmrilib.integrity import IntegrityError, check_sha256, check_unit_interval, sha256_file
 from dmrilib.io import (
     BidsDwi,
@@ -96,6 +98,22 @@ class PrepareConfig:
         Clip negative signal to 0 instead of rejecting the input.
     dti_fit : {"OLS", "WLS"}
         dipy tensor fit for the FA/MD maps (OLS ~1 s/subject, WLS ~11 s).
+    fidelity : {"code", "paper"}
+        Whose protocol fills ``input_mask_erosion`` when it is not given
+        (:mod:`dmrilib.fidelity`): the authors' code (default) or the
+        article's text. Set from the profile's top-level ``fidelity``.
+    input_mask_erosion : int, optional
+        Erode the brain mask this many times by a 3x3x3 cube on the network
+        grid (voxels outside the grid count as background) and zero the
+        attenuation outside the eroded mask. Code: 1 (``processing_data.py``
+        erodes once after cropping and zeroes the input outside); paper: not
+        stated, so ``paper`` gives 0, this package's earlier behaviour (the
+        input zeroed outside the brain mask only). Only the attenuation
+        changes: the stored ``brain_mask`` stays the uneroded mask, because
+        the regions that need the eroded one erode it themselves
+        (:func:`dmrilib.metrics.evaluation_regions`, the JOOD centre region),
+        as the authors' code uses its eroded mask only through the
+        brain-without-CSF mask.
     """
 
     grid: tuple[int, int, int] = (64, 80, 64)
@@ -108,8 +126,16 @@ class PrepareConfig:
     dtype: str = "float16"
     clip_negative: bool = False
     dti_fit: str = "OLS"
+    fidelity: Literal["code", "paper"] = "code"
+    input_mask_erosion: int | None = None
 
     def __post_init__(self) -> None:
+        # The switched keys hold the values actually used (and hashed); a key given explicitly wins.
+        resolve_fidelity(self, "prepare")
+        erosion = self.input_mask_erosion
+        if isinstance(erosion, bool) or not isinstance(erosion, (int, np.integer)) or erosion < 0:
+            raise ValueError(f"input_mask_erosion must be an integer >= 0, got {erosion!r}.")
+        object.__setattr__(self, "input_mask_erosion", int(erosion))
         grid = tuple(self.grid)
         if len(grid) != 3 or not all(isinstance(v, (int, np.integer)) and v > 0 for v in grid):
             raise ValueError(f"grid must be three positive integers (X, Y, Z), got {self.grid!r}.")
@@ -198,7 +224,8 @@ class PreparedCohort:
         Rows of ``participants.tsv`` indexed like ``subjects`` (``group`` is
         ``healthy``/``patient`` for the simulated cohort).
     attenuation : array-like, shape (S, C, X, Y, Z)
-        float32 in [0, 1] on access, zero outside the brain (memory-mapped;
+        float32 in [0, 1] on access, zero outside the brain mask (eroded
+        ``prepare.input_mask_erosion`` times) (memory-mapped;
         index it to read). The file's sha256 and value range are checked on
         the first access to its values (:class:`~dmrilib.integrity.IntegrityError`).
     brain_mask, eval_mask, lesion, infiltration, followup_lesion : ndarray of bool, shape (S, X, Y, Z)
@@ -401,9 +428,15 @@ def _prepare_subject(entry: BidsDwi, root: Path, config: PrepareConfig, grid: Ne
         brain_source = str(entry.derivatives["brain"].relative_to(root))
     brain = labels["brain_mask"]
     crop = grid.crop_for(brain)
+    arrays = {name: crop.to_grid(labels[name]) for name in MASK_NAMES if name in labels}
+    signal = crop.to_grid(attenuation(dwi, brain))  # (X, Y, Z, C), zero outside the brain mask
+    if config.input_mask_erosion:
+        # As the authors' processing_data.py: erode on the network grid, zero the input outside.
+        kept = ndimage.binary_erosion(arrays["brain_mask"], structure=np.ones((3, 3, 3), bool),
+                                      iterations=config.input_mask_erosion)
+        signal[~kept] = 0
     # (X, Y, Z, C) -> (C, X, Y, Z) on the network grid
-    arrays = {"attenuation": np.moveaxis(crop.to_grid(attenuation(dwi, brain)), 3, 0).astype(config.dtype)}
-    arrays.update({name: crop.to_grid(labels[name]) for name in MASK_NAMES if name in labels})
+    arrays["attenuation"] = np.moveaxis(signal, 3, 0).astype(config.dtype)
     maps = dti_maps(dwi, brain, fit_method=config.dti_fit)
     arrays["fa"], arrays["md"] = crop.to_grid(maps.fa), crop.to_grid(maps.md)
     dw = ~dwi.is_b0

@@ -214,6 +214,9 @@ def test_real_layout_without_sessions_or_derivatives_uses_b0_mask_and_chosen_she
         ({"target_bvalue": 100, "bvalue_tolerance": 60}, "b0_threshold"),
         ({"dti_fit": "NLLS"}, "OLS"),
         ({"session": ""}, "session"),
+        ({"input_mask_erosion": -1}, "input_mask_erosion"),
+        ({"input_mask_erosion": 1.5}, "input_mask_erosion"),
+        ({"fidelity": "thesis"}, "fidelity"),
     ],
 )
 def test_prepare_config_rejects_bad_values(kwargs, message):
@@ -332,3 +335,28 @@ def test_acquisition_summarises_geometry_and_gradients_of_the_subjects(bids, con
     np.testing.assert_allclose(acq["gradient_schemes"][0], cohort.bvecs[0], atol=1e-6)
     assert 0 < acq["brain_fraction_min"] <= 1
     json.dumps(acq)  # plain JSON types: it goes into checkpoints loaded with weights_only=True
+
+
+def test_input_mask_erosion_follows_fidelity_and_an_explicit_value_wins():
+    assert PrepareConfig().input_mask_erosion == 1  # the authors' processing_data.py
+    assert PrepareConfig(fidelity="paper").input_mask_erosion == 0
+    assert PrepareConfig(fidelity="paper", input_mask_erosion=2).input_mask_erosion == 2
+    assert PrepareConfig(input_mask_erosion=0).hash() != PrepareConfig().hash()
+
+
+def test_input_mask_erosion_zeroes_the_rim_of_the_brain_and_keeps_the_brain_mask(bids, tmp_path):
+    from scipy import ndimage
+
+    plain = load_prepared(prepare_cohort(bids, PrepareConfig(grid=GRID, input_mask_erosion=0), tmp_path / "e0",
+                                         progress=False))
+    eroded = load_prepared(prepare_cohort(bids, PrepareConfig(grid=GRID, input_mask_erosion=1), tmp_path / "e1",
+                                          progress=False))
+    np.testing.assert_array_equal(plain.brain_mask, eroded.brain_mask)  # stored mask: not eroded
+    for i in range(len(plain.subjects)):
+        brain = plain.brain_mask[i]
+        kept = ndimage.binary_erosion(brain, structure=np.ones((3, 3, 3), bool))
+        rim = brain & ~kept
+        assert rim.any() and kept.any()
+        assert (plain.attenuation[i][:, rim] > 0).any()  # without erosion the rim carries signal
+        assert (eroded.attenuation[i][:, rim] == 0).all()
+        np.testing.assert_array_equal(eroded.attenuation[i][:, kept], plain.attenuation[i][:, kept])

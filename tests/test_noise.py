@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 from dmrilib.noise import APPEARANCES, DISTRIBUTIONS, MEANS, JoodConfig, add_jood, noise_distribution_samples
 
 GRID = (12, 14, 10)
+SMALL_OFFSET = (1.0, 3.0)  # the code's 4..20 voxels would leave GRID's brain; tests scale it down
 
 
 def _batch(b=4, c=5, seed=0):
@@ -28,7 +29,7 @@ def _patches_per_sample(cfg, n, seed):
 def test_patch_count_frequencies_match_probabilities():
     # With radius 0.5 every patch is its centre voxel; inside a solid brain the
     # number of marked voxels is the number of patches (unless both hit one voxel).
-    cfg = JoodConfig(radius=(0.5, 0.5))
+    cfg = JoodConfig(radius=(0.5, 0.5), geometry="anywhere")
     n = 4000
     vol = torch.full((n, 2, 6, 6, 6), 0.5)
     brain = torch.ones(n, 6, 6, 6, dtype=torch.bool)
@@ -41,8 +42,9 @@ def test_patch_count_frequencies_match_probabilities():
 @pytest.mark.parametrize("distribution", DISTRIBUTIONS)
 @pytest.mark.parametrize("appearance", APPEARANCES)
 @pytest.mark.parametrize("mean", MEANS)
-def test_mask_is_exactly_where_values_changed_and_values_stay_in_unit_range(distribution, appearance, mean):
-    cfg = JoodConfig(distribution, appearance, mean, radius=(2, 4))
+@pytest.mark.parametrize("geometry", ["centred", "anywhere"])
+def test_mask_is_exactly_where_values_changed_and_values_stay_in_unit_range(distribution, appearance, mean, geometry):
+    cfg = JoodConfig(distribution, appearance, mean, radius=(2, 4), geometry=geometry, centre_offset=SMALL_OFFSET)
     vol, brain = _batch(b=6)
     out, mask = add_jood(vol, brain, cfg, torch.Generator().manual_seed(3))
     assert out.shape == vol.shape and out.dtype == vol.dtype and mask.shape == brain.shape
@@ -52,8 +54,9 @@ def test_mask_is_exactly_where_values_changed_and_values_stay_in_unit_range(dist
     assert out.min() >= 0 and out.max() <= 1
 
 
-def test_patch_centres_lie_in_brain_and_patches_stay_close():
-    cfg = JoodConfig(radius=(1, 2))
+@pytest.mark.parametrize("geometry", ["centred", "anywhere"])
+def test_patch_centres_lie_in_brain_and_patches_stay_close(geometry):
+    cfg = JoodConfig(radius=(1, 2), geometry=geometry, centre_offset=SMALL_OFFSET)
     vol, brain = _batch(b=64)
     _, mask = add_jood(vol, brain, cfg, torch.Generator().manual_seed(5))
     grown = torch.nn.functional.max_pool3d(brain[:, None].float(), 5, stride=1, padding=2)[:, 0] > 0
@@ -66,8 +69,8 @@ def test_no_patch_without_brain():
     assert not mask.any() and torch.equal(out, vol)
 
 
-def _single_patch(appearance, c=6):
-    cfg = JoodConfig("uniform", appearance, "full", radius=(3, 3), patch_probs=(0.0, 1.0))
+def _single_patch(appearance, c=6, **kw):
+    cfg = JoodConfig("uniform", appearance, "full", radius=(3, 3), patch_probs=(0.0, 1.0), geometry="anywhere", **kw)
     vol = torch.zeros(2, c, *GRID)
     brain = torch.zeros(2, *GRID, dtype=torch.bool)
     brain[:, 6, 7, 5] = True
@@ -84,8 +87,8 @@ def test_directional_noise_has_one_value_per_channel_inside_a_patch():
         assert len(torch.unique(inside[:, 0])) == inside.shape[0]
 
 
-def test_isotropic_noise_has_one_value_per_voxel_across_channels():
-    out, mask = _single_patch("isotropic")
+def test_isotropic_per_voxel_noise_has_one_value_per_voxel_across_channels():
+    out, mask = _single_patch("isotropic", isotropic="per_voxel")
     inside = out[0][:, mask[0]]
     assert torch.all(inside == inside[:1])
     assert len(torch.unique(inside[0])) == inside.shape[1]
@@ -98,7 +101,7 @@ def test_random_noise_varies_over_voxels_and_channels():
 
 
 def test_same_seed_same_output_and_other_seed_differs():
-    cfg = JoodConfig.from_variant("mix-mix-half", radius=(2, 4))
+    cfg = JoodConfig.from_variant("mix-mix-half", radius=(2, 4), centre_offset=SMALL_OFFSET)
     vol, brain = _batch()
     a = add_jood(vol, brain, cfg, torch.Generator().manual_seed(11))
     b = add_jood(vol, brain, cfg, torch.Generator().manual_seed(11))
@@ -109,11 +112,14 @@ def test_same_seed_same_output_and_other_seed_differs():
 
 @settings(max_examples=25, deadline=None)
 @given(seed=st.integers(0, 2**31 - 1), variant=st.sampled_from(
-    [f"{d}-{a}-{m}" for d in DISTRIBUTIONS for a in APPEARANCES for m in MEANS]))
-def test_property_disturbance_is_confined_to_mask_and_unit_range(seed, variant):
+    [f"{d}-{a}-{m}" for d in DISTRIBUTIONS for a in APPEARANCES for m in MEANS]),
+    geometry=st.sampled_from(["centred", "anywhere"]), isotropic=st.sampled_from(["per_patch", "per_voxel"]),
+    mix=st.sampled_from(["weighted", "thirds"]))
+def test_property_disturbance_is_confined_to_mask_and_unit_range(seed, variant, geometry, isotropic, mix):
     vol, brain = _batch(b=2, c=3, seed=seed % 1000)
-    out, mask = add_jood(vol, brain, JoodConfig.from_variant(variant, radius=(1, 5)),
-                         torch.Generator().manual_seed(seed))
+    cfg = JoodConfig.from_variant(variant, radius=(1, 5), geometry=geometry, isotropic=isotropic, mix=mix,
+                                  centre_offset=(0, 3))
+    out, mask = add_jood(vol, brain, cfg, torch.Generator().manual_seed(seed))
     assert torch.equal(out[~mask[:, None].expand_as(out)], vol[~mask[:, None].expand_as(vol)])
     assert 0 <= out.min() and out.max() <= 1
 
@@ -142,7 +148,12 @@ def test_noise_distribution_samples_have_the_papers_moments():
     assert set(s) == {"normal-full", "normal-half", "uniform-full", "uniform-half"}
     assert s["normal-full"].mean() == pytest.approx(0.4, abs=0.005)
     assert s["normal-full"].std() == pytest.approx(0.12, abs=0.005)
-    assert s["uniform-half"].min() >= 0.2 - 0.06 - 1e-6 and s["uniform-half"].max() <= 0.2 + 0.06 + 1e-6
+    # the default is the authors' code: U(mean - sd, mean + sd)
+    assert s["uniform-half"].min() == pytest.approx(0.2 - 0.12, abs=1e-3)
+    assert s["uniform-half"].max() == pytest.approx(0.2 + 0.12, abs=1e-3)
+    paper = noise_distribution_samples(50_000, config=JoodConfig(uniform_width=0.12), seed=0)
+    assert paper["uniform-half"].min() == pytest.approx(0.2 - 0.06, abs=1e-3)
+    assert paper["uniform-half"].max() == pytest.approx(0.2 + 0.06, abs=1e-3)
     assert s["normal-half"].min() >= 0.0  # clipped like the volumes
     assert np.array_equal(s["normal-full"], noise_distribution_samples(50_000, seed=0)["normal-full"])
 

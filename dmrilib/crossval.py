@@ -16,42 +16,108 @@ from typing import Any, Literal, Sequence
 import numpy as np
 
 from dmrilib._atomic import write_json_atomic
+from dmrilib.fidelity import resolve as resolve_fidelity
 
-__all__ = ["TrainConfig", "Fold", "make_folds", "write_folds", "read_folds"]
+__all__ = ["TrainConfig", "Fold", "FOLD_SPLITS", "make_folds", "write_folds", "read_folds"]
+
+#: How :func:`make_folds` cuts the subjects: the authors' slices or a seeded shuffle.
+FOLD_SPLITS = ("contiguous", "random")
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     """Optimisation, folds and runtime settings (profile section ``train``).
 
+    Keys that the article and the authors' code set differently
+    (:mod:`dmrilib.fidelity`) default to None and take the value of the side
+    named by ``fidelity`` (``code`` or ``paper``); a value given explicitly
+    wins. The dataclass holds the resolved values, so every hash and run
+    record names what was actually used.
+
     Parameters
     ----------
-    epochs : int
-        Training epochs (paper: 500).
+    fidelity : {"code", "paper"}
+        Whose protocol fills the switched keys left unset: the authors' code
+        (default) or the article's text. Set from the profile's top-level
+        ``fidelity``.
+    epochs : int, optional
+        Training epochs. Code: 250 (``config.py``); paper: 500.
     batch_size : int
         Volumes per step (paper: 4).
-    lr : float
-        Adam learning rate. The paper does not state it; 1e-4 is the default.
+    lr : float, optional
+        Adam learning rate. Code: 1e-3 (``config.py``); paper: not stated, so
+        ``paper`` gives the 1e-4 this package used before.
     lr_gamma : float
         ExponentialLR decay per epoch (paper: 0.95).
     n_folds : int
         Folds of the healthy subjects (paper: 7).
+    fold_split : {"contiguous", "random"}, optional
+        How the healthy subjects are cut into folds (:func:`make_folds`).
+        Code: ``contiguous``, consecutive slices of the sorted subject list
+        (``config.py``); paper: ``random`` ("7 random subsets"), a seeded
+        shuffle.
     copies_per_subject : int
         Disturbed copies of each training subject per epoch (RecDiscNet; paper: 4).
-    val_copies : int
-        Fixed disturbed copies of each validation subject (RecDiscNet).
+    jood_copies : {"fixed", "fresh"}, optional
+        When the training copies are disturbed (RecDiscNet). Code: ``fixed``,
+        ``copies_per_subject`` copies of each training subject disturbed once
+        per run, shuffled once and visited in that same order every epoch
+        (``Dataset.py``, ``Dataloader.py``); paper: silent, so ``fresh`` gives
+        this package's earlier behaviour: new disturbances and a new order
+        every epoch.
+    val_copies : int, optional
+        Fixed disturbed copies of each validation subject (RecDiscNet). Code: 4
+        (``Dataset.py``); paper: not stated, so ``paper`` gives the 1 this
+        package used before.
     kl_weight : float
         Weight of the KL term of the DAE loss (paper: 1.22e-5).
+    kl_reduction : {"sum", "mean"}, optional
+        How the DAE's KL term reduces over latent dimensions
+        (:func:`dmrilib.models.dae_loss`). Code: ``sum`` (summed over latent
+        dimensions, averaged over the batch); paper: ``mean`` (its
+        ``1/2 1/n sum_j`` read as a mean over dimensions).
     recon_weight, bce_weight, bce_pos_weight : float
         RecDiscNet loss ``recon_weight * MSE + bce_weight * BCE`` with the
         positive class weighted ``bce_pos_weight`` (authors' code: 5, 1, 20).
     jood_radius : (float, float)
-        Ellipsoid semi-axis range in voxels (paper: 5 to 11 at 64x80x64).
+        Ellipsoid size range in voxels (paper: 5 to 11 at 64x80x64); see
+        ``jood_geometry`` for what it bounds.
+    jood_isotropic : {"per_patch", "per_voxel"}, optional
+        The ``isotropic`` JOOD appearance. Code: ``per_patch``, one uniform
+        value for the whole patch, the same in every voxel and direction
+        (``anomaly_generation.py``); paper: ``per_voxel``, one value per voxel,
+        the same in every direction.
+    jood_geometry : {"centred", "anywhere"}, optional
+        Where JOOD ellipsoids go and how they are shaped. Code: ``centred``,
+        an integer half-size in ``jood_radius``, semi-axes half-size x
+        U(0.5, 1), axis-aligned, the centre at the grid centre +- an offset in
+        ``jood_centre_offset`` per axis and inside the eroded brain without
+        CSF (``anomaly_generation.py``); paper: ``anywhere``, semi-axes
+        U(``jood_radius``), rotated, the centre anywhere in the brain.
+    jood_centre_offset : (float, float)
+        Range ``[min, max]`` of the distance, per axis, of a ``centred``
+        patch centre from the grid centre, in voxels of the paper's
+        64x80x64 grid (authors' code: 4 to 20, with a random sign); how it
+        applies to other grids is
+        :meth:`dmrilib.noise.JoodConfig.from_train_config`'s. Not a fidelity key.
+    jood_uniform_width : float, optional
+        Width (max - min) of uniform JOOD noise. Code: 0.24, U(mean - sd,
+        mean + sd) (``anomaly_generation.py``); paper: 0.12 (the range "set
+        to the standard deviation").
+    jood_mix : {"weighted", "thirds"}, optional
+        How the ``mix`` appearance picks a patch's noise. Code: ``weighted``,
+        isotropic (uniform) 34 %, random 33 %, directional 33 %
+        (``anomaly_generation.py``); paper: not detailed, so ``thirds`` gives
+        this package's earlier choice (appearance in thirds, normal or
+        uniform in halves).
     recdisc_crop : (int, int, int) or None
         Train RecDiscNet on random windows of this size instead of whole
         volumes (validation and prediction still use whole volumes). A CPU
         shortcut for small profiles; None (paper) trains on whole volumes.
         The DAE always trains on whole volumes (its latent is tied to the grid).
+        With ``jood_copies="fixed"`` the copies are disturbed as whole
+        volumes and the window is cut from the clean volume, the disturbed
+        copy and the patch mask alike.
     selection : {"val_loss", "last"}
         Which epoch's weights become ``checkpoint-best.pt``: the lowest
         validation loss (paper) or the last epoch. With a handful of epochs
@@ -83,18 +149,27 @@ class TrainConfig:
         Seeds initial weights, shuffling, latent noise and JOOD patches.
     """
 
-    epochs: int = 500
+    fidelity: Literal["code", "paper"] = "code"
+    epochs: int | None = None
     batch_size: int = 4
-    lr: float = 1e-4
+    lr: float | None = None
     lr_gamma: float = 0.95
     n_folds: int = 7
+    fold_split: Literal["contiguous", "random"] | None = None
     copies_per_subject: int = 4
-    val_copies: int = 1
+    jood_copies: Literal["fixed", "fresh"] | None = None
+    val_copies: int | None = None
     kl_weight: float = 1.22e-5
+    kl_reduction: Literal["sum", "mean"] | None = None
     recon_weight: float = 5.0
     bce_weight: float = 1.0
     bce_pos_weight: float = 20.0
     jood_radius: tuple[float, float] = (5.0, 11.0)
+    jood_isotropic: Literal["per_patch", "per_voxel"] | None = None
+    jood_geometry: Literal["centred", "anywhere"] | None = None
+    jood_centre_offset: tuple[float, float] = (4.0, 20.0)
+    jood_uniform_width: float | None = None
+    jood_mix: Literal["weighted", "thirds"] | None = None
     recdisc_crop: tuple[int, int, int] | None = None
     selection: Literal["val_loss", "last"] = "val_loss"
     val_every: int = 1
@@ -107,6 +182,8 @@ class TrainConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        # The switched keys hold the values actually used (and hashed); a key given explicitly wins.
+        resolve_fidelity(self, "train")
         for name in ("epochs", "batch_size", "n_folds", "copies_per_subject", "val_copies", "val_every",
                      "checkpoint_every"):
             if int(getattr(self, name)) < 1:
@@ -128,10 +205,22 @@ class TrainConfig:
             raise ValueError(f"train.device must be 'auto', 'cpu' or 'cuda', got {self.device!r}.")
         if self.num_threads is not None and int(self.num_threads) < 1:
             raise ValueError(f"train.num_threads must be positive or null, got {self.num_threads}.")
+        for name, allowed in (("fold_split", FOLD_SPLITS), ("jood_copies", ("fixed", "fresh")),
+                              ("kl_reduction", ("sum", "mean")), ("jood_isotropic", ("per_patch", "per_voxel")),
+                              ("jood_geometry", ("centred", "anywhere")), ("jood_mix", ("weighted", "thirds"))):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"train.{name} must be one of {list(allowed)}, got {getattr(self, name)!r}.")
+        if not self.jood_uniform_width > 0:
+            raise ValueError(f"train.jood_uniform_width must be positive, got {self.jood_uniform_width}.")
         radius = tuple(float(r) for r in self.jood_radius)
         if len(radius) != 2 or not 0 < radius[0] <= radius[1]:
             raise ValueError(f"train.jood_radius must be [min, max] voxels with 0 < min <= max, got {self.jood_radius}.")
         object.__setattr__(self, "jood_radius", radius)
+        offset = tuple(float(r) for r in self.jood_centre_offset)
+        if len(offset) != 2 or not 0 <= offset[0] <= offset[1]:
+            raise ValueError(f"train.jood_centre_offset must be [min, max] voxels with 0 <= min <= max, "
+                             f"got {self.jood_centre_offset}.")
+        object.__setattr__(self, "jood_centre_offset", offset)
         if self.recdisc_crop is not None:
             crop = tuple(int(c) for c in self.recdisc_crop)
             if len(crop) != 3 or min(crop) < 1:
@@ -148,17 +237,34 @@ class Fold:
     val: tuple[str, ...]
 
 
-def make_folds(subject_ids: Sequence[str], n_folds: int, seed: int) -> list[Fold]:
-    """Split subjects into ``n_folds`` folds, deterministically from ``seed``.
+def make_folds(subject_ids: Sequence[str], n_folds: int, seed: int,
+               split: Literal["contiguous", "random"] = "random") -> list[Fold]:
+    """Split subjects into ``n_folds`` folds; every subject validates in exactly one.
 
-    Subjects are shuffled once with ``numpy.random.default_rng(seed)`` and
-    cut into ``n_folds`` near-equal validation groups (28 subjects, 7 folds:
-    4 each); every subject validates in exactly one fold. Within a fold the ids
-    keep the order of ``subject_ids``.
+    Parameters
+    ----------
+    subject_ids : sequence of str
+        The healthy subjects (no duplicates).
+    n_folds : int
+        Between 2 and the number of subjects.
+    seed : int
+        Seeds the shuffle of ``split="random"``; unused by ``contiguous``.
+    split : {"contiguous", "random"}
+        ``contiguous`` (the authors' ``config.py``): the ids sorted and cut
+        into ``n_folds`` consecutive near-equal slices; fold 0 validates the
+        last slice (their ``run 1``: ``train[24:28]``) and fold ``k >= 1``
+        the ``k``-th slice from the start (their ``run k + 1``), and trains
+        on the rest in sorted order. ``random`` (the paper's "7 random
+        subsets"): the ids shuffled once with
+        ``numpy.random.default_rng(seed)`` and cut likewise; within a fold
+        the ids keep the order of ``subject_ids``. With 28 subjects and 7
+        folds both give 4 validation subjects per fold.
 
     Returns
     -------
     list of Fold
+        In fold order. The patients are every fold's test set and are not
+        part of a Fold.
     """
     ids = [str(s) for s in subject_ids]
     if len(set(ids)) != len(ids):
@@ -166,9 +272,16 @@ def make_folds(subject_ids: Sequence[str], n_folds: int, seed: int) -> list[Fold
     if not 2 <= n_folds <= len(ids):
         raise ValueError(f"make_folds: n_folds must be between 2 and the number of subjects ({len(ids)}), "
                          f"got {n_folds}.")
-    order = np.random.default_rng(seed).permutation(len(ids))
+    if split not in FOLD_SPLITS:
+        raise ValueError(f"make_folds: split must be one of {list(FOLD_SPLITS)}, got {split!r}.")
+    if split == "contiguous":
+        ids = sorted(ids)
+        slices = np.array_split(np.arange(len(ids)), n_folds)
+        parts = [slices[-1], *slices[:-1]]
+    else:
+        parts = np.array_split(np.random.default_rng(seed).permutation(len(ids)), n_folds)
     folds = []
-    for k, part in enumerate(np.array_split(order, n_folds)):
+    for k, part in enumerate(parts):
         val = set(part.tolist())
         folds.append(Fold(k, tuple(s for i, s in enumerate(ids) if i not in val),
                           tuple(s for i, s in enumerate(ids) if i in val)))

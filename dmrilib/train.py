@@ -382,17 +382,79 @@ class _Step:
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
             if self.model_name == "dae":
                 out = self.net(self._prep(clean), latent_noise)
-                return dae_loss(out, clean, cfg.kl_weight)
+                return dae_loss(out, clean, cfg.kl_weight, kl_reduction=cfg.kl_reduction)
             assert disturbed is not None and patch_mask is not None
             out = self.net(self._prep(disturbed))
             return recdisc_loss(out, clean, patch_mask, mse_weight=cfg.recon_weight,
                                 bce_weight=cfg.bce_weight, pos_weight=cfg.bce_pos_weight)
 
 
+def _bool_rows(masks: np.ndarray, rows: Sequence[int], device: torch.device) -> torch.Tensor:
+    """Rows of a (S, X, Y, Z) mask array as a bool tensor on ``device``."""
+    return torch.from_numpy(np.ascontiguousarray(masks[rows]).astype(bool)).to(device)
+
+
+def _rows(masks: torch.Tensor | None, j: int) -> torch.Tensor | None:
+    return None if masks is None else masks[j:j + 1]
+
+
+def _window(grid: Sequence[int], crop: Sequence[int],
+            generator: torch.Generator) -> tuple[tuple[Any, ...], tuple[int, int, int]]:
+    """A random ``crop``-sized window of ``grid`` and the grid centre in the window's coordinates.
+
+    The offsets come from the CPU generator: no device sync.
+    """
+    offsets = [int(torch.randint(0, g - n + 1, (), generator=generator)) for g, n in zip(grid, crop)]
+    window = (Ellipsis, *(slice(o, o + n) for o, n in zip(offsets, crop)))
+    centre = tuple(g // 2 - o for g, o in zip(grid, offsets))
+    return window, centre  # type: ignore[return-value]
+
+
+def _fixed_copies(data: torch.Tensor, brain: torch.Tensor, centre: torch.Tensor | None, ids: Sequence[str],
+                  copies: int, jood: JoodConfig, *, seed: int,
+                  device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """``copies`` disturbed copies of every subject, drawn once (``jood_copies="fixed"``).
+
+    Parameters
+    ----------
+    data : Tensor, shape (N, C, X, Y, Z)
+        Clean volumes in their stored dtype (e.g. float16), on ``device``.
+    brain, centre : Tensor of bool, shape (N, X, Y, Z)
+        ``brain_mask`` and ``centre_region`` of :func:`dmrilib.noise.add_jood`
+        (``centre`` may be None).
+    ids : sequence of str, length N
+        Subject ids: subject ``ids[j]`` draws from a generator seeded by
+        ``(seed, "copies", ids[j])``, so its copies do not depend on the
+        other subjects or their order.
+    copies : int
+    jood : JoodConfig
+    seed : int
+    device : torch.device
+
+    Returns
+    -------
+    disturbed : Tensor, shape (N * copies, C, X, Y, Z)
+        In the dtype of ``data``; row ``j * copies + k`` is copy ``k`` of ``ids[j]``.
+    patch_mask : Tensor of bool, shape (N * copies, X, Y, Z)
+    """
+    n = data.shape[0]
+    disturbed = torch.empty((n * copies, *data.shape[1:]), dtype=data.dtype, device=device)
+    patch_mask = torch.empty((n * copies, *data.shape[2:]), dtype=torch.bool, device=device)
+    for j, sid in enumerate(ids):
+        gen = seeded_generator(device, seed, "copies", str(sid))
+        for k in range(copies):
+            # the stored dtype goes in, so the mask marks exactly what changed in the stored copy
+            d, m = add_jood(data[j:j + 1], brain[j:j + 1], jood, gen, centre_region=_rows(centre, j))
+            disturbed[j * copies + k] = d[0]
+            patch_mask[j * copies + k] = m[0]
+    return disturbed, patch_mask
+
+
 def train_run(volumes: np.ndarray, brain_masks: np.ndarray, subject_ids: Sequence[str], *,
               train_ids: Sequence[str], val_ids: Sequence[str], model: str, variant: str,
               model_config: ModelConfig, train_config: TrainConfig, out_dir: str | os.PathLike,
-              acquisition: Mapping[str, Any] | None = None, progress: bool = True) -> dict[str, Any]:
+              acquisition: Mapping[str, Any] | None = None, jood_regions: np.ndarray | None = None,
+              progress: bool = True) -> dict[str, Any]:
     """Train one (model, variant, fold) and write its run folder.
 
     Parameters
@@ -401,7 +463,7 @@ def train_run(volumes: np.ndarray, brain_masks: np.ndarray, subject_ids: Sequenc
         Attenuation in [0, 1] on the network grid (float32, or a float16
         memmap: only the subjects used are read, once).
     brain_masks : ndarray of bool, shape (S, X, Y, Z)
-        Brain masks (JOOD patches are centred inside them).
+        Brain masks (the ``brain_mask`` of :func:`dmrilib.noise.add_jood`).
     subject_ids : sequence of str, length S
         Ids of the rows of ``volumes``.
     train_ids, val_ids : sequence of str
@@ -422,13 +484,34 @@ def train_run(volumes: np.ndarray, brain_masks: np.ndarray, subject_ids: Sequenc
         orientations, input shapes, network grid, b-value, gradient
         directions in channel order). Not part of the config hash. Without
         it, ``predict_dwi`` refuses the checkpoint.
+    jood_regions : ndarray of bool, shape (S, X, Y, Z), optional
+        Where JOOD patch centres may lie (RecDiscNet): the ``centre_region``
+        of :func:`dmrilib.noise.add_jood`, in the authors' code the brain
+        mask eroded by a 3x3x3 cube without CSF
+        (:func:`dmrilib.metrics.evaluation_regions` ``eroded_brain_no_csf``).
+        None leaves the choice to ``add_jood`` (the brain mask).
     progress : bool
         Show a tqdm progress bar over epochs.
 
     Returns
     -------
     dict
-        The content of ``run.json``.
+        The content of ``run.json`` (``train_config`` holds every switched
+        key of :mod:`dmrilib.fidelity` as resolved).
+
+    Notes
+    -----
+    RecDiscNet's training copies follow ``train_config.jood_copies``:
+    ``fixed`` disturbs ``copies_per_subject`` copies of each training
+    subject once, before the first epoch, each subject from its own
+    generator seeded by ``(seed, "copies", subject id)`` (so a copy does not
+    depend on the fold's order, and a resumed run rebuilds the same ones);
+    they are kept in the stored dtype of ``volumes`` (float16 stays
+    float16) with boolean patch masks, shuffled once and visited in that
+    order every epoch, as the authors' ``Dataset.py`` (copies made when the
+    dataset is built, one shuffle) and ``Dataloader.py`` (``shuffle=False``)
+    do. ``fresh`` disturbs every batch anew and reshuffles every epoch.
+    Validation always uses ``val_copies`` fixed copies per subject.
 
     Raises
     ------
@@ -445,6 +528,9 @@ def train_run(volumes: np.ndarray, brain_masks: np.ndarray, subject_ids: Sequenc
     if tuple(brain_masks.shape) != (volumes.shape[0],) + tuple(volumes.shape[2:]):
         raise ValueError(f"train_run: brain_masks must have shape (S, X, Y, Z) = "
                          f"{(volumes.shape[0],) + tuple(volumes.shape[2:])}, got {tuple(brain_masks.shape)}.")
+    if jood_regions is not None and tuple(jood_regions.shape) != tuple(brain_masks.shape):
+        raise ValueError(f"train_run: jood_regions must have the shape of brain_masks {tuple(brain_masks.shape)}, "
+                         f"got {tuple(jood_regions.shape)}.")
     missing = sorted(set(train_ids) - set(ids) | set(val_ids) - set(ids))
     if missing:
         raise ValueError(f"train_run: ids {missing} are not in subject_ids.")
@@ -472,7 +558,7 @@ def train_run(volumes: np.ndarray, brain_masks: np.ndarray, subject_ids: Sequenc
         torch.set_num_threads(int(cfg.num_threads))
     device = resolve_device(cfg.device)
     net = _build(model, variant, model_config, in_channels, grid, cfg.seed)
-    jood = JoodConfig.from_variant(variant, radius=cfg.jood_radius) if model == "recdisc" else None
+    jood = JoodConfig.from_train_config(variant, cfg) if model == "recdisc" else None
     memory_format = torch.channels_last_3d if cfg.channels_last else torch.contiguous_format
     net.to(device=device, memory_format=memory_format)
     optimizer = torch.optim.Adam(net.parameters(), lr=cfg.lr, fused=device.type == "cuda" or None)
@@ -498,14 +584,16 @@ def train_run(volumes: np.ndarray, brain_masks: np.ndarray, subject_ids: Sequenc
     va_idx = [index[s] for s in val_ids]
     data_tr = torch.from_numpy(np.ascontiguousarray(volumes[tr_idx])).to(device)
     data_va = torch.from_numpy(np.ascontiguousarray(volumes[va_idx])).to(device)
-    brain_tr = torch.from_numpy(np.ascontiguousarray(brain_masks[tr_idx]).astype(bool)).to(device)
+    brain_tr = _bool_rows(brain_masks, tr_idx, device)
+    brain_va = _bool_rows(brain_masks, va_idx, device)
+    centre_tr = _bool_rows(jood_regions, tr_idx, device) if jood_regions is not None else None
+    centre_va = _bool_rows(jood_regions, va_idx, device) if jood_regions is not None else None
     step = _Step(model, net, cfg, jood, device)
     loss_fn = torch.compile(step.loss) if cfg.compile else step.loss
 
     # Fixed disturbed validation copies: one generator per validation subject id, so
     # the validation loss is comparable across epochs and does not depend on fold order.
     val_batches: list[tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]] = []
-    brain_va = torch.from_numpy(np.ascontiguousarray(brain_masks[va_idx]).astype(bool)).to(device)
     for j, sid in enumerate(val_ids):
         clean = data_va[j:j + 1].float()
         if jood is None:
@@ -513,39 +601,59 @@ def train_run(volumes: np.ndarray, brain_masks: np.ndarray, subject_ids: Sequenc
             continue
         gen = seeded_generator(device, cfg.seed, "val", sid)
         for _ in range(cfg.val_copies):
-            disturbed, mask = add_jood(clean, brain_va[j:j + 1], jood, gen)
+            disturbed, mask = add_jood(clean, brain_va[j:j + 1], jood, gen, centre_region=_rows(centre_va, j))
             val_batches.append((clean, disturbed, mask))
+
+    copies = cfg.copies_per_subject if model == "recdisc" else 1
+    n_train = len(tr_idx) * copies
+    fixed = model == "recdisc" and cfg.jood_copies == "fixed"
+    if fixed:
+        # Made once per run (and again, identically, on resume); visited in one fixed order.
+        dist_tr, mask_tr = _fixed_copies(data_tr, brain_tr, centre_tr, train_ids, copies, jood,  # type: ignore[arg-type]
+                                         seed=cfg.seed, device=device)
+        fixed_order = torch.randperm(n_train, generator=seeded_generator(torch.device("cpu"), cfg.seed,
+                                                                         "copies-order")).to(device)
 
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=cfg.epochs, initial=start_epoch, desc=f"{model} {variant}", unit="epoch")
-    copies = cfg.copies_per_subject if model == "recdisc" else 1
-    n_train = len(tr_idx) * copies
     for epoch in range(start_epoch, cfg.epochs):
         t0 = time.perf_counter()
         cpu_gen = seeded_generator(torch.device("cpu"), cfg.seed, "order", epoch)
         dev_gen = seeded_generator(device, cfg.seed, "noise", epoch)
-        # one host-to-device copy per epoch instead of one (blocking) copy per step
-        order = (torch.randperm(n_train, generator=cpu_gen) % len(tr_idx)).to(device)
+        if fixed:
+            order = fixed_order  # position in the pool of copies: subject = position // copies
+        else:
+            # one host-to-device copy per epoch instead of one (blocking) copy per step
+            order = (torch.randperm(n_train, generator=cpu_gen) % len(tr_idx)).to(device)
         net.train()
         total = torch.zeros((), device=device)
         for start in range(0, n_train, cfg.batch_size):
             sel = order[start:start + cfg.batch_size]
-            clean = data_tr.index_select(0, sel).float()
+            clean = data_tr.index_select(0, torch.div(sel, copies, rounding_mode="floor") if fixed else sel).float()
             optimizer.zero_grad(set_to_none=True)
             if model == "dae":
                 eps = torch.randn(clean.shape[0], net.lsd, generator=dev_gen, device=device)  # type: ignore[union-attr]
                 loss = loss_fn(clean, latent_noise=eps)
+            elif fixed:
+                disturbed, mask = dist_tr.index_select(0, sel).float(), mask_tr.index_select(0, sel)
+                if crop is not None:
+                    window, _ = _window(grid, crop, cpu_gen)
+                    clean, disturbed, mask = clean[window], disturbed[window], mask[window]
+                loss = loss_fn(clean, disturbed=disturbed, patch_mask=mask)
             else:
                 brain = brain_tr.index_select(0, sel)
+                centre = centre_tr.index_select(0, sel) if centre_tr is not None else None
+                grid_centre = None
                 if crop is not None:
-                    # window offsets come from the CPU generator: no device sync
-                    window = tuple(slice(o, o + n) for o, n in zip(
-                        (int(torch.randint(0, g - n + 1, (), generator=cpu_gen)) for g, n in zip(grid, crop)), crop))
-                    clean, brain = clean[(..., *window)], brain[(..., *window)]
-                disturbed, mask = add_jood(clean, brain, jood, dev_gen)  # type: ignore[arg-type]
+                    # patches are placed as on the whole volume (centred geometry counts from its centre)
+                    window, grid_centre = _window(grid, crop, cpu_gen)
+                    clean, brain = clean[window], brain[window]
+                    centre = centre[window] if centre is not None else None
+                disturbed, mask = add_jood(clean, brain, jood, dev_gen, centre_region=centre,  # type: ignore[arg-type]
+                                           grid_centre=grid_centre)
                 loss = loss_fn(clean, disturbed=disturbed, patch_mask=mask)
             loss.backward()
             optimizer.step()

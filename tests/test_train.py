@@ -61,6 +61,42 @@ def test_make_folds_rejects_bad_input():
         make_folds(["a", "a", "b"], 2, 0)
     with pytest.raises(ValueError, match="n_folds"):
         make_folds(["a", "b"], 3, 0)
+    with pytest.raises(ValueError, match="split"):
+        make_folds(["a", "b"], 2, 0, split="stratified")
+
+
+def test_contiguous_folds_are_the_authors_slices_of_the_sorted_ids_and_differ_from_random():
+    ids = [f"sub-H{i:02d}" for i in range(28, 0, -1)]  # unsorted on purpose
+    folds = make_folds(ids, 7, seed=0, split="contiguous")
+    ordered = sorted(ids)
+    # config.py: run 1 validates train[24:28], run k >= 2 validates train[4(k-2):4(k-1)]
+    assert folds[0].val == tuple(ordered[24:28])
+    for k in range(1, 7):
+        assert folds[k].val == tuple(ordered[4 * (k - 1):4 * k])
+        assert folds[k].train == tuple(s for s in ordered if s not in folds[k].val)
+    assert make_folds(ids, 7, seed=5, split="contiguous") == folds  # the seed plays no part
+    random = make_folds(ids, 7, seed=0, split="random")
+    assert random != folds and random == make_folds(ids, 7, seed=0)
+    assert sorted(s for f in random for s in f.val) == ordered
+    assert [f.val for f in make_folds(ids[:5], 2, seed=0, split="contiguous")] == [tuple(ordered[-5:][3:]),
+                                                                                 tuple(sorted(ids[:5])[:3])]
+
+
+def test_train_config_resolves_switched_keys_from_fidelity():
+    code, paper = TrainConfig(), TrainConfig(fidelity="paper")
+    assert (code.lr, code.epochs, code.val_copies, code.jood_copies, code.fold_split, code.kl_reduction,
+            code.jood_isotropic, code.jood_geometry, code.jood_uniform_width, code.jood_mix) == \
+        (1e-3, 250, 4, "fixed", "contiguous", "sum", "per_patch", "centred", 0.24, "weighted")
+    assert (paper.lr, paper.epochs, paper.val_copies, paper.jood_copies, paper.fold_split, paper.kl_reduction,
+            paper.jood_isotropic, paper.jood_geometry, paper.jood_uniform_width, paper.jood_mix) == \
+        (1e-4, 500, 1, "fresh", "random", "mean", "per_voxel", "anywhere", 0.12, "thirds")
+    assert TrainConfig(fidelity="paper", epochs=4, jood_copies="fixed").jood_copies == "fixed"
+    assert TrainConfig(jood_centre_offset=[2, 8]).jood_centre_offset == (2.0, 8.0)
+    for bad in ({"fidelity": "thesis"}, {"jood_copies": "once"}, {"fold_split": "sorted"},
+                {"kl_reduction": "max"}, {"jood_isotropic": "x"}, {"jood_geometry": "x"}, {"jood_mix": "x"},
+                {"jood_uniform_width": 0.0}, {"jood_centre_offset": (5, 2)}, {"jood_centre_offset": (1, 2, 3)}):
+        with pytest.raises(ValueError):
+            TrainConfig(**bad)
 
 
 @pytest.mark.parametrize("model,variant", [("dae", "lsd16-sigmoid"), ("recdisc", "mix-mix-half")])
@@ -87,11 +123,13 @@ def test_same_seed_gives_same_weights(tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-@pytest.mark.parametrize("model,variant", [("dae", "lsd16-linear"), ("recdisc", "uniform-isotropic-half")])
-def test_resume_matches_uninterrupted_run(tmp_path, model, variant, monkeypatch):
+@pytest.mark.parametrize("model,variant,copies", [("dae", "lsd16-linear", "fixed"),
+                                                  ("recdisc", "uniform-isotropic-half", "fixed"),
+                                                  ("recdisc", "mix-mix-half", "fresh")])
+def test_resume_matches_uninterrupted_run(tmp_path, model, variant, copies, monkeypatch):
     import dmrilib.train as train_module
 
-    full = _run(tmp_path, model, variant, name="full", epochs=2)
+    full = _run(tmp_path, model, variant, name="full", epochs=2, jood_copies=copies)
     # Kill the second run right after its first epoch's checkpoint (before the log is written).
     real_write = train_module.write_csv_atomic
 
@@ -100,11 +138,11 @@ def test_resume_matches_uninterrupted_run(tmp_path, model, variant, monkeypatch)
 
     monkeypatch.setattr(train_module, "write_csv_atomic", killed)
     with pytest.raises(KeyboardInterrupt):
-        _run(tmp_path, model, variant, name="part", epochs=2)
+        _run(tmp_path, model, variant, name="part", epochs=2, jood_copies=copies)
     last = tmp_path / "part" / "checkpoint-last.pt"
     assert torch.load(last, weights_only=True)["epoch"] == 0
     monkeypatch.setattr(train_module, "write_csv_atomic", real_write)
-    resumed = _run(tmp_path, model, variant, name="part", epochs=2)
+    resumed = _run(tmp_path, model, variant, name="part", epochs=2, jood_copies=copies)
 
     a = torch.load(tmp_path / "full" / "checkpoint-last.pt", weights_only=True)
     b = torch.load(last, weights_only=True)
@@ -335,3 +373,153 @@ def test_checkpoints_and_run_json_record_the_training_acquisition(tmp_path):
     for name in ("checkpoint-best.pt", "checkpoint-last.pt"):
         assert load_checkpoint(tmp_path / "run" / name)[1]["acquisition"] == expected
     assert json.loads((tmp_path / "run" / "run.json").read_text())["acquisition"] == expected
+
+
+def _recorded_steps(monkeypatch):
+    """Record (training?, clean, disturbed, mask) of every loss the run computes."""
+    import dmrilib.train as train_module
+
+    calls = []
+    real = train_module._Step.loss
+
+    def loss(self, clean, **kw):
+        d, m = kw.get("disturbed"), kw.get("patch_mask")
+        calls.append((self.net.training, clean.clone(), None if d is None else d.clone(),
+                      None if m is None else m.clone()))
+        return real(self, clean, **kw)
+
+    monkeypatch.setattr(train_module._Step, "loss", loss)
+    return calls
+
+
+def _epochs(calls, n_steps):
+    train = [c for c in calls if c[0]]
+    return [train[i:i + n_steps] for i in range(0, len(train), n_steps)]
+
+
+@pytest.mark.parametrize("crop", [None, (8, 8, 8)])
+def test_fixed_copies_are_reused_every_epoch_and_fresh_ones_are_not(tmp_path, monkeypatch, crop):
+    import dmrilib.train as train_module
+
+    calls = _recorded_steps(monkeypatch)
+    pools = []
+    real_copies = train_module._fixed_copies
+    monkeypatch.setattr(train_module, "_fixed_copies", lambda *a, **k: pools.append(real_copies(*a, **k)) or pools[-1])
+    # 4 training subjects x 2 copies, batches of 2: 4 steps per epoch
+    _run(tmp_path, "recdisc", "normal-random-full", name="fixed", epochs=2, jood_copies="fixed", recdisc_crop=crop)
+    first, second = _epochs(calls, 4)
+    assert len(pools) == 1 and len(first) == len(second) == 4
+    if crop is None:  # the same copies in the same order, every epoch
+        for a, b in zip(first, second):
+            assert all(torch.equal(x, y) for x, y in zip(a[1:], b[1:]))
+    else:  # every training input is a window of one of the copies made before the first epoch
+        windows = np.lib.stride_tricks.sliding_window_view(pools[0][0].float().numpy(), crop, axis=(2, 3, 4))
+        mask_windows = np.lib.stride_tricks.sliding_window_view(pools[0][1].numpy(), crop, axis=(1, 2, 3))
+        for _, _, disturbed, mask in first + second:
+            for d, m in zip(disturbed.numpy(), mask.numpy()):
+                same = (windows == d[None, :, None, None, None]).all(axis=(1, 5, 6, 7))
+                assert same.any() and (mask_windows[same] == m).all()
+    assert any(m.any() for *_, m in first)
+    calls.clear()
+    _run(tmp_path, "recdisc", "normal-random-full", name="fresh", epochs=2, jood_copies="fresh", recdisc_crop=crop)
+    first, second = _epochs(calls, 4)
+    assert not all(torch.equal(a[2], b[2]) for a, b in zip(first, second))
+    assert not all(torch.equal(a[3], b[3]) for a, b in zip(first, second))
+
+
+def test_fixed_copies_keep_the_stored_dtype_and_do_not_depend_on_the_other_subjects():
+    from dmrilib.noise import JoodConfig
+    from dmrilib.train import _fixed_copies
+
+    vols, brain, ids = _data()
+    jood = JoodConfig.from_train_config("mix-mix-full", _config())
+    cpu = torch.device("cpu")
+    data = torch.from_numpy(vols.astype(np.float16))
+    masks = torch.from_numpy(brain)
+    disturbed, mask = _fixed_copies(data, masks, None, ids, 3, jood, seed=3, device=cpu)
+    assert disturbed.dtype == torch.float16 and mask.dtype == torch.bool
+    assert disturbed.shape == (len(ids) * 3, *data.shape[1:]) and mask.shape == (len(ids) * 3, *GRID)
+    assert mask.any() and torch.equal((disturbed != data.repeat_interleave(3, 0)).any(1), mask)
+    # subject 2's copies alone, or after other subjects in another order: the same
+    alone, alone_mask = _fixed_copies(data[[2]], masks[[2]], None, ids[2:3], 3, jood, seed=3, device=cpu)
+    assert torch.equal(alone, disturbed[6:9]) and torch.equal(alone_mask, mask[6:9])
+    other, _ = _fixed_copies(data, masks, None, ids, 3, jood, seed=4, device=cpu)
+    assert not torch.equal(other, disturbed)
+
+
+def test_resumed_run_continues_with_the_same_fixed_copies(tmp_path, monkeypatch):
+    import dmrilib.train as train_module
+
+    seen = {}
+    real = train_module._fixed_copies
+
+    def spy(*args, **kwargs):
+        out = real(*args, **kwargs)
+        seen.setdefault("copies", []).append(out[0].clone())
+        return out
+
+    monkeypatch.setattr(train_module, "_fixed_copies", spy)
+    _run(tmp_path, "recdisc", "normal-random-full", epochs=1, jood_copies="fixed")
+    _run(tmp_path, "recdisc", "normal-random-full", epochs=1, jood_copies="fixed", name="again")
+    assert torch.equal(seen["copies"][0], seen["copies"][1])
+
+
+@pytest.mark.parametrize("val_copies", [1, 3])
+def test_val_copies_sets_the_disturbed_copies_per_validation_subject(tmp_path, monkeypatch, val_copies):
+    calls = _recorded_steps(monkeypatch)
+    _run(tmp_path, "recdisc", "normal-random-full", epochs=1, val_copies=val_copies)
+    val = [c for c in calls if not c[0]]
+    assert len(val) == 2 * val_copies  # two validation subjects
+    disturbed = [c[2] for c in val]
+    assert all(not torch.equal(disturbed[0], d) for d in disturbed[1:])
+
+
+@pytest.mark.parametrize("reduction", ["sum", "mean"])
+def test_kl_reduction_reaches_the_dae_loss(tmp_path, monkeypatch, reduction):
+    import dmrilib.train as train_module
+
+    seen = []
+    real = train_module.dae_loss
+
+    def spy(out, clean, kl_weight, **kw):
+        seen.append(kw.get("kl_reduction"))
+        return real(out, clean, kl_weight, **kw)
+
+    monkeypatch.setattr(train_module, "dae_loss", spy)
+    _run(tmp_path, epochs=1, kl_reduction=reduction)
+    assert seen and set(seen) == {reduction}
+
+
+@pytest.mark.parametrize("jood_copies", ["fixed", "fresh"])
+def test_jood_regions_reach_add_jood_as_centre_region(tmp_path, monkeypatch, jood_copies):
+    import dmrilib.train as train_module
+
+    vols, brain, ids = _data()
+    regions = np.zeros_like(brain)
+    regions[:, 6:10, 6:10, 6:10] = True
+    for i in range(len(ids)):
+        regions[i, 6, 6, 6 + i % 4] = False  # each subject's region differs: rows must follow the subjects
+    seen = []
+    real = train_module.add_jood
+
+    def spy(clean, brain_mask, config, generator, **kw):
+        seen.append((clean.clone(), kw.get("centre_region")))
+        return real(clean, brain_mask, config, generator, **kw)
+
+    monkeypatch.setattr(train_module, "add_jood", spy)
+    train_run(vols, brain, ids, train_ids=ids[:4], val_ids=ids[4:], model="recdisc", variant="normal-random-full",
+              model_config=MODEL, train_config=_config(epochs=1, jood_copies=jood_copies), out_dir=tmp_path / "r",
+              jood_regions=regions, progress=False)
+    assert seen
+    subjects = set()
+    for clean, region in seen:
+        assert region is not None and region.shape == clean.shape[:1] + clean.shape[2:]
+        for row in range(clean.shape[0]):
+            (i,) = [i for i in range(len(ids)) if np.array_equal(vols[i], clean[row].float().numpy())]
+            assert np.array_equal(region[row].numpy(), regions[i])
+            subjects.add(i)
+    assert subjects == set(range(len(ids)))  # training and validation subjects
+    with pytest.raises(ValueError, match="jood_regions"):
+        train_run(vols, brain, ids, train_ids=ids[:4], val_ids=ids[4:], model="recdisc",
+                  variant="normal-random-full", model_config=MODEL, train_config=_config(epochs=1),
+                  out_dir=tmp_path / "bad", jood_regions=regions[:, :8], progress=False)

@@ -134,9 +134,10 @@ def cohort_overview(profile: Profile, results: str | Path = "results") -> pd.Dat
 def _folds(profile: Profile, prepared, results: str | Path):
     from dmrilib.crossval import make_folds, write_folds
 
-    folds = make_folds(prepared.healthy_ids(), profile.train.n_folds, seed=profile.seed)
+    split = profile.train.fold_split
+    folds = make_folds(prepared.healthy_ids(), profile.train.n_folds, seed=profile.seed, split=split)
     path = results_root(profile, results) / "folds.json"
-    write_folds(folds, path)
+    write_folds(folds, path, split=split, seed=profile.seed)
     return folds
 
 
@@ -161,8 +162,12 @@ def run_train(profile: Profile, model: str, variant: str, fold: int, results: st
 
     Resumes from ``checkpoint-last.pt`` when the run folder has one, and ends
     by storing the best checkpoint's maps (:func:`predict_run`). Returns the
-    run record (``run.json``).
+    run record (``run.json``). RecDiscNet's JOOD patch centres are confined to
+    each subject's brain eroded by a 3x3x3 cube without CSF, as in the
+    authors' code (the rule region of :func:`dmrilib.metrics.evaluation_regions`
+    ``eroded_brain_no_csf``; used by ``train.jood_geometry: centred``).
     """
+    from dmrilib import metrics
     from dmrilib.dataset import load_prepared
     from dmrilib.train import train_run
 
@@ -172,6 +177,10 @@ def run_train(profile: Profile, model: str, variant: str, fold: int, results: st
     f = _fold(profile, prepared, fold, results)
     ids = list(f.train) + list(f.val)
     idx = prepared.index(ids)
+    regions = None
+    if model == "recdisc":
+        regions = np.stack([metrics.evaluation_regions(prepared.brain_mask[j], prepared.eval_mask[j],
+                                                       "eroded_brain_no_csf")[1] for j in idx])
     run = train_run(
         prepared.attenuation.stored[idx],
         np.asarray(prepared.brain_mask[idx], dtype=bool),
@@ -184,6 +193,7 @@ def run_train(profile: Profile, model: str, variant: str, fold: int, results: st
         train_config=profile.train,
         out_dir=run_dir(profile, model, variant, fold, results),
         acquisition=prepared.acquisition(ids),  # lets dmri predict refuse data unlike the training data
+        jood_regions=regions,
         progress=progress,
     )
     # Predict while the data are loaded: the evaluate job then only evaluates.

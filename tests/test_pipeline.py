@@ -91,3 +91,55 @@ def test_followup_refuses_a_map_without_sha256_corrupted_or_not_finite(prepared_
         match = r"maps-test.npy: 1 value\(s\) are NaN or infinite"
     with pytest.raises(IntegrityError, match=match + r".*run the evaluate job of dae/lsd16-linear fold 0 again"):
         run_followup(profile, tmp_path)
+
+
+class _Healthy:
+    """The one thing _folds asks of a prepared cohort."""
+
+    def healthy_ids(self):
+        return [f"sub-H{i:02d}" for i in range(8, 0, -1)]
+
+
+def _tiny_profile(**top):
+    return Profile.from_dict({"name": "tiny", "seed": 0, "cohort": {}, "prepare": {"grid": [16, 16, 16]},
+                              "model": {}, "train": {"n_folds": 4}, "evaluate": {}, "folds": [0],
+                              "variants": {"dae": ["lsd16-linear"], "recdisc": ["mix-mix-full"]}, **top})
+
+
+def test_folds_follow_train_fold_split_and_are_recorded(tmp_path):
+    from dmrilib.crossval import read_folds
+    from dmrilib.pipeline import _folds
+
+    code = _folds(_tiny_profile(), _Healthy(), tmp_path / "code")
+    assert [f.val for f in code] == [("sub-H07", "sub-H08"), ("sub-H01", "sub-H02"), ("sub-H03", "sub-H04"),
+                                     ("sub-H05", "sub-H06")]  # the authors' sorted slices
+    record = json.loads((tmp_path / "code" / "tiny" / "folds.json").read_text())
+    assert record["split"] == "contiguous" and read_folds(tmp_path / "code" / "tiny" / "folds.json") == code
+    paper = _folds(_tiny_profile(fidelity="paper"), _Healthy(), tmp_path / "paper")
+    assert paper != code and sorted(s for f in paper for s in f.val) == sorted(_Healthy().healthy_ids())
+    assert json.loads((tmp_path / "paper" / "tiny" / "folds.json").read_text())["split"] == "random"
+
+
+def test_run_train_confines_jood_centres_to_the_eroded_brain_without_csf(prepared_results, tmp_path, monkeypatch):
+    import dmrilib.pipeline as pipeline
+    import dmrilib.train as train_module
+    from dmrilib import metrics
+
+    _, results = prepared_results
+    profile = _tiny_profile(train={"n_folds": 2})
+    (tmp_path / "tiny").mkdir()
+    (tmp_path / "tiny" / "prepared").symlink_to(results / "tiny" / "prepared")
+    seen = {}
+    monkeypatch.setattr(train_module, "train_run", lambda *a, **kw: seen.update(kw, subjects=a[2]) or {})
+    monkeypatch.setattr(pipeline, "predict_run", lambda *a, **kw: None)
+    pipeline.run_train(profile, "recdisc", "mix-mix-full", 0, tmp_path, progress=False)
+    from dmrilib.dataset import load_prepared
+
+    prepared = load_prepared(results / "tiny" / "prepared")
+    expected = np.stack([metrics.evaluation_regions(prepared.brain_mask[j], prepared.eval_mask[j],
+                                                    "eroded_brain_no_csf")[1]
+                         for j in prepared.index(seen["subjects"])])
+    assert seen["jood_regions"].dtype == bool and np.array_equal(seen["jood_regions"], expected)
+    assert seen["jood_regions"].any() and (seen["jood_regions"] <= prepared.brain_mask[prepared.index(seen["subjects"])]).all()
+    pipeline.run_train(profile, "dae", "lsd16-linear", 0, tmp_path, progress=False)
+    assert seen["jood_regions"] is None  # the DAE draws no patches

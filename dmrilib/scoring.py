@@ -1,26 +1,63 @@
 """Anomaly maps from trained networks.
 
-* DAE: ``|sum over channels (input - reconstruction)|`` (absolute value after
-  the channel sum, which cancels uncorrelated per-channel noise);
+* DAE, ``dae_map="mean_normalised"`` (the authors' ``postprocessing.py``):
+  ``|mean over channels (input - reconstruction / max reconstruction)|``,
+  the maximum taken over the subject's whole reconstruction (all channels
+  and voxels); the fixed 0.3 threshold is on this scale.
+* DAE, ``dae_map="abs_sum"`` (this package's reading of the paper):
+  ``|sum over channels (input - reconstruction)|`` (absolute value after the
+  channel sum, which cancels uncorrelated per-channel noise).
 * RecDiscNet: ``sigmoid(logits)`` of the discriminative U-Net.
+
+The DAE decodes either its posterior mean or, like the authors' code, a draw
+from the posterior (``dae_test_latent="sample"``); the draws come from one
+CPU generator per subject (:func:`latent_generator`), so a map does not
+depend on the batch size or the device.
 """
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
 from dmrilib._atomic import atomic_path
-from dmrilib.models import DAE, RecDiscNet
+from dmrilib.models import DAE, DAE_MAPS, DAE_TEST_LATENTS, ModelConfig, RecDiscNet
 
-__all__ = ["anomaly_map", "predict_maps", "predict_dwi"]
+__all__ = ["anomaly_map", "predict_maps", "predict_dwi", "latent_generator"]
 
 
-def anomaly_map(model: nn.Module, batch: torch.Tensor) -> torch.Tensor:
+def latent_generator(seed: int, subject: Any) -> torch.Generator:
+    """The CPU generator of one subject's test-time latent draw.
+
+    Seeded with ``derive_seed(seed, "test_latent", subject)``
+    (:func:`dmrilib.train.derive_seed`): ``seed`` is the checkpoint's run
+    seed, ``subject`` any printable key of the subject (its position in
+    :func:`predict_maps`' volumes, or its id).
+    """
+    from dmrilib.train import derive_seed
+
+    return torch.Generator(device="cpu").manual_seed(derive_seed(seed, "test_latent", subject))
+
+
+def _latent_noise(generator: torch.Generator | Sequence[torch.Generator], batch: int, lsd: int,
+                  device: torch.device) -> torch.Tensor:
+    """(B, lsd) standard-normal draws, one ``randn(lsd)`` call per subject (batch-size independent)."""
+    gens = [generator] * batch if isinstance(generator, torch.Generator) else list(generator)
+    if len(gens) != batch:
+        raise ValueError(f"anomaly_map: {len(gens)} generators for a batch of {batch} subjects; pass one per "
+                         "subject or a single generator.")
+    eps = torch.stack([torch.randn(lsd, generator=g, dtype=torch.float32) for g in gens])
+    return eps.to(device)
+
+
+def anomaly_map(model: nn.Module, batch: torch.Tensor, *,
+                dae_map: Literal["mean_normalised", "abs_sum"] = "mean_normalised",
+                dae_test_latent: Literal["sample", "mean"] = "sample",
+                generator: torch.Generator | Sequence[torch.Generator] | None = None) -> torch.Tensor:
     """Voxelwise anomaly score of a batch.
 
     Parameters
@@ -29,29 +66,66 @@ def anomaly_map(model: nn.Module, batch: torch.Tensor) -> torch.Tensor:
         Used in eval mode (the caller's mode is restored afterwards).
     batch : Tensor, shape (B, C, X, Y, Z)
         Attenuation in [0, 1], on the model's device.
+    dae_map : {"mean_normalised", "abs_sum"}
+        DAE only: ``mean_normalised`` (the authors' code)
+        ``|mean_c(x - x_hat / max(x_hat))|`` with the maximum over each
+        subject's whole reconstruction (left unnormalised when that maximum
+        is not positive); ``abs_sum`` (paper) ``|sum_c(x - x_hat)|``.
+    dae_test_latent : {"sample", "mean"}
+        DAE only: decode a draw ``mu + exp(logvar / 2) * eps`` from the
+        posterior (the authors' code) or the mean ``mu`` (paper).
+    generator : torch.Generator or sequence of them, optional
+        Source of ``eps`` for ``sample`` (required then): one CPU generator
+        for the whole batch (each subject in turn draws ``randn(lsd)``, so
+        splitting the batch with the same generator gives the same maps),
+        or one per subject (:func:`latent_generator`).
 
     Returns
     -------
     Tensor, shape (B, X, Y, Z), float32
         Higher means more anomalous; RecDiscNet scores lie in [0, 1].
     """
+    if dae_map not in DAE_MAPS:
+        raise ValueError(f"anomaly_map: dae_map must be one of {list(DAE_MAPS)}, got {dae_map!r}.")
+    if dae_test_latent not in DAE_TEST_LATENTS:
+        raise ValueError(f"anomaly_map: dae_test_latent must be one of {list(DAE_TEST_LATENTS)}, "
+                         f"got {dae_test_latent!r}.")
+    if not isinstance(model, (DAE, RecDiscNet)):
+        raise TypeError(f"anomaly_map: expected a DAE or RecDiscNet, got {type(model).__name__}.")
+    if isinstance(model, DAE) and dae_test_latent == "sample" and generator is None:
+        raise ValueError("anomaly_map: dae_test_latent='sample' draws the latent from the posterior and needs a "
+                         "generator (e.g. dmrilib.scoring.latent_generator(seed, subject) per subject); pass "
+                         "one, or dae_test_latent='mean'.")
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            if isinstance(model, DAE):
-                rec = model(batch).reconstruction
-                return (batch.float() - rec.float()).sum(dim=1).abs()
             if isinstance(model, RecDiscNet):
                 return torch.sigmoid(model(batch).logits.float())[:, 0]
+            noise = None
+            if dae_test_latent == "sample":
+                noise = _latent_noise(generator, batch.shape[0], model.lsd, batch.device)
+            rec = model(batch, noise).reconstruction.float()
+            x = batch.float()
+            if dae_map == "abs_sum":
+                return (x - rec).sum(dim=1).abs()
+            peak = rec.amax(dim=(1, 2, 3, 4), keepdim=True)
+            peak = torch.where(peak > 0, peak, torch.ones_like(peak))
+            return (x - rec / peak).mean(dim=1).abs()
     finally:
         model.train(was_training)
-    raise TypeError(f"anomaly_map: expected a DAE or RecDiscNet, got {type(model).__name__}.")
 
 
 def predict_maps(checkpoint_path: str | os.PathLike | tuple[nn.Module, dict[str, Any]], volumes: np.ndarray, *,
-                 batch_size: int = 4, device: str = "auto") -> np.ndarray:
+                 batch_size: int = 4, device: str = "auto", subjects: Sequence[Any] | None = None) -> np.ndarray:
     """Anomaly maps of many subjects from a checkpoint.
+
+    The DAE map and test-time latent are the checkpoint's
+    (``meta["model_config"]``, see :meth:`dmrilib.models.ModelConfig.from_meta`:
+    checkpoints older than these switches score with ``abs_sum`` and the
+    posterior mean, as they did). Sampled latents come from
+    :func:`latent_generator` with the checkpoint's ``seed`` and the
+    subject's key, so the maps do not depend on ``batch_size`` or the device.
 
     Parameters
     ----------
@@ -61,6 +135,10 @@ def predict_maps(checkpoint_path: str | os.PathLike | tuple[nn.Module, dict[str,
         read one batch at a time).
     batch_size : int
     device : {"auto", "cpu", "cuda"}
+    subjects : sequence, optional
+        One printable key per volume (e.g. subject ids) that seeds its latent
+        draw; default its position ``0..S-1``. Pass ids when the same subject
+        appears at different positions in different calls.
 
     Returns
     -------
@@ -80,10 +158,18 @@ def predict_maps(checkpoint_path: str | os.PathLike | tuple[nn.Module, dict[str,
                          f"checkpoint, got {tuple(volumes.shape)}. Prepare them on the checkpoint's grid.")
     if batch_size < 1:
         raise ValueError(f"predict_maps: batch_size must be positive, got {batch_size}.")
+    keys = list(range(volumes.shape[0])) if subjects is None else list(subjects)
+    if len(keys) != volumes.shape[0]:
+        raise ValueError(f"predict_maps: {len(keys)} subject keys for {volumes.shape[0]} volumes.")
+    config = ModelConfig.from_meta(meta["model_config"])
+    seed = int(meta.get("seed", 0))
     maps = np.empty((volumes.shape[0], *volumes.shape[2:]), dtype=np.float32)
     for start in range(0, volumes.shape[0], batch_size):
         chunk = np.asarray(volumes[start:start + batch_size], dtype=np.float32)
-        maps[start:start + len(chunk)] = anomaly_map(net, torch.from_numpy(chunk).to(dev)).cpu().numpy()
+        gens = [latent_generator(seed, key) for key in keys[start:start + len(chunk)]]
+        maps[start:start + len(chunk)] = anomaly_map(
+            net, torch.from_numpy(chunk).to(dev), dae_map=config.dae_map,
+            dae_test_latent=config.dae_test_latent, generator=gens).cpu().numpy()
     return maps
 
 
@@ -224,8 +310,10 @@ def predict_dwi(checkpoint_path: str | os.PathLike, dwi_path: str | os.PathLike,
 
     It is then turned into attenuation (:func:`dmrilib.preprocess.attenuation`),
     cropped/padded to the checkpoint's grid (centred on the brain mask),
-    scored, mapped back onto the input grid (zero outside the brain) and
-    written with the input's affine.
+    scored as the checkpoint's config says (:func:`predict_maps`; a sampled
+    DAE latent is seeded by the run's seed and the DWI's file name), mapped
+    back onto the input grid (zero outside the brain) and written with the
+    input's affine.
 
     Parameters
     ----------
@@ -293,7 +381,8 @@ def predict_dwi(checkpoint_path: str | os.PathLike, dwi_path: str | os.PathLike,
     _check_brain_fits(dwi, mask, crop, acq, mask_path)
     att = preprocess.attenuation(dwi, mask=mask)[..., order]  # (X, Y, Z, C) in training channel order
     volume = np.moveaxis(crop.to_grid(att), -1, 0)[None]  # (1, C, X, Y, Z)
-    score = predict_maps((net, meta), volume, batch_size=1, device=str(dev))[0]
+    # A sampled DAE latent (dae_test_latent="sample") is seeded by the file name: same file, same map.
+    score = predict_maps((net, meta), volume, batch_size=1, device=str(dev), subjects=[Path(dwi_path).name])[0]
     score *= crop.to_grid(mask)  # the networks only ever saw brain: report brain only
     out = Path(out_path)
     with atomic_path(out) as tmp:

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from dmrilib.models import DAE, ModelConfig, RecDiscNet
-from dmrilib.scoring import anomaly_map, predict_dwi, predict_maps
+from dmrilib.scoring import anomaly_map, latent_generator, predict_dwi, predict_maps
 from dmrilib.train import TrainConfig, load_checkpoint, train_run
 
 GRID = (16, 16, 16)
@@ -39,14 +39,55 @@ def dae_checkpoint(tmp_path_factory):
     return _train(tmp_path_factory.mktemp("run"), acquisition=_acquisition())
 
 
-def test_dae_map_is_absolute_channel_sum_of_residual():
+def test_dae_map_abs_sum_is_absolute_channel_sum_of_residual():
     torch.manual_seed(0)
     net = DAE(C, GRID, 16, "linear", widths=(4, 8)).eval()
     x = torch.rand(2, C, *GRID)
     expected = (x - net(x).reconstruction).sum(1).abs()
-    got = anomaly_map(net, x)
+    got = anomaly_map(net, x, dae_map="abs_sum", dae_test_latent="mean")
     assert got.shape == (2, *GRID)
     torch.testing.assert_close(got, expected)
+
+
+def test_dae_map_mean_normalised_is_the_authors_postprocessing():
+    # postprocessing.py: result /= result.max() over one subject's whole (C, X, Y, Z) output,
+    # then |mean over channels (input - result)|.
+    torch.manual_seed(0)
+    net = DAE(C, GRID, 16, "linear", widths=(4, 8)).eval()
+    x = torch.rand(2, C, *GRID)
+    rec = net(x).reconstruction.detach().numpy()
+    expected = np.stack([np.abs(np.mean(x[i].numpy() - rec[i] / rec[i].max(), axis=0)) for i in range(2)])
+    got = anomaly_map(net, x, dae_map="mean_normalised", dae_test_latent="mean").numpy()
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+    other = anomaly_map(net, x, dae_map="abs_sum", dae_test_latent="mean").numpy()
+    assert not np.allclose(got, other)
+    with pytest.raises(ValueError, match="dae_map"):
+        anomaly_map(net, x, dae_map="sum", dae_test_latent="mean")
+
+
+def test_dae_sampled_latent_differs_from_mean_reproducible_and_batch_independent():
+    torch.manual_seed(0)
+    net = DAE(C, GRID, 16, "sigmoid", widths=(4, 8)).eval()
+    x = torch.rand(3, C, *GRID)
+    mean = anomaly_map(net, x, dae_test_latent="mean")
+
+    def gens(seed):
+        return [latent_generator(seed, i) for i in range(3)]
+
+    sampled = anomaly_map(net, x, dae_test_latent="sample", generator=gens(7))
+    assert not torch.allclose(sampled, mean)
+    torch.testing.assert_close(anomaly_map(net, x, dae_test_latent="sample", generator=gens(7)), sampled)
+    assert not torch.allclose(anomaly_map(net, x, dae_test_latent="sample", generator=gens(8)), sampled)
+    one_by_one = torch.cat([anomaly_map(net, x[i:i + 1], dae_test_latent="sample", generator=[gens(7)[i]])
+                            for i in range(3)])
+    torch.testing.assert_close(one_by_one, sampled)
+    # a single generator: each subject draws in turn, so splitting the batch changes nothing
+    whole = anomaly_map(net, x, dae_test_latent="sample", generator=torch.Generator().manual_seed(3))
+    g = torch.Generator().manual_seed(3)
+    split = torch.cat([anomaly_map(net, x[:1], generator=g), anomaly_map(net, x[1:], generator=g)])
+    torch.testing.assert_close(split, whole)
+    with pytest.raises(ValueError, match="generator"):
+        anomaly_map(net, x)
 
 
 def test_recdisc_map_is_sigmoid_of_logits_and_restores_mode():
@@ -60,15 +101,49 @@ def test_recdisc_map_is_sigmoid_of_logits_and_restores_mode():
 
 
 def test_predict_maps_matches_anomaly_map_for_any_batch_size(dae_checkpoint):
+    # The checkpoint's config is the default (code): mean_normalised map of a sampled latent,
+    # one generator per subject from the run's seed and the subject's position.
     vols = np.random.default_rng(1).random((3, C, *GRID), dtype=np.float32)
-    net, _ = load_checkpoint(dae_checkpoint)
-    expected = anomaly_map(net, torch.from_numpy(vols)).numpy()
+    net, meta = load_checkpoint(dae_checkpoint)
+    assert (meta["model_config"]["dae_map"], meta["model_config"]["dae_test_latent"]) == ("mean_normalised", "sample")
+    gens = [latent_generator(meta["seed"], i) for i in range(3)]
+    expected = anomaly_map(net, torch.from_numpy(vols), generator=gens).numpy()
     for bs in (1, 2, 4):
         maps = predict_maps(dae_checkpoint, vols, batch_size=bs, device="cpu")
         assert maps.dtype == np.float32 and maps.shape == (3, *GRID)
         np.testing.assert_allclose(maps, expected, rtol=1e-5, atol=1e-6)
     half = predict_maps(dae_checkpoint, vols.astype(np.float16), device="cpu")
     np.testing.assert_allclose(half, expected, atol=2e-2)
+    by_id = predict_maps((net, meta), vols, device="cpu", subjects=["a", "b", "c"])
+    gens = [latent_generator(meta["seed"], s) for s in "abc"]
+    np.testing.assert_allclose(by_id, anomaly_map(net, torch.from_numpy(vols), generator=gens).numpy(), rtol=1e-5,
+                               atol=1e-6)
+
+
+def test_predict_maps_takes_map_and_latent_from_the_checkpoint_config():
+    import dataclasses
+
+    from dmrilib.models import build_model
+
+    vols = np.random.default_rng(2).random((2, C, *GRID), dtype=np.float32)
+    x = torch.from_numpy(vols)
+    # A checkpoint written before the switches: paper networks, abs_sum map of the posterior mean.
+    old_cfg = {"dae_widths": [4, 8], "recon_base": 4, "recon_depth": 2, "disc_base": 4, "disc_depth": 2,
+               "negative_slope": 0.01}
+    torch.manual_seed(0)
+    old_net = build_model("dae", "lsd16-sigmoid", ModelConfig.from_meta(old_cfg), C, grid=GRID).eval()
+    meta = {"model_config": old_cfg, "in_channels": C, "grid": list(GRID), "seed": 0}
+    np.testing.assert_allclose(predict_maps((old_net, meta), vols, device="cpu"),
+                               anomaly_map(old_net, x, dae_map="abs_sum", dae_test_latent="mean").numpy(),
+                               rtol=1e-5, atol=1e-6)
+    # An explicit choice in the config wins over its fidelity.
+    cfg = ModelConfig(dae_widths=(4, 8), dae_test_latent="mean")
+    torch.manual_seed(0)
+    net = build_model("dae", "lsd16-sigmoid", cfg, C, grid=GRID).eval()
+    meta = {"model_config": dataclasses.asdict(cfg), "in_channels": C, "grid": list(GRID), "seed": 0}
+    np.testing.assert_allclose(predict_maps((net, meta), vols, device="cpu"),
+                               anomaly_map(net, x, dae_map="mean_normalised", dae_test_latent="mean").numpy(),
+                               rtol=1e-5, atol=1e-6)
 
 
 def test_predict_maps_refuses_other_grid(dae_checkpoint):

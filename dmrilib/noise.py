@@ -26,8 +26,8 @@ in four ways; each is a :class:`JoodConfig` field whose default is the code:
   directions (``per_voxel``).
 * row 5, ``geometry``: the code draws an integer half-size ``r`` in 5..11, a
   box of side ``2r`` and an axis-aligned ellipsoid in it with semi-axes
-  ``r * U(0.5, 1)`` each; the box is centred on voxel ``c`` (so the
-  ellipsoid's centre is ``c - 0.5`` on every axis), where each coordinate of
+  ``r * U(0.5, 1)`` each; the box spans ``c - r`` to ``c + r - 1`` on every
+  axis, so the ellipsoid's centre is ``c - 0.5``, where each coordinate of
   ``c`` is the grid centre (32, 40, 32 on its 64 x 80 x 64 grid) plus a random
   sign times an integer 4..20. The signs are drawn once per patch; the
   magnitudes are drawn again until the brain mask without CSF (eroded by a
@@ -42,10 +42,10 @@ in four ways; each is a :class:`JoodConfig` field whose default is the code:
   with equal odds) (``weighted``); the article gives no weights; this package
   used thirds with normal/uniform halves for every appearance (``thirds``).
 
-Unchanged, and still different from the code (see the module's tests):
-values are clipped to [0, 1] and replace the signal inside a patch, while the
-code neither clips nor replaces voxels whose noise is negative (it adds it);
-normal draws are truncated at about 4.75 sd by the inverse-CDF sampling.
+Unchanged, and still different from the code: values are clipped to [0, 1]
+and replace the signal inside a patch, while the code neither clips nor
+replaces voxels whose noise is negative (it adds it); normal draws are
+truncated at about 4.75 sd by the inverse-CDF sampling.
 """
 from __future__ import annotations
 
@@ -58,8 +58,8 @@ import torch
 
 from dmrilib.variants import APPEARANCES, DISTRIBUTIONS, MEANS, parse_recdisc_variant
 
-__all__ = ["JoodConfig", "add_jood", "noise_distribution_samples", "noise_distribution_label", "DISTRIBUTIONS", "APPEARANCES", "MEANS",
-           "ISOTROPIC_MODES", "GEOMETRIES", "MIX_MODES"]
+__all__ = ["JoodConfig", "add_jood", "noise_distribution_samples", "noise_distribution_label", "DISTRIBUTIONS",
+           "APPEARANCES", "MEANS", "ISOTROPIC_MODES", "GEOMETRIES", "MIX_MODES"]
 
 _BASE_APPEARANCES = ("random", "directional", "isotropic")
 #: Row 3: one isotropic value per patch (code) or per voxel (paper).

@@ -166,3 +166,216 @@ def test_plot_noise_distributions_returns_figure():
     fig = plot_noise_distributions(noise_distribution_samples(2000))
     assert isinstance(fig, matplotlib.figure.Figure)
     assert len(fig.axes) == 2
+
+
+# --- paper or code (dmrilib.fidelity rows 3, 5, 6, 7): each switch must change the output ---
+
+def test_isotropic_per_patch_is_one_value_per_patch_and_per_voxel_is_not():
+    out, mask = _single_patch("isotropic")  # default: per_patch (the authors' code)
+    for b in range(out.shape[0]):
+        inside = out[b][:, mask[b]]
+        assert inside.shape[1] > 10
+        assert len(torch.unique(inside)) == 1  # one number over all voxels and channels
+    out, mask = _single_patch("isotropic", isotropic="per_voxel")
+    inside = out[0][:, mask[0]]
+    assert torch.all(inside == inside[:1]) and len(torch.unique(inside[0])) == inside.shape[1]
+
+
+CENTRED_GRID = (24, 28, 24)
+
+
+def _one_patch_each(geometry, n=48, region=None, seed=0, grid_centre=None, **kw):
+    """n volumes with exactly one uniform patch each; noise values all differ from the input."""
+    cfg = JoodConfig("uniform", "random", "full", radius=(2, 4), patch_probs=(0.0, 1.0), geometry=geometry,
+                     centre_offset=(2, 5), **kw)
+    vol = torch.full((n, 2, *CENTRED_GRID), 0.05)
+    brain = torch.ones(n, *CENTRED_GRID, dtype=torch.bool)
+    out, mask = add_jood(vol, brain, cfg, torch.Generator().manual_seed(seed), centre_region=region,
+                         grid_centre=grid_centre)
+    return vol, out, mask
+
+
+def _box(mask):
+    """Per axis, (first, last) marked index of a (X, Y, Z) mask."""
+    idx = mask.nonzero()
+    return [(int(idx[:, a].min()), int(idx[:, a].max())) for a in range(3)]
+
+
+def test_centred_patches_are_axis_aligned_in_the_offset_window_and_the_centre_region():
+    region = torch.zeros(CENTRED_GRID, dtype=torch.bool)
+    region[6:19, 6:22, 6:19] = True
+    region[12:15] = False  # a slab through the grid centre: allowed centres differ from the brain's
+    region = region.expand(48, *CENTRED_GRID)
+    _, _, mask = _one_patch_each("centred", region=region)
+    gc = [n // 2 for n in CENTRED_GRID]
+    for m, reg in zip(mask, region):
+        assert m.any()
+        box = _box(m)
+        # the box of side 2r sits on voxel c, the ellipsoid's centre is c - 0.5: even extents
+        centre = [(lo + hi + 1) // 2 for lo, hi in box]
+        assert all((hi - lo + 1) % 2 == 0 and hi - lo + 1 <= 8 for lo, hi in box)
+        assert all(2 <= abs(c - g) <= 5 for c, g in zip(centre, gc))
+        x, y, z = centre
+        assert reg[x, y, z] and reg[x + 1, y + 1, z + 1]
+        # axis-aligned: mirror-symmetric about the centre on every axis
+        sub = m[box[0][0]:box[0][1] + 1, box[1][0]:box[1][1] + 1, box[2][0]:box[2][1] + 1]
+        for a in range(3):
+            assert torch.equal(sub, sub.flip(a))
+
+
+def test_anywhere_patches_are_rotated_and_not_bound_to_window_or_region():
+    region = torch.zeros(48, *CENTRED_GRID, dtype=torch.bool)
+    region[:, 6:19, 6:22, 6:19] = True
+    _, _, mask = _one_patch_each("anywhere", region=region)  # region is ignored: centres anywhere in the brain
+    gc = [n // 2 for n in CENTRED_GRID]
+    outside, asymmetric = 0, 0
+    for m in mask:
+        box = _box(m)
+        centre = [(lo + hi) / 2 for lo, hi in box]
+        outside += any(not 1.5 <= abs(c - g) <= 5.5 for c, g in zip(centre, gc)) or \
+            not region[0, int(centre[0]), int(centre[1]), int(centre[2])]
+        sub = m[box[0][0]:box[0][1] + 1, box[1][0]:box[1][1] + 1, box[2][0]:box[2][1] + 1]
+        asymmetric += any(not torch.equal(sub, sub.flip(a)) for a in range(3))
+    assert outside > 10 and asymmetric > 10
+
+
+def test_centred_grid_centre_moves_the_window():
+    _, _, mask = _one_patch_each("centred", n=16, grid_centre=(8, 9, 16))
+    for m in mask:
+        centre = [(lo + hi + 1) // 2 for lo, hi in _box(m)]
+        assert all(2 <= abs(c - g) <= 5 for c, g in zip(centre, (8, 9, 16)))
+
+
+def test_centred_falls_back_to_the_other_octants_and_drops_a_patch_without_any_centre():
+    # allowed centres only in the (-, -, -) octant of the window: every patch lands there
+    region = torch.zeros(32, *CENTRED_GRID, dtype=torch.bool)
+    region[:, 7:11, 9:13, 7:11] = True
+    _, _, mask = _one_patch_each("centred", n=32, region=region)
+    gc = [n // 2 for n in CENTRED_GRID]
+    for m in mask:
+        centre = [(lo + hi + 1) // 2 for lo, hi in _box(m)]
+        assert all(c < g for c, g in zip(centre, gc))
+    # nothing allowed in the window (only at the grid centre): no patch at all, the input is returned
+    region = torch.zeros(8, *CENTRED_GRID, dtype=torch.bool)
+    region[:, 11:14, 13:16, 11:14] = True
+    vol, out, mask = _one_patch_each("centred", n=8, region=region)
+    assert not mask.any() and torch.equal(out, vol)
+
+
+def test_centred_needs_an_integer_half_size_and_offset():
+    with pytest.raises(ValueError, match="half-size"):
+        JoodConfig(radius=(0.5, 0.9))
+    JoodConfig(radius=(0.5, 0.9), geometry="anywhere")
+    with pytest.raises(ValueError, match="centre_offset"):
+        JoodConfig(centre_offset=(4.2, 4.8))
+    with pytest.raises(ValueError, match="centre_offset"):
+        JoodConfig(centre_offset=(5, 4))
+    for name in ("isotropic", "geometry", "mix"):
+        with pytest.raises(ValueError, match=name):
+            JoodConfig(**{name: "both"})
+    with pytest.raises(ValueError, match="centre_region"):
+        vol, brain = _batch()
+        add_jood(vol, brain, JoodConfig(), torch.Generator(), centre_region=brain[:, :-1])
+
+
+@pytest.mark.parametrize("width, lo, hi", [(0.24, 0.28, 0.52), (0.12, 0.34, 0.46)])
+def test_uniform_width_sets_the_range_of_the_disturbance(width, lo, hi):
+    cfg = JoodConfig("uniform", "random", "full", radius=(3, 3), patch_probs=(0.0, 1.0), geometry="anywhere",
+                     uniform_width=width)
+    vol = torch.zeros(8, 4, *GRID)
+    brain = torch.ones(8, *GRID, dtype=torch.bool)
+    out, mask = add_jood(vol, brain, cfg, torch.Generator().manual_seed(2))
+    values = out.permute(1, 0, 2, 3, 4)[:, mask]
+    assert values.numel() > 2000
+    assert values.min() >= lo - 1e-6 and values.max() <= hi + 1e-6
+    assert values.min() < lo + 0.01 and values.max() > hi - 0.01  # the whole range is used
+
+
+def _mix_kinds(mix, n=3000):
+    """Kind (0 random, 1 directional, 2 isotropic) and values of the one patch of each of n volumes."""
+    cfg = JoodConfig("mix", "mix", "full", radius=(1.5, 1.5), patch_probs=(0.0, 1.0), geometry="anywhere", mix=mix)
+    vol = torch.zeros(n, 3, 8, 8, 8)
+    brain = torch.zeros(n, 8, 8, 8, dtype=torch.bool)
+    brain[:, 2:6, 2:6, 2:6] = True
+    out, mask = add_jood(vol, brain, cfg, torch.Generator().manual_seed(4))
+    kinds, first = [], []
+    for o, m in zip(out, mask):
+        inside = o[:, m]  # (C, voxels)
+        if len(torch.unique(inside)) == 1:
+            kinds.append(2)
+        elif torch.all(inside == inside[:, :1]):
+            kinds.append(1)
+        else:
+            kinds.append(0)
+        first.append(float(inside[0, 0]))
+    return np.array(kinds), np.array(first)
+
+
+def test_weighted_mix_is_34_33_33_with_uniform_isotropic_patches():
+    kinds, first = _mix_kinds("weighted")
+    freq = np.bincount(kinds, minlength=3) / len(kinds)
+    np.testing.assert_allclose(freq, [0.33, 0.33, 0.34], atol=0.03)
+    iso = first[kinds == 2]
+    assert iso.min() >= 0.28 - 1e-6 and iso.max() <= 0.52 + 1e-6  # uniform 0.4 +- 0.12 only
+    # random and directional patches keep the normal/uniform halves: some values leave that range
+    assert np.mean((first[kinds < 2] < 0.28) | (first[kinds < 2] > 0.52)) > 0.1
+
+
+def test_thirds_mix_draws_normal_isotropic_patches_too():
+    kinds, first = _mix_kinds("thirds")
+    freq = np.bincount(kinds, minlength=3) / len(kinds)
+    np.testing.assert_allclose(freq, [1 / 3, 1 / 3, 1 / 3], atol=0.03)
+    iso = first[kinds == 2]
+    assert np.mean((iso < 0.28) | (iso > 0.52)) > 0.1
+
+
+def test_code_defaults_are_reproducible_from_the_generator():
+    cfg = JoodConfig.from_variant("mix-mix-half", radius=(2, 4), centre_offset=SMALL_OFFSET)
+    assert (cfg.isotropic, cfg.geometry, cfg.uniform_width, cfg.mix) == ("per_patch", "centred", 0.24, "weighted")
+    vol, brain = _batch(b=6)
+    region = brain.clone()
+    region[:, 6:] = False
+    a = add_jood(vol, brain, cfg, torch.Generator().manual_seed(21), centre_region=region)
+    b = add_jood(vol, brain, cfg, torch.Generator().manual_seed(21), centre_region=region)
+    c = add_jood(vol, brain, cfg, torch.Generator().manual_seed(22), centre_region=region)
+    assert a[1].any()
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    assert not torch.equal(a[0], c[0])
+
+
+def test_from_train_config_reads_the_jood_keys():
+    from types import SimpleNamespace
+
+    train = SimpleNamespace(jood_radius=(2.5, 5.5), jood_isotropic="per_voxel", jood_geometry="anywhere",
+                            jood_centre_offset=(2.0, 10.0), jood_uniform_width=0.12, jood_mix="thirds")
+    cfg = JoodConfig.from_train_config("uniform-isotropic-half", train)
+    assert cfg == JoodConfig("uniform", "isotropic", "half", radius=(2.5, 5.5), isotropic="per_voxel",
+                             geometry="anywhere", centre_offset=(2.0, 10.0), uniform_width=0.12, mix="thirds")
+    # unset (None) or missing keys keep the defaults, i.e. the authors' code
+    cfg = JoodConfig.from_train_config("mix-mix-full", SimpleNamespace(jood_radius=(5.0, 11.0), jood_mix=None))
+    assert cfg == JoodConfig("mix", "mix", "full")
+    with pytest.raises(ValueError, match="geometry"):
+        JoodConfig.from_train_config("mix-mix-full", SimpleNamespace(jood_geometry="centered"))
+
+
+def test_plot_noise_distributions_states_the_configuration():
+    from dmrilib.noise import noise_distribution_label
+    from dmrilib.plotting.noise import plot_noise_distributions
+
+    paper = JoodConfig(uniform_width=0.12, isotropic="per_voxel")
+    assert "0.24" in noise_distribution_label() and "per patch" in noise_distribution_label()
+    assert "0.12" in noise_distribution_label(paper) and "per voxel" in noise_distribution_label(paper)
+    fig = plot_noise_distributions(config=paper, bins=20)
+    assert fig.get_suptitle() == noise_distribution_label(paper)
+
+
+def test_centred_draws_the_octant_first_like_the_code():
+    # one allowed centre in the (+, +, +) octant, 64 in the (-, -, -) one: the code picks the octant
+    # (1/8 each) before the offsets, so the lone centre gets 1/8 + 6/8 * 1/65, not 1/65 of the patches
+    gx, gy, gz = (n // 2 for n in CENTRED_GRID)
+    region = torch.zeros(400, *CENTRED_GRID, dtype=torch.bool)
+    region[:, gx + 3, gy + 3, gz + 3] = region[:, gx + 4, gy + 4, gz + 4] = True
+    region[:, gx - 5:gx - 1, gy - 5:gy - 1, gz - 5:gz - 1] = True
+    _, _, mask = _one_patch_each("centred", n=400, region=region)
+    lone = np.mean([[(lo + hi + 1) // 2 for lo, hi in _box(m)] == [gx + 3, gy + 3, gz + 3] for m in mask])
+    assert 0.08 < lone < 0.2

@@ -20,12 +20,13 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 SNAKEMAKE = $(VENV)/bin/snakemake --snakefile workflow/Snakefile --profile $(SNAKEMAKE_PROFILE) \
     --config profile=$(PROFILE_ARG) results=$(abspath $(RESULTS)) job_threads=$(JOB_THREADS)
 
-.PHONY: setup book results book-only unlock test test-fast clean-book help
+.PHONY: setup book results book-only ablation unlock test test-fast clean-book help
 
 help:
 	@echo "make book [PROFILE=quick|smoke|gpu|paper]  run the pipeline and build the book"
 	@echo "make test                                  run the test suite"
 	@echo "make book-only PROFILE=...                 rebuild the book from existing results"
+	@echo "make ablation [PROFILE=quick] [ROWS='1 8'] flip each paper-vs-code difference, measure, rebuild the book"
 	@echo "make setup                                 create .venv and install pinned packages"
 	@echo "make unlock PROFILE=...                    clear the lock a killed workflow left"
 
@@ -47,6 +48,15 @@ book-only: setup
 	DMRI_PROFILE=$(PROFILE_ARG) DMRI_RESULTS=$(abspath $(RESULTS)) $(VENV)/bin/jupyter-book build book \
 	    --path-output $(abspath $(BOOK_OUT)) --quiet
 	@echo "Book ($(PROFILE) profile): file://$(abspath $(BOOK_OUT))/_build/html/index.html"
+
+# Not part of `make book`: each measured row of dmrilib.fidelity flipped on the
+# profile's best DAE and RecDiscNet (~10 training runs on quick), compared
+# with the profile's own runs; then the book again, whose page
+# "Paper, authors' code and this package" shows the table. Resumable.
+ablation: results
+	$(PY) -m dmrilib.ablation --profile $(PROFILE_ARG) --results $(abspath $(RESULTS)) \
+	    --threads $(JOB_THREADS) $(if $(ROWS),--rows $(ROWS))
+	@$(MAKE) --no-print-directory book-only PROFILE=$(PROFILE)
 
 test:
 	@bash tools/setup.sh --browser

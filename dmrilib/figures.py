@@ -109,9 +109,12 @@ def qualitative_cases(participants: pd.DataFrame, patient_ids: list[str]) -> lis
 
 
 def _fig_noise(r: _Results) -> Figure:
+    from dmrilib.noise import JoodConfig
     from dmrilib.plotting.noise import plot_noise_distributions
 
-    return plot_noise_distributions(seed=r.profile.seed)
+    # the profile's uniform width and isotropic mode (dmrilib.fidelity rows 3 and 6)
+    config = JoodConfig.from_train_config("mix-mix-full", r.profile.train)
+    return plot_noise_distributions(config=config, seed=r.profile.seed)
 
 
 def _fig_roc(r: _Results) -> Figure:

@@ -38,6 +38,9 @@ __all__ = [
     "style_scorecard",
     "findings_scorecard",
     "opening_limits",
+    "differences_table",
+    "style_differences",
+    "ablation_summary",
     "SCORECARD_COLUMNS",
     "VERDICTS",
     "MODEL_NAMES",
@@ -629,3 +632,74 @@ def findings_scorecard(tables: Mapping[str, pd.DataFrame], *, voxel_mm: float | 
         *_claim_followup(tables, level, limits, config),
     ]
     return pd.DataFrame(rows, columns=list(SCORECARD_COLUMNS))
+
+
+# --------------------------------------------------------------------------- paper vs authors' code
+
+
+def _fmt_setting(value) -> str:
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, tuple):
+        return "[" + ", ".join(_fmt_setting(v) for v in value) + "]"
+    return str(value)
+
+
+def differences_table(profile: Profile) -> pd.DataFrame:
+    """Every paper-vs-code difference (:data:`dmrilib.fidelity.DIFFERENCES`) and this build's value.
+
+    Columns: row number, item, what the paper says, what the authors' code
+    does, the value this profile uses (marked "(profile)" where the profile
+    sets it itself, one of its reductions, or "(code)"/"(paper)" where it
+    follows a side), and the profile key that switches it.
+    """
+    from dmrilib.fidelity import DIFFERENCES
+
+    rows = []
+    for d in DIFFERENCES:
+        section = profile.section(d.section)
+        value = getattr(section, d.key)
+        if d.key in (profile.sections.get(d.section) or {}):
+            source = "profile"
+        else:
+            source = next((side for side in ("code", "paper") if d.value(side) == value), "profile")
+        rows.append({"#": d.number, "item": d.item, "paper": d.paper_says, "authors' code": d.code_says,
+                     "this build": f"{_fmt_setting(value)}\u00a0({source})", "profile key": d.setting})
+    return pd.DataFrame(rows)
+
+
+def style_differences(table: pd.DataFrame) -> "Styler":
+    """:func:`differences_table` as the book shows it: prose columns wrap, keys and values do not."""
+    return (style_table(table, wrap=["item", "paper", "authors' code"])
+            .set_table_styles([{"selector": "", "props": "font-size: 0.85em;"}], overwrite=False))
+
+
+#: Column names of :func:`ablation_summary` per metric of ``ablation.csv``.
+_ABLATION_METRICS = {"auroc": "Δ AUROC", "dice_fixed": "Δ Dice fixed", "dice_otsu": "Δ Dice Otsu",
+                     "dice_pool_max": "Δ Dice pooled max", "dice_dice_optimal": "Δ Dice optimal"}
+
+
+def ablation_summary(table: pd.DataFrame) -> pd.DataFrame:
+    """``ablation.csv`` (:func:`dmrilib.ablation.run_ablation`) as one row per (difference, model).
+
+    Each metric cell is the mean paired change (flipped − this build) with
+    its bootstrap interval over patients, ``"+0.012 [-0.004, 0.027]"``.
+    """
+    rows = []
+    for (row, model), group in table.groupby(["row", "model"], sort=True):
+        first = group.iloc[0]
+        out = {"#": int(row), "item": first["item"], "network": MODEL_NAMES.get(model, model),
+               "configuration": first["variant"], "flipped": first["settings"], "change": first["change"]}
+        if isinstance(first.get("kept"), str) and first["kept"]:
+            out["change"] += f" (kept by the profile: {first['kept']})"
+        for metric, label in _ABLATION_METRICS.items():
+            m = group[group["metric"] == metric]
+            out[label] = "" if m.empty else _signed(m.iloc[0])
+        rows.append(out)
+    return pd.DataFrame(rows)
+
+
+def _signed(rec: Mapping) -> str:
+    if pd.isna(rec["delta"]):
+        return ""
+    return f"{rec['delta']:+.3f}\u00a0[{rec['low']:+.3f},\u00a0{rec['high']:+.3f}]"

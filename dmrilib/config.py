@@ -315,8 +315,10 @@ def _check_value(value: Any, hint: Any, key: str) -> None:
                 return
             except ConfigError as exc:
                 errors.append(exc)
-        # One alternative (X | None): its message is the most precise.
-        if len(alternatives) == 1 and not str(errors[0]).startswith(f"{key}: expected"):
+        # One alternative (X | None): keep its message where it says more than
+        # "expected X" (a hint on writing numbers, a finite value).
+        generic = f"{key}: expected {_expected(alternatives[0])}, got {_show(value)}"
+        if len(alternatives) == 1 and str(errors[0]) != generic:
             raise errors[0]
         fail()
     elif origin is tuple:

@@ -382,7 +382,8 @@ def predict_run(profile: Profile, model: str, variant: str, fold: int, results: 
     net, meta = load_checkpoint(ckpt, expected_hash=expected_hash, expected={"model": model, "variant": variant})
     maps, hashes = [], {}
     for ids, path in zip((test_ids, val_ids), paths):
-        m = predict_maps((net, meta), prepared.attenuation.stored[prepared.index(ids)], device=device).astype(np.float16)
+        m = predict_maps((net, meta), prepared.attenuation.stored[prepared.index(ids)], device=device,
+                         subjects=ids).astype(np.float16)
         if not np.isfinite(m).all():
             raise ValueError(f"{ckpt}: predicts NaN or infinite scores for {int((~np.isfinite(m)).sum())} voxels "
                              "(training diverged?). Check log.csv and retrain the run, e.g. with a lower train.lr.")

@@ -348,7 +348,7 @@ def load_checkpoint(path: str | os.PathLike, *, expected_hash: str | None = None
     """
     payload = read_checkpoint(path, expected_format=_CHECKPOINT_FORMAT, expected_hash=expected_hash,
                               expected=expected, map_location=map_location, trainer="dmrilib.train.train_run")
-    net = build_model(payload["model"], payload["variant"], ModelConfig(**payload["model_config"]),
+    net = build_model(payload["model"], payload["variant"], ModelConfig.from_meta(payload["model_config"]),
                       payload["in_channels"], grid=payload["grid"])
     net.load_state_dict(payload["state_dict"])
     net.to(map_location).eval()

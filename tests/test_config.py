@@ -1,9 +1,10 @@
 import dataclasses
+import re
 
 import pytest
 
 from dmrilib._atomic import atomic_path, write_json_atomic
-from dmrilib.config import ConfigError, Profile, config_hash, load_profile, provenance
+from dmrilib.config import PROFILES_DIR, ConfigError, Profile, config_hash, load_profile, provenance
 
 SHIPPED = ("smoke", "quick", "gpu", "paper")
 
@@ -20,7 +21,43 @@ def test_paper_profile_is_the_full_grid():
     profile = load_profile("paper")
     assert len(profile.variants["dae"]) == 12 and len(profile.variants["recdisc"]) == 12
     assert len(profile.runs()) == 24 * 7
-    assert profile.train.epochs == 500
+    # the authors' code (fidelity: code, the default): 250 epochs at 1e-3
+    assert (profile.train.epochs, profile.train.lr) == (250, 1e-3)
+
+
+def _paper_side(fidelity=None, **sections):
+    import yaml
+
+    data = yaml.safe_load((PROFILES_DIR / "paper.yaml").read_text())
+    if fidelity is not None:
+        data["fidelity"] = fidelity
+    for section, values in sections.items():
+        data[section] = {**(data.get(section) or {}), **values}
+    return Profile.from_dict(data, source="test.yaml")
+
+
+def test_top_level_fidelity_reaches_every_section_and_a_written_key_wins():
+    from dmrilib.fidelity import DIFFERENCES
+
+    code, paper = _paper_side("code"), _paper_side("paper")
+    for row in DIFFERENCES:
+        if row.key in (code.sections.get(row.section) or {}):
+            continue  # the profile writes it: neither side applies
+        assert getattr(code.section(row.section), row.key) == row.code, row.setting
+        assert getattr(paper.section(row.section), row.key) == row.paper, row.setting
+    assert (paper.train.epochs, paper.train.lr, paper.model.dae_architecture) == (500, 1e-4, "paper")
+    assert code.stage_hash("train") != paper.stage_hash("train")
+    assert code.stage_hash("cohort") != paper.stage_hash("cohort")  # prepare.input_mask_erosion
+    mixed = _paper_side("paper", train={"epochs": 7}, evaluate={"fidelity": "code"})
+    assert mixed.train.epochs == 7 and mixed.train.lr == 1e-4
+    assert mixed.evaluate.threshold_region == "eroded_brain_no_csf"  # a section may name its own side
+
+
+def test_unknown_fidelity_is_refused_naming_the_key():
+    with pytest.raises(ConfigError, match=r"test.yaml: fidelity: expected one of 'code', 'paper'.*got 'authors'"):
+        _paper_side("authors")
+    with pytest.raises(ConfigError, match=r"train.fidelity"):
+        _paper_side(train={"fidelity": "authors"})
 
 
 def test_config_hash_ignores_key_order_and_sees_values():
@@ -133,11 +170,14 @@ def test_negative_pool_size_fails_at_load_naming_the_key(tmp_path):
 
 @pytest.mark.parametrize("value", ["2", 2.5, 2.0, True, "ten"])
 def test_int_setting_refuses_text_floats_and_booleans(tmp_path, value):
-    path = _profile_file(tmp_path, {"train.epochs": value})
+    path = _profile_file(tmp_path, {"train.batch_size": value})
     shown = {True: "true"}.get(value, repr(value)) if not isinstance(value, str) else repr(value)
     with pytest.raises(ConfigError) as exc:
         load_profile(path)
-    assert str(exc.value).startswith(f"{path}: train.epochs: expected an integer, got {shown}")
+    assert str(exc.value).startswith(f"{path}: train.batch_size: expected an integer, got {shown}")
+    # a fidelity key may also be null (follow the profile's side)
+    with pytest.raises(ConfigError, match=rf"train\.epochs: expected null or an integer, got {re.escape(shown)}"):
+        load_profile(_profile_file(tmp_path, {"train.epochs": value}))
 
 
 def test_float_setting_accepts_an_integer_and_tuple_settings_accept_lists(tmp_path):

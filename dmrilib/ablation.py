@@ -278,10 +278,10 @@ def run_ablation(profile: Profile, results: str | Path = "results", *, rows: Seq
         for model, variant in plan.runs:
             for fold in profile.folds:
                 done += 1
-                if progress:
-                    change = "; ".join(f"{k} {_show(a)} -> {_show(b)}" for k, (a, b) in plan.changes.items())
-                    print(f"[{done}/{total}] row {plan.row.number} ({plan.row.item}): {model} {variant} "
-                          f"fold {fold}: {change}", flush=True)
+                # one line per run, also without progress bars
+                change = "; ".join(f"{k} {_show(a)} -> {_show(b)}" for k, (a, b) in plan.changes.items())
+                print(f"[{done}/{total}] row {plan.row.number} ({plan.row.item}): {model} {variant} "
+                      f"fold {fold}: {change}", flush=True)
                 t0 = time.perf_counter()
                 base_run = pipeline.run_dir(profile, model, variant, fold, results)
                 if not (base_run / "eval.json").is_file():
@@ -331,7 +331,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         profile = load_profile(args.profile)
-        table = run_ablation(profile, args.results, rows=args.rows, threads=args.threads)
+        table = run_ablation(profile, args.results, rows=args.rows, threads=args.threads,
+                             progress=os.environ.get("DMRI_PROGRESS", "1") != "0")
     except (FileNotFoundError, ValueError) as exc:
         print(f"dmrilib.ablation: {exc}", file=sys.stderr)
         return 2

@@ -702,4 +702,5 @@ def ablation_summary(table: pd.DataFrame) -> pd.DataFrame:
 def _signed(rec: Mapping) -> str:
     if pd.isna(rec["delta"]):
         return ""
-    return f"{rec['delta']:+.3f}\u00a0[{rec['low']:+.3f},\u00a0{rec['high']:+.3f}]"
+    delta, low, high = (f"{v:+.3f}".replace("-0.000", "+0.000") for v in (rec["delta"], rec["low"], rec["high"]))
+    return f"{delta}\u00a0[{low},\u00a0{high}]"

@@ -2,7 +2,9 @@
 
 For every row of :data:`dmrilib.fidelity.DIFFERENCES` marked ``ablate``, the
 best DAE and the best RecDiscNet configuration of a built profile (highest
-mean lesion AUROC, as for the follow-up) are trained and evaluated again with
+mean lesion AUROC, as for the follow-up; rows that cannot change it use the
+best configuration they can change, and the DAE map row adds the best
+linear-output DAE) are trained and evaluated again with
 that row's keys set to the other side's value, everything else unchanged.
 The change against the profile's own run is reported per patient (paired), as
 mean difference with a bootstrap interval over patients, for the lesion AUROC
@@ -104,27 +106,41 @@ def _best_variants(profile: Profile, results: str | Path) -> dict[str, str]:
     return {m: str(means.loc[m].idxmax()) for m in ("dae", "recdisc") if m in means.index.get_level_values(0)}
 
 
-def _variant_for(row: Difference, model: str, profile: Profile, best: Mapping[str, str],
-                 results: str | Path) -> str | None:
-    """The variant a row is measured on: the best one, unless the row cannot change it."""
+def _best_among(profile: Profile, results: str | Path, model: str, candidates: Sequence[str]) -> str | None:
+    from dmrilib.pipeline import results_root
+
+    det = pd.read_csv(results_root(profile, results) / "tables" / "auroc_all.csv")
+    det = det[(det["model"] == model) & det["variant"].isin(list(candidates))]
+    return str(det.groupby("variant")["auroc"].mean().idxmax()) if len(det) else None
+
+
+def _variants_for(row: Difference, model: str, profile: Profile, best: Mapping[str, str],
+                  results: str | Path) -> list[str]:
+    """The variants a row is measured on: the best one, unless the row cannot change it.
+
+    Only some JOOD variants use isotropic, Mix or uniform noise: those rows
+    take the best variant that does. The DAE's map row also measures the best
+    linear-output DAE, whose reconstruction the authors' normalisation by its
+    maximum rescales most.
+    """
     if model not in row.models or model not in best:
-        return None
+        return []
     if row.key in ("jood_isotropic", "jood_mix", "jood_uniform_width"):
-        # Only some JOOD variants use isotropic / mix / uniform noise: take the best one that does.
         from dmrilib.variants import parse_recdisc_variant
 
         uses = {"jood_isotropic": lambda d, a: a in ("isotropic", "mix"),
                 "jood_mix": lambda d, a: "mix" in (d, a),
                 "jood_uniform_width": lambda d, a: d in ("uniform", "mix")}[row.key]
-        candidates = [v for v in profile.variants.get(model, ()) if uses(*parse_recdisc_variant(v)[:2])]
-        if not candidates:
-            return None
-        from dmrilib.pipeline import results_root
-
-        det = pd.read_csv(results_root(profile, results) / "tables" / "auroc_all.csv")
-        det = det[(det["model"] == model) & det["variant"].isin(candidates)]
-        return str(det.groupby("variant")["auroc"].mean().idxmax()) if len(det) else None
-    return best[model]
+        chosen = _best_among(profile, results, model, [v for v in profile.variants.get(model, ())
+                                                       if uses(*parse_recdisc_variant(v)[:2])])
+        return [chosen] if chosen else []
+    variants = [best[model]]
+    if row.key == "dae_map":
+        linear = _best_among(profile, results, model,
+                             [v for v in profile.variants.get(model, ()) if v.endswith("-linear")])
+        if linear and linear not in variants:
+            variants.append(linear)
+    return variants
 
 
 def _flip(row: Difference, profile: Profile) -> tuple[Any, Any] | None:
@@ -175,8 +191,7 @@ def plan_ablation(profile: Profile, results: str | Path = "results",
                 kept.append(r.setting)
             else:
                 changes[r.setting] = flip
-        runs = tuple((m, v) for m in ("dae", "recdisc")
-                     if (v := _variant_for(first, m, profile, best, results)) is not None)
+        runs = tuple((m, v) for m in ("dae", "recdisc") for v in _variants_for(first, m, profile, best, results))
         if not changes or not runs:
             continue
         data: dict[str, Any] = {
@@ -216,19 +231,25 @@ def _reuse_run(source: Path, dest: Path) -> None:
                 shutil.copyfile(source / name, tmp)
 
 
-def _per_patient(run: Path) -> pd.DataFrame:
-    det = pd.read_csv(run / "eval-auroc.csv")[["subject", "fold", "auroc"]]
-    dice = pd.read_csv(run / "eval-dice.csv")
+def _per_patient(runs: Sequence[Path]) -> pd.DataFrame:
+    """AUROC and Dice (after the opening) per rule, one row per (patient, fold) of the runs' folds."""
+    det = pd.concat([pd.read_csv(run / "eval-auroc.csv") for run in runs])[["subject", "fold", "auroc"]]
+    dice = pd.concat([pd.read_csv(run / "eval-dice.csv") for run in runs])
     dice = dice[dice["rule"].isin(RULES)].pivot_table(index=["subject", "fold"], columns="rule",
                                                       values="dice_post")
     dice.columns = [f"dice_{c}" for c in dice.columns]
     return det.set_index(["subject", "fold"]).join(dice, how="left")
 
 
-def _deltas(base_run: Path, flipped_run: Path, *, n_boot: int, ci: float, seed: int) -> list[dict[str, Any]]:
+def _deltas(base_runs: Sequence[Path], flipped_runs: Sequence[Path], *, n_boot: int, ci: float,
+            seed: int) -> list[dict[str, Any]]:
+    """Paired change (flipped - base) per metric over the (patient, fold) rows both have.
+
+    The interval resamples those rows (patients, pooled over folds).
+    """
     from dmrilib.metrics import bootstrap_ci
 
-    base, flipped = _per_patient(base_run), _per_patient(flipped_run)
+    base, flipped = _per_patient(base_runs), _per_patient(flipped_runs)
     both = base.join(flipped, lsuffix="_base", rsuffix="_flipped", how="inner")
     rows = []
     for metric in METRICS:
@@ -257,8 +278,9 @@ def run_ablation(profile: Profile, results: str | Path = "results", *, rows: Seq
     Returns
     -------
     DataFrame
-        One row per (difference, model, metric): the profile's mean, the
-        flipped mean, their paired difference and its bootstrap interval.
+        One row per (difference, model, variant, metric): the profile's
+        mean, the flipped mean, their paired difference over (patient,
+        fold) rows and its bootstrap interval.
     """
     from dmrilib import pipeline
 
@@ -276,6 +298,7 @@ def run_ablation(profile: Profile, results: str | Path = "results", *, rows: Seq
         for folder in ("prepared", "groundtruth"):
             _link(base_root / folder, root / plan.name / folder)
         for model, variant in plan.runs:
+            base_runs, flipped_runs = [], []
             for fold in profile.folds:
                 done += 1
                 # one line per run, also without progress bars
@@ -292,15 +315,16 @@ def run_ablation(profile: Profile, results: str | Path = "results", *, rows: Seq
                 else:
                     pipeline.run_train(plan.profile, model, variant, fold, root, threads=threads, progress=progress)
                 pipeline.run_evaluate(plan.profile, model, variant, fold, root, threads=threads)
-                flipped_run = pipeline.run_dir(plan.profile, model, variant, fold, root)
-                timings.append({"row": plan.row.number, "model": model, "fold": fold,
+                base_runs.append(base_run)
+                flipped_runs.append(pipeline.run_dir(plan.profile, model, variant, fold, root))
+                timings.append({"row": plan.row.number, "model": model, "variant": variant, "fold": fold,
                                 "seconds": round(time.perf_counter() - t0, 1)})
-                for rec in _deltas(base_run, flipped_run, n_boot=cfg.n_bootstrap, ci=cfg.ci, seed=cfg.seed):
-                    records.append({
-                        "row": plan.row.number, "item": plan.row.item, "model": model, "variant": variant,
-                        "fold": fold, "settings": ", ".join(plan.changes),
-                        "change": "; ".join(f"{_show(a)} -> {_show(b)}" for a, b in plan.changes.values()),
-                        "kept": ", ".join(plan.kept), "evaluate_only": plan.evaluate_only, **rec})
+            for rec in _deltas(base_runs, flipped_runs, n_boot=cfg.n_bootstrap, ci=cfg.ci, seed=cfg.seed):
+                records.append({
+                    "row": plan.row.number, "item": plan.row.item, "model": model, "variant": variant,
+                    "folds": " ".join(map(str, profile.folds)), "settings": ", ".join(plan.changes),
+                    "change": "; ".join(f"{_show(a)} -> {_show(b)}" for a, b in plan.changes.values()),
+                    "kept": ", ".join(plan.kept), "evaluate_only": plan.evaluate_only, **rec})
     table = pd.DataFrame.from_records(records)
     root.mkdir(parents=True, exist_ok=True)
     with atomic_path(root / "ablation.csv") as tmp:

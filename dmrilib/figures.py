@@ -81,6 +81,18 @@ class _Results:
     def arrays(self, name: str, ids: list[str]) -> np.ndarray:
         return np.asarray(getattr(self.prepared, name)[self.prepared.index(ids)])
 
+    def regions(self, ids: list[str], which: int = 0) -> np.ndarray:
+        """The evaluation masks (``which=0``) or rule regions (1) the evaluate jobs used.
+
+        :func:`dmrilib.metrics.evaluation_regions` of ``evaluate.threshold_region``, so
+        figures count the voxels the tables count.
+        """
+        from dmrilib import metrics
+
+        region = self.profile.evaluate.threshold_region
+        return np.stack([metrics.evaluation_regions(self.prepared.brain_mask[j], self.prepared.eval_mask[j],
+                                                    region)[which] for j in self.prepared.index(ids)])
+
     def ranked(self, model: str) -> list[str]:
         """Variants of ``model`` from highest to lowest mean AUROC."""
         sub = self.auroc[self.auroc["model"] == model]
@@ -122,7 +134,7 @@ def _fig_roc(r: _Results) -> Figure:
     from dmrilib.plotting.results import plot_roc_curves
 
     truth = r.arrays("lesion", r.patients).astype(bool)
-    mask = r.arrays("eval_mask", r.patients).astype(bool)
+    mask = r.regions(r.patients)
     curves, aurocs = {}, {}
     picks = []
     for model in ("dae", "recdisc"):
@@ -143,7 +155,7 @@ def _fig_densities(r: _Results) -> Figure:
     from dmrilib.plotting.results import plot_score_densities
 
     truth = r.arrays("lesion", r.patients).astype(bool)
-    mask = r.arrays("eval_mask", r.patients).astype(bool)
+    mask = r.regions(r.patients)
     ranked = r.ranked("recdisc")
     panels = {}
     for rank, pick in (("best", 0), ("worst", -1)):
@@ -184,7 +196,7 @@ def _fig_qualitative(r: _Results, model: str, rule: str) -> Figure:
         i = r.patients.index(subject)
         j = r.prepared.index([subject])[0]
         cases.append({"label": f"{label} ({subject})", "score_map": maps[i], "md": np.asarray(r.prepared.md[j]),
-                      "truth": np.asarray(r.prepared.lesion[j]), "mask": np.asarray(r.prepared.eval_mask[j])})
+                      "truth": np.asarray(r.prepared.lesion[j]), "mask": r.regions([subject], 1)[0]})
         thresholds.append(r.threshold(model, variant, rule, subject))
     return plot_qualitative(cases, thresholds, opening_size=r.profile.evaluate.opening_size,
                             title=f"{model} {variant}, {rule} threshold")
@@ -203,7 +215,7 @@ def _fig_followup(r: _Results) -> Figure:
     thr = r.threshold(row["model"], variant, row["rule"], subject, int(row["fold"]))
     p = r.prepared
     return plot_followup(np.asarray(p.md[j]), r.maps(row["model"], variant, int(row["fold"]))[i],
-                         np.asarray(p.lesion[j]), np.asarray(p.followup_lesion[j]), np.asarray(p.eval_mask[j]),
+                         np.asarray(p.lesion[j]), np.asarray(p.followup_lesion[j]), r.regions([subject], 1)[0],
                          threshold=thr, opening_size=r.profile.evaluate.opening_size,
                          title=f"{subject} (grade {row['grade']}), {row['model']} {variant}")
 

@@ -733,7 +733,10 @@ def run_followup(profile: Profile, results: str | Path = "results", *, model: st
                 continue
             res = metrics.followup_colocalisation(
                 maps[i], float(thr[subject]), np.asarray(prepared.lesion[j], bool),
-                np.asarray(prepared.followup_lesion[j], bool), np.asarray(prepared.eval_mask[j], bool),
+                np.asarray(prepared.followup_lesion[j], bool),
+                # the region the threshold rules and the opening saw (evaluate.threshold_region)
+                metrics.evaluation_regions(prepared.brain_mask[j], prepared.eval_mask[j],
+                                           profile.evaluate.threshold_region)[1],
                 opening_size=profile.evaluate.opening_size)
             rows.append({"model": model, "variant": variant, "fold": fold, "rule": rule, "subject": subject,
                          "grade": info.get("grade"), "size_class": info.get("size_class"), **res})

@@ -680,13 +680,13 @@ _ABLATION_METRICS = {"auroc": "Δ AUROC", "dice_fixed": "Δ Dice fixed", "dice_o
 
 
 def ablation_summary(table: pd.DataFrame) -> pd.DataFrame:
-    """``ablation.csv`` (:func:`dmrilib.ablation.run_ablation`) as one row per (difference, model).
+    """``ablation.csv`` (:func:`dmrilib.ablation.run_ablation`) as one row per (difference, configuration).
 
     Each metric cell is the mean paired change (flipped − this build) with
     its bootstrap interval over patients, ``"+0.012 [-0.004, 0.027]"``.
     """
     rows = []
-    for (row, model), group in table.groupby(["row", "model"], sort=True):
+    for (row, model, _), group in table.groupby(["row", "model", "variant"], sort=False):
         first = group.iloc[0]
         out = {"#": int(row), "item": first["item"], "network": MODEL_NAMES.get(model, model),
                "configuration": first["variant"], "flipped": first["settings"], "change": first["change"]}

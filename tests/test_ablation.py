@@ -46,6 +46,8 @@ def test_each_row_flips_only_its_keys_on_the_best_runs(smoke):
     # the isotropic row runs the best configuration that uses isotropic noise
     assert plans[3].runs == (("recdisc", "mix-mix-half"),)
     assert plans[8].changes == {"model.dae_map": ("mean_normalised", "abs_sum")}
+    # the map row also measures the best linear-output DAE
+    assert plans[8].runs == (("dae", "lsd512-sigmoid"), ("dae", "lsd16-linear"))
     # smoke sets disc_depth itself (its grid): it stays, the architecture flips
     assert plans[14].kept == ("model.disc_depth",) and "model.recdisc_architecture" in plans[14].changes
     assert {n for n, p in plans.items() if p.evaluate_only} == {9, 10}
@@ -76,7 +78,7 @@ def _run(folder, auroc, dice):
 def test_deltas_are_paired_per_patient(tmp_path):
     base = _run(tmp_path / "base", [0.5, 0.6, 0.7, 0.8], [0.1, 0.2, 0.3, 0.4])
     flipped = _run(tmp_path / "flipped", [0.6, 0.7, 0.8, 0.9], [0.1, 0.2, 0.3, 0.4])
-    rows = {r["metric"]: r for r in _deltas(base, flipped, n_boot=200, ci=0.95, seed=0)}
+    rows = {r["metric"]: r for r in _deltas([base], [flipped], n_boot=200, ci=0.95, seed=0)}
     assert list(rows) == list(METRICS)
     # every patient gains exactly 0.1: paired, the interval has no width
     assert rows["auroc"]["delta"] == pytest.approx(0.1)

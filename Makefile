@@ -44,8 +44,10 @@ unlock: setup
 book: results
 	@$(MAKE) --no-print-directory book-only PROFILE=$(PROFILE)
 
+# --all: Sphinx rebuilds only pages whose source changed, so without it a page
+# would keep the numbers of the results it was first built from.
 book-only: setup
-	DMRI_PROFILE=$(PROFILE_ARG) DMRI_RESULTS=$(abspath $(RESULTS)) $(VENV)/bin/jupyter-book build book \
+	DMRI_PROFILE=$(PROFILE_ARG) DMRI_RESULTS=$(abspath $(RESULTS)) $(VENV)/bin/jupyter-book build book --all \
 	    --path-output $(abspath $(BOOK_OUT)) --quiet
 	@echo "Book ($(PROFILE) profile): file://$(abspath $(BOOK_OUT))/_build/html/index.html"
 

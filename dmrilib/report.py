@@ -41,6 +41,7 @@ __all__ = [
     "differences_table",
     "style_differences",
     "ablation_summary",
+    "style_ablation",
     "SCORECARD_COLUMNS",
     "VERDICTS",
     "MODEL_NAMES",
@@ -669,8 +670,16 @@ def differences_table(profile: Profile) -> pd.DataFrame:
 
 
 def style_differences(table: pd.DataFrame) -> "Styler":
-    """:func:`differences_table` as the book shows it: prose columns wrap, keys and values do not."""
-    return (style_table(table, wrap=["item", "paper", "authors' code"])
+    """:func:`differences_table` as the book shows it, fitting a page at ~1400 px.
+
+    The profile key goes under the item (in code type) instead of in a
+    column of its own; prose columns wrap, values do not.
+    """
+    shown = table.drop(columns=["profile key"]).copy()
+    shown["item"] = [f"{html.escape(item)}<br><code>{html.escape(key)}</code>"
+                     for item, key in zip(table["item"], table["profile key"])]
+    return (style_table(shown, wrap=["item", "paper", "authors' code"])
+            .format(lambda v: v, subset=["item"], escape=None)
             .set_table_styles([{"selector": "", "props": "font-size: 0.85em;"}], overwrite=False))
 
 
@@ -704,3 +713,36 @@ def _signed(rec: Mapping) -> str:
         return ""
     delta, low, high = (f"{v:+.3f}".replace("-0.000", "+0.000") for v in (rec["delta"], rec["low"], rec["high"]))
     return f"{delta}\u00a0[{low},\u00a0{high}]"
+
+
+def style_ablation(summary: pd.DataFrame, metrics: Iterable[str] | None = None) -> "Styler":
+    """:func:`ablation_summary` as the book shows it, fitting a page at ~1400 px.
+
+    The change goes under the item, the configuration under the network,
+    and each interval under its mean change; cells whose interval excludes 0
+    are in bold. ``metrics``: the column labels to show (default all five;
+    three fit a page).
+    """
+    shown = pd.DataFrame({
+        "#": summary["#"],
+        "difference": [f"{html.escape(i)}<br><small>{html.escape(c.replace(' -> ', ' → '))}</small>"
+                       for i, c in zip(summary["item"], summary["change"])],
+        "network": [f"{html.escape(n)}<br><small>{html.escape(v)}</small>"
+                    for n, v in zip(summary["network"], summary["configuration"])],
+    })
+    metrics = list(_ABLATION_METRICS.values()) if metrics is None else list(metrics)
+    for label in metrics:
+        shown[label] = summary[label]
+
+    def cell(value: str) -> str:
+        if not value:
+            return ""
+        mean, interval = value.split("\u00a0", 1)
+        low, high = (float(v) for v in interval.strip("[]").split(",\u00a0"))
+        text = f"{mean}<br><small>{interval}</small>"
+        return f"<b>{text}</b>" if low > 0 or high < 0 else text
+
+    return (style_table(shown, wrap=["difference"])
+            .format(lambda v: v, subset=["difference", "network"], escape=None)
+            .format(cell, subset=metrics, escape=None)
+            .set_table_styles([{"selector": "", "props": "font-size: 0.8em;"}], overwrite=False))

@@ -160,3 +160,26 @@ def test_results_page_renders_in_headless_chromium(smoke_build):
     subprocess.run(["chromium", *flags, "--window-size=1280,2400", f"--screenshot={shot}", url],
                    capture_output=True, text=True, timeout=120)
     assert shot.is_file() and shot.stat().st_size > 10_000
+
+
+def test_make_ablation_reuses_the_build_and_the_book_shows_its_table(smoke_build):
+    """`make ablation` on the built smoke profile (only the evaluation rows: seconds), then the
+    differences page, whose source did not change, must show the new table (book-only --all)."""
+    results, html = smoke_build
+    page = html / "differences.html"
+    assert "make ablation PROFILE=smoke" in page.read_text()  # no results yet: says how to make them
+    proc = subprocess.run(
+        ["make", "--no-print-directory", "ablation", "PROFILE=smoke", f"RESULTS={results.parent}",
+         f"BOOK_OUT={html.parent.parent}", "ROWS=9 10"],
+        cwd=ROOT, capture_output=True, text=True, timeout=900, env={**os.environ, "DMRI_PROGRESS": "0"},
+    )
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    table = pd.read_csv(results / "ablation" / "ablation.csv")
+    assert set(table["row"]) == {9, 10} and set(table["model"]) == {"dae", "recdisc"}
+    assert table["evaluate_only"].all() and (table["n"] == 3).all()
+    # the evaluation-only rows re-score the build's own trained runs
+    for run in (results / "ablation" / "row09-threshold-region" / "runs").glob("*/*/fold-0"):
+        base = results / "runs" / run.relative_to(results / "ablation" / "row09-threshold-region" / "runs")
+        assert (run / "checkpoint-best.pt").read_bytes() == (base / "checkpoint-best.pt").read_bytes()
+    text = page.read_text()
+    assert "Δ AUROC" in text and "region of the threshold rules" in text

@@ -167,7 +167,7 @@ def test_make_ablation_reuses_the_build_and_the_book_shows_its_table(smoke_build
     differences page, whose source did not change, must show the new table (book-only --all)."""
     results, html = smoke_build
     page = html / "differences.html"
-    assert "make ablation PROFILE=smoke" in page.read_text()  # no results yet: says how to make them
+    assert "No ablation results for profile" in page.read_text()  # none yet: says how to make them
     proc = subprocess.run(
         ["make", "--no-print-directory", "ablation", "PROFILE=smoke", f"RESULTS={results.parent}",
          f"BOOK_OUT={html.parent.parent}", "ROWS=9 10"],
@@ -182,4 +182,5 @@ def test_make_ablation_reuses_the_build_and_the_book_shows_its_table(smoke_build
         base = results / "runs" / run.relative_to(results / "ablation" / "row09-threshold-region" / "runs")
         assert (run / "checkpoint-best.pt").read_bytes() == (base / "checkpoint-best.pt").read_bytes()
     text = page.read_text()
+    assert "No ablation results for profile" not in text
     assert "Δ AUROC" in text and "region of the threshold rules" in text

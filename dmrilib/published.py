@@ -6,6 +6,11 @@ labelled as the paper's; nothing in the pipeline reads them.
 
 Each table is a list of plain dicts keyed by our variant ids (see
 ``ARCHITECTURE.md``), so a published row can be joined to ours.
+
+The paper's *protocol* (what its text says about training, disturbances,
+maps and evaluation, where it differs from or is silent beside the authors'
+code) is not here but in :data:`dmrilib.fidelity.DIFFERENCES` (``paper_says``),
+next to the value each side uses.
 """
 from __future__ import annotations
 

@@ -190,6 +190,18 @@ def test_parameter_counts_at_paper_size(model, fidelity, expected):
     assert _n_parameters(_paper_size(model, fidelity)) == expected
 
 
+def test_the_shipped_paper_profile_builds_the_authors_networks():
+    from dmrilib.config import load_profile
+
+    profile = load_profile("paper")
+    grid = profile.prepare.grid
+    counts = {}
+    for model, variant in (("dae", "lsd512-sigmoid"), ("recdisc", "mix-mix-half")):
+        with torch.device("meta"):
+            counts[model] = _n_parameters(build_model(model, variant, profile.model, 64, grid=grid))
+    assert counts == {"dae": 52_029_312, "recdisc": 123_540_977}
+
+
 def test_model_config_fills_unset_keys_from_fidelity_and_explicit_keys_win():
     code, paper = ModelConfig(), ModelConfig(fidelity="paper")
     assert (code.dae_architecture, code.recdisc_architecture, code.disc_depth, code.dae_map,

@@ -65,6 +65,18 @@ class TrainConfig:
         (``Dataset.py``, ``Dataloader.py``); paper: silent, so ``fresh`` gives
         this package's earlier behaviour: new disturbances and a new order
         every epoch.
+    shuffle : {"fixed", "every_epoch"}, optional
+        The order training volumes are visited in. Code: ``fixed``, the same
+        order every epoch (``Dataloader.py``: ``shuffle=False``): the DAE
+        visits ``train_ids`` in the order given, which :func:`make_folds`
+        keeps sorted under ``fold_split="contiguous"`` as the authors'
+        sorted subject list; RecDiscNet with ``jood_copies="fresh"`` draws
+        one seeded order of its ``copies_per_subject`` passes over the
+        subjects once per run and reuses it every epoch (with
+        ``jood_copies="fixed"`` the copies always follow their single
+        shuffle, whatever this key says). Paper: silent, so ``every_epoch``
+        gives this package's earlier behaviour: a new seeded order every
+        epoch (DAE, and RecDiscNet with fresh copies).
     val_copies : int, optional
         Fixed disturbed copies of each validation subject (RecDiscNet). Code: 4
         (``Dataset.py``); paper: not stated, so ``paper`` gives the 1 this
@@ -110,6 +122,14 @@ class TrainConfig:
         (``anomaly_generation.py``); paper: not detailed, so ``thirds`` gives
         this package's earlier choice (appearance in thirds, normal or
         uniform in halves).
+    jood_insertion : {"authors", "replace"}, optional
+        How a JOOD patch enters the volume
+        (:attr:`dmrilib.noise.JoodConfig.insertion`). Code: ``authors``, a
+        positive noise value replaces the signal, a negative one is added to
+        it, nothing is clipped, and the training target is the whole
+        ellipsoid (``anomaly_generation.py``); paper: silent, so ``replace``
+        gives this package's earlier behaviour: the patch replaced by the
+        noise clipped to [0, 1], the target the voxels that changed.
     recdisc_crop : (int, int, int) or None
         Train RecDiscNet on random windows of this size instead of whole
         volumes (validation and prediction still use whole volumes). A CPU
@@ -158,6 +178,7 @@ class TrainConfig:
     fold_split: Literal["contiguous", "random"] | None = None
     copies_per_subject: int = 4
     jood_copies: Literal["fixed", "fresh"] | None = None
+    shuffle: Literal["fixed", "every_epoch"] | None = None
     val_copies: int | None = None
     kl_weight: float = 1.22e-5
     kl_reduction: Literal["sum", "mean"] | None = None
@@ -170,6 +191,7 @@ class TrainConfig:
     jood_centre_offset: tuple[float, float] = (4.0, 20.0)
     jood_uniform_width: float | None = None
     jood_mix: Literal["weighted", "thirds"] | None = None
+    jood_insertion: Literal["authors", "replace"] | None = None
     recdisc_crop: tuple[int, int, int] | None = None
     selection: Literal["val_loss", "last"] = "val_loss"
     val_every: int = 1
@@ -207,7 +229,8 @@ class TrainConfig:
             raise ValueError(f"train.num_threads must be positive or null, got {self.num_threads}.")
         for name, allowed in (("fold_split", FOLD_SPLITS), ("jood_copies", ("fixed", "fresh")),
                               ("kl_reduction", ("sum", "mean")), ("jood_isotropic", ("per_patch", "per_voxel")),
-                              ("jood_geometry", ("centred", "anywhere")), ("jood_mix", ("weighted", "thirds"))):
+                              ("jood_geometry", ("centred", "anywhere")), ("jood_mix", ("weighted", "thirds")),
+                              ("shuffle", ("fixed", "every_epoch")), ("jood_insertion", ("authors", "replace"))):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"train.{name} must be one of {list(allowed)}, got {getattr(self, name)!r}.")
         if not self.jood_uniform_width > 0:

@@ -148,6 +148,17 @@ DIFFERENCES: tuple[Difference, ...] = (
     Difference(17, "aggregation over folds", "evaluate", "aggregate", "per_fold", "pooled",
                "each fold's patient mean and population SD, averaged over folds (quantitative_analysis.py)",
                "not stated (this package: mean and SD over all patient x fold rows)"),
+    Difference(18, "how a disturbance enters the volume", "train", "jood_insertion", "authors", "replace",
+               "the signal is zeroed where the patch is positive, then the patch is added: positive noise "
+               "replaces, negative noise is added, nothing is clipped; the target is the whole ellipsoid "
+               "(DataProcessing/anomaly_generation.py)",
+               "not stated (this package replaced the patch, clipped to [0, 1], and marked the voxels that "
+               "changed)", models=('recdisc',)),
+    Difference(19, "training visiting order", "train", "shuffle", "fixed", "every_epoch",
+               "the same order every epoch (Dataloader.py: shuffle=False): the DAE visits the sorted subject "
+               "list (config.py); RecDiscNet's copies follow one shuffle (Dataset.py, row 4), which this "
+               "package also draws once for fresh copies",
+               "not stated (this package reshuffled every epoch)"),
 )
 
 

@@ -15,10 +15,10 @@ variant id ``<distribution>-<appearance>-<mean>`` (e.g.
 paper's Table 2. Everything runs in torch on the batch's device and draws only
 from the ``torch.Generator`` passed in, without host-device synchronisation.
 
-Paper or authors' code (:mod:`dmrilib.fidelity`, rows 3, 5, 6, 7)
-------------------------------------------------------------------
+Paper or authors' code (:mod:`dmrilib.fidelity`, rows 3, 5, 6, 7, 18)
+----------------------------------------------------------------------
 The authors' ``DataProcessing/anomaly_generation.py`` differs from the article
-in four ways; each is a :class:`JoodConfig` field whose default is the code:
+in five ways; each is a :class:`JoodConfig` field whose default is the code:
 
 * row 3, ``isotropic``: the code multiplies the whole patch by a single number,
   so an isotropic patch is one constant in all voxels and all directions
@@ -42,10 +42,22 @@ in four ways; each is a :class:`JoodConfig` field whose default is the code:
   with equal odds) (``weighted``); the article gives no weights; this package
   used thirds with normal/uniform halves for every appearance (``thirds``).
 
-Unchanged, and still different from the code: values are clipped to [0, 1]
-and replace the signal inside a patch, while the code neither clips nor
-replaces voxels whose noise is negative (it adds it); normal draws are
-truncated at about 4.75 sd by the inverse-CDF sampling.
+Row 18, ``insertion``: the code zeroes the signal where the patch's noise is
+positive and then adds the patch, so a positive value replaces the signal
+and a negative one (normal draws only: about 5 % of a *half* patch) is added
+to it; nothing is clipped, and the training target is the whole ellipsoid
+(``authors``). The article is silent; this package replaced the patch,
+clipped it to [0, 1] and marked the voxels that changed (``replace``).
+Not reproduced on either side: the code inserts a volume's patches one
+after the other, each time applying everything drawn so far again, so the
+first patch's negative values are added twice, the second patch's box (not
+only its ellipsoid) removes the first patch from the target but not from
+the input, and the second patch's negative values add to the first patch
+where they meet; here the patches are inserted at once and the later one
+owns any overlap.
+
+Also still different from the code: normal draws are truncated at about
+4.75 sd by the inverse-CDF sampling.
 """
 from __future__ import annotations
 
@@ -59,7 +71,7 @@ import torch
 from dmrilib.variants import APPEARANCES, DISTRIBUTIONS, MEANS, parse_recdisc_variant
 
 __all__ = ["JoodConfig", "add_jood", "noise_distribution_samples", "noise_distribution_label", "DISTRIBUTIONS",
-           "APPEARANCES", "MEANS", "ISOTROPIC_MODES", "GEOMETRIES", "MIX_MODES"]
+           "APPEARANCES", "MEANS", "ISOTROPIC_MODES", "GEOMETRIES", "MIX_MODES", "INSERTIONS"]
 
 _BASE_APPEARANCES = ("random", "directional", "isotropic")
 #: Row 3: one isotropic value per patch (code) or per voxel (paper).
@@ -68,6 +80,9 @@ ISOTROPIC_MODES = ("per_patch", "per_voxel")
 GEOMETRIES = ("centred", "anywhere")
 #: Row 7: Mix appearance odds 0.34/0.33/0.33 with uniform isotropic patches (code) or thirds (paper).
 MIX_MODES = ("weighted", "thirds")
+#: Row 18: positive noise replaces, negative noise adds, no clipping, target = ellipsoid (code), or the
+#: patch replaced and clipped to [0, 1], target = changed voxels (this package's earlier reading).
+INSERTIONS = ("authors", "replace")
 # Row 7, code: a Mix patch is isotropic above this draw, random below the next one, directional between.
 _WEIGHTED_ISOTROPIC_ABOVE = 0.66
 _WEIGHTED_RANDOM_BELOW = 0.33
@@ -83,9 +98,9 @@ class JoodConfig:
     """One JOOD configuration.
 
     The defaults of ``isotropic``, ``geometry``, ``centre_offset``,
-    ``uniform_width`` and ``mix`` are the authors' code; the article's values
-    are ``per_voxel``, ``anywhere``, (unused), ``0.12`` and ``thirds``
-    (:mod:`dmrilib.fidelity` rows 3, 5, 6, 7).
+    ``uniform_width``, ``mix`` and ``insertion`` are the authors' code; the
+    article's values are ``per_voxel``, ``anywhere``, (unused), ``0.12``,
+    ``thirds`` and ``replace`` (:mod:`dmrilib.fidelity` rows 3, 5, 6, 7, 18).
 
     Parameters
     ----------
@@ -126,6 +141,13 @@ class JoodConfig:
         0.34, random 0.33, directional 0.33, and an isotropic Mix patch takes
         uniform values when the distribution is ``mix``. ``thirds`` (paper as
         this package read it): one third each, distribution as configured.
+    insertion : {"authors", "replace"}
+        How a patch enters the volume (:func:`add_jood`). ``authors`` (code):
+        where the noise value is positive it replaces the signal, where it is
+        negative it is added to the signal, nothing is clipped, and the patch
+        mask is the whole ellipsoid. ``replace`` (the article is silent; this
+        package's earlier choice): the noise, clipped to [0, 1], replaces the
+        signal, and the patch mask holds the voxels that changed.
     """
 
     distribution: Literal["normal", "uniform", "mix"] = "normal"
@@ -140,10 +162,12 @@ class JoodConfig:
     geometry: Literal["centred", "anywhere"] = "centred"
     centre_offset: tuple[float, float] = (4.0, 20.0)
     mix: Literal["weighted", "thirds"] = "weighted"
+    insertion: Literal["authors", "replace"] = "authors"
 
     def __post_init__(self) -> None:
         for name, allowed in (("distribution", DISTRIBUTIONS), ("appearance", APPEARANCES), ("mean", MEANS),
-                              ("isotropic", ISOTROPIC_MODES), ("geometry", GEOMETRIES), ("mix", MIX_MODES)):
+                              ("isotropic", ISOTROPIC_MODES), ("geometry", GEOMETRIES), ("mix", MIX_MODES),
+                              ("insertion", INSERTIONS)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"JoodConfig: {name} must be one of {allowed}, got {getattr(self, name)!r}.")
         radius = tuple(float(r) for r in self.radius)
@@ -188,11 +212,12 @@ class JoodConfig:
         train : TrainConfig
             Read by attribute: ``jood_radius``, ``jood_isotropic``,
             ``jood_geometry``, ``jood_centre_offset``, ``jood_uniform_width``,
-            ``jood_mix``. An attribute that is missing or ``None`` keeps this
+            ``jood_mix``, ``jood_insertion``. An attribute that is missing or ``None`` keeps this
             class's default (the authors' code).
         """
         keys = {"radius": "jood_radius", "isotropic": "jood_isotropic", "geometry": "jood_geometry",
-                "centre_offset": "jood_centre_offset", "uniform_width": "jood_uniform_width", "mix": "jood_mix"}
+                "centre_offset": "jood_centre_offset", "uniform_width": "jood_uniform_width", "mix": "jood_mix",
+                "insertion": "jood_insertion"}
         overrides = {field: getattr(train, key) for field, key in keys.items() if getattr(train, key, None) is not None}
         return cls.from_variant(variant, **overrides)
 
@@ -358,12 +383,25 @@ def add_jood(clean: torch.Tensor, brain: torch.Tensor, config: JoodConfig, gener
     Returns
     -------
     disturbed : Tensor, shape (B, C, X, Y, Z)
-        Same dtype and device as ``clean``, values in [0, 1].
+        Same dtype and device as ``clean``. ``config.insertion="replace"``:
+        inside a patch the noise clipped to [0, 1] replaces the signal, so
+        values stay in [0, 1] for input in [0, 1]. ``"authors"``: inside a
+        patch a positive noise value replaces the signal and a negative one
+        (or zero) is added to it, unclipped, so values may leave [0, 1]
+        (below 0 over background, above 1 for draws above 1).
     patch_mask : Tensor of bool, shape (B, X, Y, Z)
-        Exactly the voxels where at least one channel changed. A patch voxel
-        whose noise, after clipping to [0, 1], equals the input in every
-        channel (e.g. zero noise over zero background) is not marked: nothing
-        there is detectable.
+        ``"replace"``: exactly the voxels where at least one channel changed;
+        a patch voxel whose clipped noise equals the input in every channel
+        (e.g. zero noise over zero background) is not marked. ``"authors"``:
+        every voxel of every drawn ellipsoid, changed or not (the code's
+        ``reconstructive_map``).
+
+    Notes
+    -----
+    Where patches overlap, the later patch owns the voxel (its value, its
+    appearance) under both insertions. Both draw the same random numbers in
+    the same order, so the two outputs of one generator state differ only in
+    how the values are inserted; nothing synchronises with the host.
     """
     if clean.ndim != 5:
         raise ValueError(f"add_jood: clean must be (B, C, X, Y, Z), got shape {tuple(clean.shape)}.")
@@ -448,6 +486,12 @@ def add_jood(clean: torch.Tensor, brain: torch.Tensor, config: JoodConfig, gener
             v = _values(torch.rand((b, 1) + grid, generator=generator, device=dev), normal_v, config)
         value = v if value is None else torch.where(kind_v == k, v, value)
     assert value is not None
+    if config.insertion == "authors":
+        # The code zeroes the signal where the patch is positive, then adds the patch: a positive value
+        # replaces the signal, a negative one is added to it; no clipping; the target is the ellipsoid.
+        base = clean.float()
+        out = torch.where(inside[:, None], torch.where(value > 0, value, base + value), base)
+        return out.to(clean.dtype), inside
     out = torch.where(inside[:, None], value.clamp_(0.0, 1.0), clean.float())
     disturbed = out.to(clean.dtype)
     return disturbed, (disturbed != clean).any(dim=1)
@@ -462,15 +506,18 @@ def noise_distribution_samples(n: int = 100_000, *, config: JoodConfig | None = 
     n : int
         Samples per distribution.
     config : JoodConfig, optional
-        Supplies ``mean_full``, ``sd``, ``uniform_width`` and ``isotropic``
-        (defaults: the authors' code, uniform width 0.24).
+        Supplies ``mean_full``, ``sd``, ``uniform_width``, ``isotropic`` and
+        ``insertion`` (defaults: the authors' code, uniform width 0.24,
+        insertion ``authors``).
     seed : int
 
     Returns
     -------
     dict
         ``{"normal-full", "normal-half", "uniform-full", "uniform-half"}`` ->
-        float32 array of shape (n,), clipped to [0, 1] as applied to volumes.
+        float32 array of shape (n,), as applied to volumes: clipped to
+        [0, 1] under insertion ``replace``, unclipped under ``authors``
+        (negative normal draws are kept; the code adds them to the signal).
         Each value is one voxel's value (random, isotropic ``per_voxel``)
         or one patch's value (directional, isotropic ``per_patch``): the
         marginal distribution is the same. :func:`noise_distribution_label`
@@ -485,7 +532,9 @@ def noise_distribution_samples(n: int = 100_000, *, config: JoodConfig | None = 
         for mean in MEANS:
             cfg = replace(base, distribution=dist, mean=mean)
             u = torch.rand(n, generator=gen)
-            vals = _values(u, torch.tensor(dist == "normal"), cfg).clamp(0.0, 1.0)
+            vals = _values(u, torch.tensor(dist == "normal"), cfg)
+            if cfg.insertion == "replace":
+                vals = vals.clamp(0.0, 1.0)
             out[f"{dist}-{mean}"] = vals.numpy().astype(np.float32)
     return out
 

@@ -510,7 +510,18 @@ def train_run(volumes: np.ndarray, brain_masks: np.ndarray, subject_ids: Sequenc
     float16) with boolean patch masks, shuffled once and visited in that
     order every epoch, as the authors' ``Dataset.py`` (copies made when the
     dataset is built, one shuffle) and ``Dataloader.py`` (``shuffle=False``)
-    do. ``fresh`` disturbs every batch anew and reshuffles every epoch.
+    do. ``fresh`` disturbs every batch anew.
+
+    The visiting order follows ``train_config.shuffle`` (fidelity row 19).
+    ``fixed`` (the authors' code, ``Dataloader.py`` with ``shuffle=False``):
+    the DAE visits ``train_ids`` in the order given every epoch (sorted under
+    ``fold_split="contiguous"``, as the authors' sorted subject list);
+    RecDiscNet with ``fresh`` copies visits its ``copies_per_subject``
+    passes over the subjects in one order drawn once per run from a
+    generator seeded by ``(seed, "fresh-order")``. ``every_epoch``: a new
+    order every epoch from ``(seed, "order", epoch)`` (this package's
+    earlier behaviour). RecDiscNet's ``fixed`` copies always follow their
+    single shuffle, whatever ``shuffle`` says.
     Validation always uses ``val_copies`` fixed copies per subject.
 
     Raises
@@ -613,6 +624,12 @@ def train_run(volumes: np.ndarray, brain_masks: np.ndarray, subject_ids: Sequenc
                                          seed=cfg.seed, device=device)
         fixed_order = torch.randperm(n_train, generator=seeded_generator(torch.device("cpu"), cfg.seed,
                                                                          "copies-order")).to(device)
+    elif cfg.shuffle == "fixed":
+        # Row 19, code: one order for the whole run. DAE: train_ids as given; RecDiscNet (fresh copies): one
+        # seeded shuffle of its passes over the subjects. One host-to-device copy per run.
+        once = torch.arange(n_train) if model == "dae" else \
+            torch.randperm(n_train, generator=seeded_generator(torch.device("cpu"), cfg.seed, "fresh-order"))
+        fixed_order = (once % len(tr_idx)).to(device)
 
     bar = None
     if progress:
@@ -625,6 +642,8 @@ def train_run(volumes: np.ndarray, brain_masks: np.ndarray, subject_ids: Sequenc
         dev_gen = seeded_generator(device, cfg.seed, "noise", epoch)
         if fixed:
             order = fixed_order  # position in the pool of copies: subject = position // copies
+        elif cfg.shuffle == "fixed":
+            order = fixed_order  # subject positions in train_ids, the same every epoch
         else:
             # one host-to-device copy per epoch instead of one (blocking) copy per step
             order = (torch.randperm(n_train, generator=cpu_gen) % len(tr_idx)).to(device)

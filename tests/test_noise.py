@@ -44,7 +44,8 @@ def test_patch_count_frequencies_match_probabilities():
 @pytest.mark.parametrize("mean", MEANS)
 @pytest.mark.parametrize("geometry", ["centred", "anywhere"])
 def test_mask_is_exactly_where_values_changed_and_values_stay_in_unit_range(distribution, appearance, mean, geometry):
-    cfg = JoodConfig(distribution, appearance, mean, radius=(2, 4), geometry=geometry, centre_offset=SMALL_OFFSET)
+    cfg = JoodConfig(distribution, appearance, mean, radius=(2, 4), geometry=geometry, centre_offset=SMALL_OFFSET,
+                     insertion="replace")
     vol, brain = _batch(b=6)
     out, mask = add_jood(vol, brain, cfg, torch.Generator().manual_seed(3))
     assert out.shape == vol.shape and out.dtype == vol.dtype and mask.shape == brain.shape
@@ -114,14 +115,15 @@ def test_same_seed_same_output_and_other_seed_differs():
 @given(seed=st.integers(0, 2**31 - 1), variant=st.sampled_from(
     [f"{d}-{a}-{m}" for d in DISTRIBUTIONS for a in APPEARANCES for m in MEANS]),
     geometry=st.sampled_from(["centred", "anywhere"]), isotropic=st.sampled_from(["per_patch", "per_voxel"]),
-    mix=st.sampled_from(["weighted", "thirds"]))
-def test_property_disturbance_is_confined_to_mask_and_unit_range(seed, variant, geometry, isotropic, mix):
+    mix=st.sampled_from(["weighted", "thirds"]), insertion=st.sampled_from(["authors", "replace"]))
+def test_property_disturbance_is_confined_to_mask_and_unit_range(seed, variant, geometry, isotropic, mix, insertion):
     vol, brain = _batch(b=2, c=3, seed=seed % 1000)
     cfg = JoodConfig.from_variant(variant, radius=(1, 5), geometry=geometry, isotropic=isotropic, mix=mix,
-                                  centre_offset=(0, 3))
+                                  centre_offset=(0, 3), insertion=insertion)
     out, mask = add_jood(vol, brain, cfg, torch.Generator().manual_seed(seed))
     assert torch.equal(out[~mask[:, None].expand_as(out)], vol[~mask[:, None].expand_as(vol)])
-    assert 0 <= out.min() and out.max() <= 1
+    if insertion == "replace":
+        assert 0 <= out.min() and out.max() <= 1
 
 
 def test_variant_round_trip_and_mean_values():
@@ -154,7 +156,11 @@ def test_noise_distribution_samples_have_the_papers_moments():
     paper = noise_distribution_samples(50_000, config=JoodConfig(uniform_width=0.12), seed=0)
     assert paper["uniform-half"].min() == pytest.approx(0.2 - 0.06, abs=1e-3)
     assert paper["uniform-half"].max() == pytest.approx(0.2 + 0.06, abs=1e-3)
-    assert s["normal-half"].min() >= 0.0  # clipped like the volumes
+    # as applied to volumes: unclipped under the code's insertion, clipped under replace
+    assert s["normal-half"].min() < 0.0 and 0.03 < np.mean(s["normal-half"] < 0) < 0.07
+    clipped = noise_distribution_samples(50_000, config=JoodConfig(insertion="replace"), seed=0)
+    assert clipped["normal-half"].min() >= 0.0
+    assert np.array_equal(clipped["normal-half"], np.clip(s["normal-half"], 0.0, 1.0))
     assert np.array_equal(s["normal-full"], noise_distribution_samples(50_000, seed=0)["normal-full"])
 
 
@@ -347,15 +353,24 @@ def test_from_train_config_reads_the_jood_keys():
     from types import SimpleNamespace
 
     train = SimpleNamespace(jood_radius=(2.5, 5.5), jood_isotropic="per_voxel", jood_geometry="anywhere",
-                            jood_centre_offset=(2.0, 10.0), jood_uniform_width=0.12, jood_mix="thirds")
+                            jood_centre_offset=(2.0, 10.0), jood_uniform_width=0.12, jood_mix="thirds",
+                            jood_insertion="replace")
     cfg = JoodConfig.from_train_config("uniform-isotropic-half", train)
     assert cfg == JoodConfig("uniform", "isotropic", "half", radius=(2.5, 5.5), isotropic="per_voxel",
-                             geometry="anywhere", centre_offset=(2.0, 10.0), uniform_width=0.12, mix="thirds")
+                             geometry="anywhere", centre_offset=(2.0, 10.0), uniform_width=0.12, mix="thirds",
+                             insertion="replace")
     # unset (None) or missing keys keep the defaults, i.e. the authors' code
     cfg = JoodConfig.from_train_config("mix-mix-full", SimpleNamespace(jood_radius=(5.0, 11.0), jood_mix=None))
     assert cfg == JoodConfig("mix", "mix", "full")
     with pytest.raises(ValueError, match="geometry"):
         JoodConfig.from_train_config("mix-mix-full", SimpleNamespace(jood_geometry="centered"))
+    with pytest.raises(ValueError, match="insertion"):
+        JoodConfig(insertion="add")
+    # a real TrainConfig: the code's insertion unless the paper side or the key says otherwise
+    from dmrilib.crossval import TrainConfig
+    assert JoodConfig.from_train_config("mix-mix-full", TrainConfig()).insertion == "authors"
+    assert JoodConfig.from_train_config("mix-mix-full", TrainConfig(fidelity="paper")).insertion == "replace"
+    assert JoodConfig.from_train_config("mix-mix-full", TrainConfig(jood_insertion="replace")).insertion == "replace"
 
 
 def test_plot_noise_distributions_states_the_configuration():
@@ -379,3 +394,67 @@ def test_centred_draws_the_octant_first_like_the_code():
     _, _, mask = _one_patch_each("centred", n=400, region=region)
     lone = np.mean([[(lo + hi + 1) // 2 for lo, hi in _box(m)] == [gx + 3, gy + 3, gz + 3] for m in mask])
     assert 0.08 < lone < 0.2
+
+
+def _insertion_pair(insertion, level, cfg_kw, seed=5):
+    """One normal random half patch per volume over a constant ``level`` (same draws for every call)."""
+    cfg = JoodConfig("normal", "random", "half", radius=(3, 4), patch_probs=(0.0, 1.0), centre_offset=(1, 3),
+                     insertion=insertion, **cfg_kw)
+    vol = torch.zeros(8, 4, *CENTRED_GRID)
+    brain = torch.ones(8, *CENTRED_GRID, dtype=torch.bool)
+    vol[:] = level
+    return vol, *add_jood(vol, brain, cfg, torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("geometry", ["centred", "anywhere"])
+def test_authors_insertion_replaces_positive_noise_adds_negative_noise_and_does_not_clip(geometry):
+    # over zero signal the output inside the patch is the drawn noise itself: some of it is negative (not clipped)
+    _, v, mask0 = _insertion_pair("authors", 0.0, {"geometry": geometry})
+    noise = v[mask0[:, None].expand_as(v)]
+    assert (noise < 0).float().mean() > 0.01 and v.min() < 0
+    # over signal 0.5 (same draws): positive values replace the signal, negative ones are added to it
+    vol, out, mask = _insertion_pair("authors", 0.5, {"geometry": geometry})
+    assert torch.equal(mask, mask0)
+    inside = mask[:, None].expand_as(out)
+    expected = torch.where(inside, torch.where(v > 0, v, vol + v), vol)
+    assert torch.equal(out, expected)
+    assert ((out < 0.5) & inside & (v < 0)).any() and ((out > 0.5) & inside & (v > 0.5)).any()
+    # the replace insertion of the same draws clips instead: negative draws become 0, i.e. differ
+    _, rep, _ = _insertion_pair("replace", 0.5, {"geometry": geometry})
+    assert torch.equal(rep, torch.where(inside, v.clamp(0, 1), vol))
+    assert not torch.equal(rep, out)
+
+
+def test_authors_insertion_marks_the_whole_ellipsoid_even_where_nothing_changed():
+    # isotropic per-patch uniform noise: one value u per patch. Over a volume that already holds u everywhere,
+    # nothing changes; the code's target still marks the whole ellipsoid, replace marks nothing.
+    cfg = dict(radius=(3, 4), patch_probs=(0.0, 1.0), centre_offset=(1, 3))
+    vol = torch.zeros(4, 3, *CENTRED_GRID)
+    brain = torch.ones(4, *CENTRED_GRID, dtype=torch.bool)
+    probe, ellipsoid = add_jood(vol, brain, JoodConfig("uniform", "isotropic", "full", **cfg),
+                                torch.Generator().manual_seed(9))
+    assert ellipsoid.flatten(1).any(1).all()
+    u = torch.stack([probe[i][:, ellipsoid[i]].max() for i in range(4)])
+    level = u.view(4, 1, 1, 1, 1).expand_as(vol).clone()
+    out, mask = add_jood(level, brain, JoodConfig("uniform", "isotropic", "full", **cfg),
+                         torch.Generator().manual_seed(9))
+    assert torch.equal(out, level) and torch.equal(mask, ellipsoid)
+    out, mask = add_jood(level, brain, JoodConfig("uniform", "isotropic", "full", insertion="replace", **cfg),
+                         torch.Generator().manual_seed(9))
+    assert torch.equal(out, level) and not mask.any()
+
+
+def test_replace_insertion_clips_and_marks_only_changed_voxels_from_the_same_draws():
+    # the replace output is the authors' draws clipped to [0, 1] and inserted whole; its mask is what changed
+    vol, brain = _batch(b=6, c=3, seed=2)
+    for variant in ("normal-random-half", "mix-mix-half", "normal-directional-full", "uniform-isotropic-half"):
+        for seed in (0, 1, 2):
+            kw = dict(radius=(2, 4), centre_offset=SMALL_OFFSET, patch_probs=(0.0, 0.3, 0.7))
+            zero = torch.zeros_like(vol)
+            v, ellipsoid = add_jood(zero, brain, JoodConfig.from_variant(variant, **kw),
+                                    torch.Generator().manual_seed(seed))
+            out, mask = add_jood(vol, brain, JoodConfig.from_variant(variant, insertion="replace", **kw),
+                                 torch.Generator().manual_seed(seed))
+            inside = ellipsoid[:, None].expand_as(vol)
+            assert torch.equal(out, torch.where(inside, v.clamp(0, 1), vol))
+            assert torch.equal(mask, (out != vol).any(1)) and 0 <= out.min() and out.max() <= 1

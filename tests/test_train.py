@@ -90,11 +90,14 @@ def test_train_config_resolves_switched_keys_from_fidelity():
     assert (paper.lr, paper.epochs, paper.val_copies, paper.jood_copies, paper.fold_split, paper.kl_reduction,
             paper.jood_isotropic, paper.jood_geometry, paper.jood_uniform_width, paper.jood_mix) == \
         (1e-4, 500, 1, "fresh", "random", "mean", "per_voxel", "anywhere", 0.12, "thirds")
+    assert (code.shuffle, code.jood_insertion) == ("fixed", "authors")
+    assert (paper.shuffle, paper.jood_insertion) == ("every_epoch", "replace")
     assert TrainConfig(fidelity="paper", epochs=4, jood_copies="fixed").jood_copies == "fixed"
     assert TrainConfig(jood_centre_offset=[2, 8]).jood_centre_offset == (2.0, 8.0)
     for bad in ({"fidelity": "thesis"}, {"jood_copies": "once"}, {"fold_split": "sorted"},
                 {"kl_reduction": "max"}, {"jood_isotropic": "x"}, {"jood_geometry": "x"}, {"jood_mix": "x"},
-                {"jood_uniform_width": 0.0}, {"jood_centre_offset": (5, 2)}, {"jood_centre_offset": (1, 2, 3)}):
+                {"jood_uniform_width": 0.0}, {"jood_centre_offset": (5, 2)}, {"jood_centre_offset": (1, 2, 3)},
+                {"shuffle": "never"}, {"jood_insertion": "add"}):
         with pytest.raises(ValueError):
             TrainConfig(**bad)
 
@@ -523,3 +526,54 @@ def test_jood_regions_reach_add_jood_as_centre_region(tmp_path, monkeypatch, joo
         train_run(vols, brain, ids, train_ids=ids[:4], val_ids=ids[4:], model="recdisc",
                   variant="normal-random-full", model_config=MODEL, train_config=_config(epochs=1),
                   out_dir=tmp_path / "bad", jood_regions=regions[:, :8], progress=False)
+
+
+def _visits(tmp_path, monkeypatch, name, model, variant, train_ids, **kw):
+    """Per epoch, the training subjects (indices into the data) in the order the loss saw them."""
+    import dmrilib.train as train_module
+
+    vols, brain, ids = _data()
+    seen = []
+    real = train_module._Step.loss
+
+    def spy(self, clean, **kwargs):
+        if torch.is_grad_enabled():  # training steps only, not validation
+            for row in clean:
+                (i,) = [i for i in range(len(ids)) if np.array_equal(vols[i], row.float().numpy())]
+                seen.append(i)
+        return real(self, clean, **kwargs)
+
+    monkeypatch.setattr(train_module._Step, "loss", spy)
+    cfg = _config(epochs=3, **kw)
+    train_run(vols, brain, ids, train_ids=[ids[i] for i in train_ids], val_ids=ids[4:], model=model,
+              variant=variant, model_config=MODEL, train_config=cfg, out_dir=tmp_path / name, progress=False)
+    per_epoch = len(seen) // 3
+    return [seen[e * per_epoch:(e + 1) * per_epoch] for e in range(3)]
+
+
+def test_dae_visits_train_ids_in_the_given_order_every_epoch_unless_shuffled(tmp_path, monkeypatch):
+    given = [3, 0, 2, 1]  # not sorted on purpose: fixed means the order of train_ids
+    fixed = _visits(tmp_path, monkeypatch, "fixed", "dae", "lsd16-sigmoid", given)  # code default
+    assert fixed == [given] * 3
+    shuffled = _visits(tmp_path, monkeypatch, "every", "dae", "lsd16-sigmoid", given, shuffle="every_epoch")
+    assert all(sorted(e) == sorted(given) for e in shuffled)
+    assert len({tuple(e) for e in shuffled}) > 1  # a new order in some epoch
+    assert shuffled == _visits(tmp_path, monkeypatch, "every2", "dae", "lsd16-sigmoid", given,
+                               shuffle="every_epoch")  # seeded
+
+
+@pytest.mark.parametrize("copies", ["fresh", "fixed"])
+def test_recdisc_order_follows_shuffle_with_fresh_copies_and_the_single_shuffle_with_fixed_ones(
+        tmp_path, monkeypatch, copies):
+    kw = dict(jood_copies=copies, copies_per_subject=2)
+    once = _visits(tmp_path, monkeypatch, "fixed", "recdisc", "normal-random-full", [0, 1, 2, 3],
+                   shuffle="fixed", **kw)
+    every = _visits(tmp_path, monkeypatch, "every", "recdisc", "normal-random-full", [0, 1, 2, 3],
+                    shuffle="every_epoch", **kw)
+    for epochs in (once, every):
+        assert all(sorted(e) == [0, 0, 1, 1, 2, 2, 3, 3] for e in epochs)
+    assert once[0] == once[1] == once[2]
+    if copies == "fresh":
+        assert len({tuple(e) for e in every}) > 1
+    else:  # the copies' single shuffle, whatever shuffle says
+        assert every == once

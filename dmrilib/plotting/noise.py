@@ -27,7 +27,8 @@ def plot_noise_distributions(samples: Mapping[str, np.ndarray] | None = None, *,
         one isotropic value per patch). Pass the one training used, e.g.
         ``JoodConfig.from_train_config(variant, profile.train)``.
     bins : int
-        Histogram bins over [0, 1].
+        Histogram bins over [0, 1], widened to the samples' range (the
+        authors' insertion does not clip: negative draws add to the signal).
     seed : int
 
     Returns
@@ -42,7 +43,9 @@ def plot_noise_distributions(samples: Mapping[str, np.ndarray] | None = None, *,
     fig = Figure(figsize=(8, 3.3), layout="constrained")
     fig.suptitle(noise_distribution_label(config), fontsize="medium")
     axes = fig.subplots(1, 2, sharey=True)
-    edges = np.linspace(0.0, 1.0, bins + 1)
+    every = np.concatenate([np.ravel(v) for v in samples.values()])
+    low, high = min(0.0, float(every.min())), max(1.0, float(every.max()))
+    edges = np.linspace(low, high, bins + 1)
     for ax, dist in zip(axes, ("normal", "uniform")):
         for mean, colour in (("full", "tab:blue"), ("half", "tab:orange")):
             values = samples[f"{dist}-{mean}"]
@@ -50,7 +53,7 @@ def plot_noise_distributions(samples: Mapping[str, np.ndarray] | None = None, *,
                     label=f"{mean} mean ({np.mean(values):.2f})")
         ax.set_title(dist.capitalize())
         ax.set_xlabel("attenuation of the disturbance")
-        ax.set_xlim(0, 1)
+        ax.set_xlim(low, high)
         ax.legend(frameon=False)
     axes[0].set_ylabel("density")
     return fig

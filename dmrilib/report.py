@@ -715,6 +715,11 @@ def _signed(rec: Mapping) -> str:
     return f"{delta}\u00a0[{low},\u00a0{high}]"
 
 
+def _secondary(text: str) -> str:
+    """HTML of a cell's second line (a detail under its value): smaller and lighter."""
+    return f'<span style="font-size: 0.85em; opacity: 0.75;">{html.escape(text)}</span>'
+
+
 def style_ablation(summary: pd.DataFrame, metrics: Iterable[str] | None = None) -> "Styler":
     """:func:`ablation_summary` as the book shows it, fitting a page at ~1400 px.
 
@@ -725,9 +730,9 @@ def style_ablation(summary: pd.DataFrame, metrics: Iterable[str] | None = None) 
     """
     shown = pd.DataFrame({
         "#": summary["#"],
-        "difference": [f"{html.escape(i)}<br><small>{html.escape(c.replace(' -> ', ' → '))}</small>"
+        "difference": [f"{html.escape(i)}<br>{_secondary(c.replace(' -> ', ' → '))}"
                        for i, c in zip(summary["item"], summary["change"])],
-        "network": [f"{html.escape(n)}<br><small>{html.escape(v)}</small>"
+        "network": [f"{html.escape(n)}<br>{_secondary(v)}"
                     for n, v in zip(summary["network"], summary["configuration"])],
     })
     metrics = list(_ABLATION_METRICS.values()) if metrics is None else list(metrics)
@@ -739,7 +744,7 @@ def style_ablation(summary: pd.DataFrame, metrics: Iterable[str] | None = None) 
             return ""
         mean, interval = value.split("\u00a0", 1)
         low, high = (float(v) for v in interval.strip("[]").split(",\u00a0"))
-        text = f"{mean}<br><small>{interval}</small>"
+        text = f"{mean}<br>{_secondary(interval)}"
         return f"<b>{text}</b>" if low > 0 or high < 0 else text
 
     return (style_table(shown, wrap=["difference"])

@@ -94,28 +94,28 @@ def ablation_dir(profile: Profile, results: str | Path = "results") -> Path:
     return results_root(profile, results) / "ablation"
 
 
-def _best_variants(profile: Profile, results: str | Path) -> dict[str, str]:
+def _mean_auroc(profile: Profile, results: str | Path) -> pd.Series:
+    """Mean lesion AUROC of every (model, variant) the profile's build evaluated."""
     from dmrilib.pipeline import results_root
 
     path = results_root(profile, results) / "tables" / "auroc_all.csv"
     if not path.is_file():
         raise FileNotFoundError(f"{path}: missing. The ablation compares against the profile's own runs: "
                                 f"run `make book PROFILE={profile.name}` (or its results) first.")
-    det = pd.read_csv(path)
-    means = det.groupby(["model", "variant"])["auroc"].mean()
-    return {m: str(means.loc[m].idxmax()) for m in ("dae", "recdisc") if m in means.index.get_level_values(0)}
+    return pd.read_csv(path).groupby(["model", "variant"])["auroc"].mean()
 
 
-def _best_among(profile: Profile, results: str | Path, model: str, candidates: Sequence[str]) -> str | None:
-    from dmrilib.pipeline import results_root
+def _best_among(means: pd.Series, model: str, candidates: Sequence[str] | None = None) -> str | None:
+    """The variant of ``model`` with the highest mean AUROC, among ``candidates`` (default: all)."""
+    if model not in means.index.get_level_values(0):
+        return None
+    scores = means.loc[model]
+    if candidates is not None:
+        scores = scores[scores.index.isin(list(candidates))]
+    return str(scores.idxmax()) if len(scores) else None
 
-    det = pd.read_csv(results_root(profile, results) / "tables" / "auroc_all.csv")
-    det = det[(det["model"] == model) & det["variant"].isin(list(candidates))]
-    return str(det.groupby("variant")["auroc"].mean().idxmax()) if len(det) else None
 
-
-def _variants_for(row: Difference, model: str, profile: Profile, best: Mapping[str, str],
-                  results: str | Path) -> list[str]:
+def _variants_for(row: Difference, model: str, profile: Profile, means: pd.Series) -> list[str]:
     """The variants a row is measured on: the best one, unless the row cannot change it.
 
     Only some JOOD variants use isotropic, Mix or uniform noise: those rows
@@ -123,7 +123,8 @@ def _variants_for(row: Difference, model: str, profile: Profile, best: Mapping[s
     linear-output DAE, whose reconstruction the authors' normalisation by its
     maximum rescales most.
     """
-    if model not in row.models or model not in best:
+    best = _best_among(means, model)
+    if model not in row.models or best is None:
         return []
     if row.key in ("jood_isotropic", "jood_mix", "jood_uniform_width"):
         from dmrilib.variants import parse_recdisc_variant
@@ -131,13 +132,12 @@ def _variants_for(row: Difference, model: str, profile: Profile, best: Mapping[s
         uses = {"jood_isotropic": lambda d, a: a in ("isotropic", "mix"),
                 "jood_mix": lambda d, a: "mix" in (d, a),
                 "jood_uniform_width": lambda d, a: d in ("uniform", "mix")}[row.key]
-        chosen = _best_among(profile, results, model, [v for v in profile.variants.get(model, ())
-                                                       if uses(*parse_recdisc_variant(v)[:2])])
+        chosen = _best_among(means, model, [v for v in profile.variants.get(model, ())
+                                            if uses(*parse_recdisc_variant(v)[:2])])
         return [chosen] if chosen else []
-    variants = [best[model]]
+    variants = [best]
     if row.key == "dae_map":
-        linear = _best_among(profile, results, model,
-                             [v for v in profile.variants.get(model, ()) if v.endswith("-linear")])
+        linear = _best_among(means, model, [v for v in profile.variants.get(model, ()) if v.endswith("-linear")])
         if linear and linear not in variants:
             variants.append(linear)
     return variants
@@ -179,7 +179,7 @@ def plan_ablation(profile: Profile, results: str | Path = "results",
     unknown = sorted(set(wanted) - measured)
     if unknown:
         raise ValueError(f"rows {unknown} are not ablated; choose from {sorted(measured)}.")
-    best = _best_variants(profile, results)
+    means = _mean_auroc(profile, results)
     plans = []
     for number in wanted:
         keys = [r for r in DIFFERENCES if r.number == number]
@@ -191,7 +191,7 @@ def plan_ablation(profile: Profile, results: str | Path = "results",
                 kept.append(r.setting)
             else:
                 changes[r.setting] = flip
-        runs = tuple((m, v) for m in ("dae", "recdisc") for v in _variants_for(first, m, profile, best, results))
+        runs = tuple((m, v) for m in ("dae", "recdisc") for v in _variants_for(first, m, profile, means))
         if not changes or not runs:
             continue
         data: dict[str, Any] = {

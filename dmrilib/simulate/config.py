@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Mapping
+from typing import Any, Mapping
 
 import numpy as np
 
@@ -89,6 +89,23 @@ class CohortConfig:
         Typical displacement of the random anatomical deformation.
     seed : int
         Cohort seed; every subject's seed derives from it.
+    realism : str
+        Which groups of realism effects are on (:mod:`dmrilib.simulate.realism`):
+        ``"L0"`` (default: the original simulator, bit for bit) to ``"L4"``,
+        or groups joined by ``+`` (``"L0+acquisition"``). Each effect below
+        defaults to ``None``: its value under ``realism``; a written value wins.
+    axial_scale_sd, radial_scale_sd, tract_scale_sd, head_volume_cv, ventricle_volume_cv, \
+age_range, age_radial_slope, age_axial_slope, wmh_per_decade, incidental_rate : optional
+        Population effects (L1); see :data:`dmrilib.simulate.realism.EFFECTS`
+        for each value, its unit and its source.
+    snr_cv, noise_map_sd, motion_mm, outlier_slice_rate, gibbs_kspace_fraction, vibration_rate, \
+distortion_spread : optional
+        Acquisition effects (L2).
+    tumour_value_cv, tumour_texture_sd, haemorrhage_rate, cyst_rate, multifocal_rate, \
+followup_treatment, remote_recurrence_rate : optional
+        Tumour and follow-up effects (L3).
+    scanner_offset, scanner_share : optional
+        Two-scanner split (L4).
     """
 
     n_healthy: int = 28
@@ -108,6 +125,33 @@ class CohortConfig:
     snr_jitter: float = 0.05
     deformation_mm: float = 3.0
     seed: int = 0
+    realism: str = "L0"
+    axial_scale_sd: Any = None
+    radial_scale_sd: Any = None
+    tract_scale_sd: Any = None
+    head_volume_cv: Any = None
+    ventricle_volume_cv: Any = None
+    age_range: Any = None
+    age_radial_slope: Any = None
+    age_axial_slope: Any = None
+    wmh_per_decade: Any = None
+    incidental_rate: Any = None
+    snr_cv: Any = None
+    noise_map_sd: Any = None
+    motion_mm: Any = None
+    outlier_slice_rate: Any = None
+    gibbs_kspace_fraction: Any = None
+    vibration_rate: Any = None
+    distortion_spread: Any = None
+    tumour_value_cv: Any = None
+    tumour_texture_sd: Any = None
+    haemorrhage_rate: Any = None
+    cyst_rate: Any = None
+    multifocal_rate: Any = None
+    followup_treatment: Any = None
+    remote_recurrence_rate: Any = None
+    scanner_offset: Any = None
+    scanner_share: Any = None
 
     def __post_init__(self) -> None:
         set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731 (frozen dataclass)
@@ -158,6 +202,47 @@ class CohortConfig:
         set_("snr_jitter", float(self.snr_jitter))
         set_("deformation_mm", float(self.deformation_mm))
         set_("seed", int(self.seed))
+        self._resolve_effects(set_)
+
+    def _resolve_effects(self, set_) -> None:
+        """Fill the realism effects left at None from ``realism``; check every value."""
+        from dmrilib.simulate.realism import EFFECTS, effect_defaults
+
+        set_("realism", str(self.realism).replace(" ", "") if isinstance(self.realism, str) else self.realism)
+        defaults = effect_defaults(self.realism)  # raises for an unknown level or group
+        for effect in EFFECTS:
+            name = effect.field
+            value = getattr(self, name)
+            if value is None:
+                value = defaults[name]
+            if isinstance(effect.on, bool):
+                if not isinstance(value, bool):
+                    raise ValueError(f"cohort.{name} must be true or false, got {value!r}")
+            elif isinstance(effect.on, tuple):
+                if value is not None:
+                    if isinstance(value, (str, bytes)) or len(np.atleast_1d(value)) != 2:
+                        raise ValueError(f"cohort.{name} must be two numbers ({effect.unit}), got {value!r}")
+                    value = tuple(float(v) for v in value)
+                    if min(value) < 0 or (name == "age_range" and not 0 <= value[0] <= value[1] <= 110):
+                        raise ValueError(f"cohort.{name} must be two non-negative numbers ({effect.unit}), got {value!r}")
+                    if name in ("outlier_slice_rate", "scanner_share") and max(value) > 1:
+                        raise ValueError(f"cohort.{name} must be fractions in [0, 1], got {value!r}")
+            else:
+                if isinstance(value, bool) or not isinstance(value, (int, float)) or not float(value) >= 0:
+                    raise ValueError(f"cohort.{name} must be a non-negative number ({effect.unit}), got {value!r}")
+                value = float(value)
+                if name == "gibbs_kspace_fraction" and not 0.25 <= value <= 1:
+                    raise ValueError(f"cohort.{name} must be in [0.25, 1] (1: no ringing), got {value!r}")
+                if name.endswith("_rate") and value > 1:
+                    raise ValueError(f"cohort.{name} must be a fraction in [0, 1], got {value!r}")
+            set_(name, value)
+
+    @property
+    def groups(self) -> frozenset[str]:
+        """The realism groups switched on (:func:`dmrilib.simulate.realism.parse_realism`)."""
+        from dmrilib.simulate.realism import parse_realism
+
+        return parse_realism(self.realism)
 
     @property
     def bvalues(self) -> tuple[float, ...]:

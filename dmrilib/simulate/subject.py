@@ -293,6 +293,8 @@ class _Geometry:
 
 
 _CENTRE_STEP = 4.0  # mm between candidate tumour centres
+#: Random streams of the realism groups (children of the subject seed).
+STREAM_POPULATION, STREAM_ACQUISITION, STREAM_TUMOUR, STREAM_SCANNER = 7, 8, 9, 10
 
 
 @functools.lru_cache(maxsize=16)
@@ -673,8 +675,10 @@ def simulate_subject(
 
 def _simulate(config: CohortConfig, seed: int, grade: str | None, size_class: str | None, followup: bool,
               structural: bool, affine: np.ndarray | None) -> SimulatedSubject:
-    # Children 0-4 keep their meaning whatever is added after them.
-    streams = np.random.SeedSequence(int(seed)).spawn(7)
+    # Children 0-6 keep their meaning whatever is added after them; the
+    # realism groups draw only from their own streams (7-10), so a level that
+    # switches a group off leaves every other draw, and L0 every byte, as it was.
+    streams = np.random.SeedSequence(int(seed)).spawn(11)
     geometry = _geometry(config, np.random.default_rng(streams[0]), grade, size_class)
     s_pose, motion_deg, motion_mm = _session_motion(np.random.default_rng(streams[5]), geometry.pose,
                                                     config.structural_pose_deg, config.structural_pose_mm)

@@ -633,6 +633,8 @@ def simulate_subject(
     followup: bool = False,
     structural: bool = True,
     affine: np.ndarray | None = None,
+    age: float | None = None,
+    scanner: int = 0,
 ) -> SimulatedSubject:
     """Simulate one subject's diffusion, structural images and ground truth.
 
@@ -656,6 +658,11 @@ def simulate_subject(
         elsewhere than the default brain-centred position, e.g. a thin slab
         for tests. The structural grid follows it when
         ``config.structural_voxel_size`` is None.
+    age : float, optional
+        Age in years (population realism; the cohort plan draws it). ``None``
+        with ``config.age_range`` set draws it from the subject's population stream.
+    scanner : {0, 1}
+        Scanner of the two-scanner split (L4 realism); 0 is the reference scanner.
 
     Returns
     -------
@@ -667,14 +674,17 @@ def simulate_subject(
         raise ValueError(f"size_class must be one of {sorted(SIZE_RADII_MM)} for a patient, got {size_class!r}")
     if followup and grade is None:
         raise ValueError("followup=True needs a patient (grade is None).")
+    if scanner not in (0, 1):
+        raise ValueError(f"scanner must be 0 or 1, got {scanner!r}")
     # Every matrix product here is N x 3 by 3 x K: BLAS threads only add
     # overhead (2x slower on 2 cores) and the cohort runs a subject per core.
     with threadpool_limits(limits=1, user_api="blas"):
-        return _simulate(config, seed, grade, size_class, followup, structural, affine)
+        return _simulate(config, seed, grade, size_class, followup, structural, affine, age, int(scanner))
 
 
 def _simulate(config: CohortConfig, seed: int, grade: str | None, size_class: str | None, followup: bool,
-              structural: bool, affine: np.ndarray | None) -> SimulatedSubject:
+              structural: bool, affine: np.ndarray | None, age: float | None = None,
+              scanner: int = 0) -> SimulatedSubject:
     # Children 0-6 keep their meaning whatever is added after them; the
     # realism groups draw only from their own streams (7-10), so a level that
     # switches a group off leaves every other draw, and L0 every byte, as it was.

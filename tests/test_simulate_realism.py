@@ -71,3 +71,24 @@ def test_effects_table_and_acceptance_bands_are_complete():
     for name, band in ACCEPTANCE.items():
         assert band.low < band.high, name
         assert band.groups <= set(GROUPS), name
+
+
+def test_replace_changes_the_level_but_keeps_written_effects():
+    config = CohortConfig(motion_mm=0.45)
+    moved = dataclasses.replace(config, realism="L3")
+    assert moved == CohortConfig(realism="L3", motion_mm=0.45)
+    assert moved.tumour_value_cv == effect_defaults("L3")["tumour_value_cv"]
+    back = dataclasses.replace(moved, realism="L0")
+    assert back == config and back.tumour_value_cv == 0.0
+    # An effect changed by the replace counts as written from then on.
+    changed = dataclasses.replace(moved, cyst_rate=0.5, realism="L4")
+    assert changed.cyst_rate == 0.5 and changed.scanner_share == effect_defaults("L4")["scanner_share"]
+
+
+def test_bookkeeping_is_not_part_of_the_settings():
+    from dmrilib.config import config_hash
+
+    a = CohortConfig(realism="L2")
+    b = dataclasses.replace(CohortConfig(), realism="L2")
+    assert a == b and config_hash(a) == config_hash(b)
+    assert "_resolution" not in repr(a)

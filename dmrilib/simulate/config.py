@@ -28,6 +28,15 @@ _MM_PER_DEG = 0.75
 _EDGE_MM = 6.0
 
 
+def _normalised(value: Any) -> Any:
+    """An effect value in comparable form (lists and tuples alike, ints as floats)."""
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return tuple(float(v) for v in value)
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    return value
+
+
 def _largest_remainder(counts: Mapping[str, int], total: int) -> dict[str, int]:
     keys = list(counts)
     raw = np.array([counts[k] for k in keys], dtype=float)
@@ -152,6 +161,10 @@ followup_treatment, remote_recurrence_rate : optional
     remote_recurrence_rate: Any = None
     scanner_offset: Any = None
     scanner_share: Any = None
+    # Which effects were written, and the realism they were resolved under:
+    # dataclasses.replace(config, realism="L3") passes the resolved values
+    # back in, and this tells them from written ones. Not part of the settings.
+    _resolution: Any = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731 (frozen dataclass)
@@ -210,9 +223,18 @@ followup_treatment, remote_recurrence_rate : optional
 
         set_("realism", str(self.realism).replace(" ", "") if isinstance(self.realism, str) else self.realism)
         defaults = effect_defaults(self.realism)  # raises for an unknown level or group
+        if self._resolution is None:  # made from settings: the effects given are the written ones
+            written = {e.field for e in EFFECTS if getattr(self, e.field) is not None}
+        else:  # a copy (dataclasses.replace): written before, or changed from the old level's value
+            old_level, old_written = self._resolution
+            old = effect_defaults(old_level)
+            written = set(old_written) | {e.field for e in EFFECTS
+                                          if getattr(self, e.field) is not None
+                                          and _normalised(getattr(self, e.field)) != _normalised(old[e.field])}
+        set_("_resolution", (self.realism, frozenset(written)))
         for effect in EFFECTS:
             name = effect.field
-            value = getattr(self, name)
+            value = getattr(self, name) if name in written else None
             if value is None:
                 value = defaults[name]
             if isinstance(effect.on, bool):

@@ -127,10 +127,13 @@ EFFECTS: tuple[Effect, ...] = (
            "per-subject factor U(1 - s, 1 + s) on the EPI distortion peak",
            "B0 inhomogeneity varies with head size/shim (typical peaks 2-8 mm at 3T)", "low"),
     # -- tumour (L3) -----------------------------------------------------------
-    Effect("tumour_value_cv", "tumour", 0.15, 0.0, "CV",
-           "between-patient spread of compartment diffusivities/water (literature bands per grade)",
+    Effect("tumour_value_cv", "tumour", 0.2, 0.0, "CV",
+           "between-patient spread of the compartments' MD ratios to normal WM, drawn around the grade's "
+           "literature ratio (pure compartment; partial volume with neighbours damps a measured ratio's "
+           "spread to about 0.75 of it, so 0.2 gives the measured 10-20%)",
            "ADC ratios tumour/NAWM: WHO II 1.6-2.2, GBM enhancing rim ~1.26, oedema ~1.7 "
-           "(Sugahara et al. 1999; Kono et al. 2001; Server et al. 2009)", "medium"),
+           "(Sugahara et al. 1999; Kono et al. 2001; Server et al. 2009); published ratios spread 10-20% "
+           "between patients", "medium"),
     Effect("tumour_texture_sd", "tumour", 0.2, 0.0, "relative sd",
            "texture (smooth random field, ~8 mm) of the compartments inside the tumour",
            "heterogeneous ADC within gliomas (histogram analyses)", "low"),

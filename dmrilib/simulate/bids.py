@@ -18,8 +18,8 @@ from dmrilib._atomic import atomic_path, write_text_atomic
 from dmrilib.integrity import sha256_file
 from dmrilib.simulate.subject import SimulatedSubject
 
-__all__ = ["write_nifti", "write_subject", "subject_files", "points_xfm_sidecar", "write_manifest",
-           "verify_manifest", "PIPELINE"]
+__all__ = ["write_nifti", "write_subject", "subject_files", "points_xfm_sidecar", "artefacts_sidecar",
+           "write_manifest", "verify_manifest", "PIPELINE"]
 
 #: Derivatives pipeline name of simulated ground truth.
 PIPELINE = "simulation"
@@ -113,14 +113,17 @@ def write_subject(root: str | os.PathLike, label: str, subject: SimulatedSubject
     write_nifti(dwi_path, subject.dwi, subject.affine, dtype=np.int16)
     write_text_atomic(bval_path, " ".join(f"{b:g}" for b in subject.bvals) + "\n")
     write_text_atomic(bvec_path, "\n".join(" ".join(f"{v:.6f}" for v in row) for row in subject.bvecs.T) + "\n")
-    _json(json_path, {
+    sidecar = {
         "Simulated": True,
         "Manufacturer": "dmrilib.simulate",
         "SNR_b0_WhiteMatter": round(subject.snr, 4),
         "NoiseSigma": round(subject.sigma, 4),
         "GradientScheme": "dipy small_64D (real 64-direction scheme)",
         "Seed": subject.info["seed"],
-    })
+    }
+    if subject.info.get("simulated_artefacts"):
+        sidecar["SimulatedArtefacts"] = artefacts_sidecar(subject.info["simulated_artefacts"])
+    _json(json_path, sidecar)
     if subject.t1w is not None:
         write_nifti(t1_path, subject.t1w, subject.structural_affine, dtype=np.int16)
         write_nifti(flair_path, subject.flair, subject.structural_affine, dtype=np.int16)
@@ -144,6 +147,50 @@ def write_subject(root: str | os.PathLike, label: str, subject: SimulatedSubject
 
 def _rounded(values, digits: int = 6):
     return np.round(np.asarray(values, dtype=float), digits).tolist()
+
+
+def artefacts_sidecar(record: dict) -> dict:
+    """The ``SimulatedArtefacts`` entry of a DWI sidecar: the true acquisition and scanner effects.
+
+    ``record`` is ``SimulatedSubject.info["simulated_artefacts"]``
+    (:func:`dmrilib.simulate.acquisition.sidecar_record`); volumes and slices
+    count from 0, numbers are rounded to 6 decimals. Only the effects that
+    were on appear.
+    """
+    out: dict = {}
+    if "motion" in record:
+        m = record["motion"]
+        out["Motion"] = {
+            "Description": "Residual rigid motion per volume (volume 0 is the reference): rotation about x, y, z "
+                           "(degrees, Rz Ry Rx) about the brain's centre, translation (mm), and rms displacement "
+                           "over the brain (mm).",
+            "RotationDeg": _rounded(m["rotation_deg"]), "TranslationMM": _rounded(m["translation_mm"]),
+            "RmsDisplacementMM": _rounded(m["rms_mm"]), "RmsOverVolumesMM": round(m["rms_over_volumes_mm"], 6)}
+    if "outlier_slices" in record:
+        out["OutlierSlices"] = {
+            "Description": "Axial slices of diffusion-weighted volumes whose signal was multiplied by Factor "
+                           "(signal dropout): [volume, slice, factor].",
+            "Slices": [[v, z, round(f, 6)] for v, z, f in record["outlier_slices"]],
+            "FractionOfBrainSlices": round(record["outlier_slice_fraction"], 6)}
+    if "vibration" in record:
+        v = record["vibration"]
+        out["Vibration"] = {
+            "Description": "Table vibration: posterior-parietal signal loss in the listed volumes (gradient "
+                           "mostly left-right), at most Severity of the signal.",
+            "Affected": v["affected"], "Severity": round(v["severity"], 6), "Volumes": v["volumes"]}
+    if "noise_map_sd" in record:
+        out["NoiseMapSD"] = record["noise_map_sd"]
+    if "gibbs_kspace_fraction" in record:
+        out["GibbsKspaceFraction"] = record["gibbs_kspace_fraction"]
+    if "snr_b0" in record:
+        out["SNR_b0"] = round(record["snr_b0"], 6)
+    if "distortion_spread" in record:
+        out["DistortionSpread"] = record["distortion_spread"]
+    if "scanner" in record:
+        s = record["scanner"]
+        out["Scanner"] = {"Index": s["index"], "DiffusivityOffset": s["diffusivity_offset"],
+                          "SNRReduction": s["snr_reduction"]}
+    return out
 
 
 def points_xfm_sidecar(subject: SimulatedSubject, label: str) -> dict:

@@ -29,7 +29,12 @@ _RECORD = ".dmrilib-simulation.json"
 
 @dataclass(frozen=True)
 class SubjectPlan:
-    """One row of ``participants.tsv``."""
+    """One row of ``participants.tsv``.
+
+    ``age`` (years, one decimal) is None unless the cohort draws ages
+    (``age_range``); ``scanner`` (0 or 1) is None unless the cohort is split
+    between two scanners (``scanner_share``). Their columns are written only then.
+    """
 
     label: str
     group: str
@@ -37,10 +42,17 @@ class SubjectPlan:
     size_class: str | None
     followup: bool
     seed: int
+    age: float | None = None
+    scanner: int | None = None
 
     def row(self) -> str:
-        return "\t".join([f"sub-{self.label}", self.group, self.grade or "n/a", self.size_class or "n/a",
-                          "yes" if self.followup else "no", str(self.seed)])
+        cells = [f"sub-{self.label}", self.group, self.grade or "n/a", self.size_class or "n/a",
+                 "yes" if self.followup else "no", str(self.seed)]
+        if self.age is not None:
+            cells.append(f"{self.age:.1f}")
+        if self.scanner is not None:
+            cells.append(str(self.scanner))
+        return "\t".join(cells)
 
 
 def cohort_plan(config: CohortConfig) -> list[SubjectPlan]:
@@ -49,7 +61,11 @@ def cohort_plan(config: CohortConfig) -> list[SubjectPlan]:
     Healthy controls are ``H01..``, patients ``P01..``. Grades are shuffled
     over patient labels; within each grade the size classes cycle through
     large/medium/small from a random start, so sizes are balanced per grade.
-    Deterministic in ``config.seed``.
+    With ``age_range`` set, ages are drawn uniformly in it (rounded to 0.1
+    year); with ``scanner_share`` = (controls, patients) set, exactly
+    ``round(share * n)`` controls and patients, chosen at random, are on
+    scanner 1. Each uses a random stream of its own, so a cohort without
+    them plans exactly as before. Deterministic in ``config.seed``.
     """
     n = config.n_healthy + config.n_patients
     children = np.random.SeedSequence(config.seed).spawn(n + 1)
@@ -70,12 +86,27 @@ def cohort_plan(config: CohortConfig) -> list[SubjectPlan]:
         SubjectPlan(f"P{i + 1:0{width}d}", "patient", grades[i], sizes[i], i in with_followup, seeds[config.n_healthy + i])
         for i in range(config.n_patients)
     ]
+    # Streams n + 1 and n + 2 of the cohort seed: spawning more children
+    # leaves the first n + 1 (seeds and the plan above) as they were.
+    extra = np.random.SeedSequence(config.seed).spawn(n + 3)
+    if config.age_range is not None:
+        lo, hi = config.age_range
+        ages = np.round(np.random.default_rng(extra[n + 1]).uniform(lo, hi, size=n), 1)
+        plan = [dataclasses.replace(p, age=float(a)) for p, a in zip(plan, ages)]
+    if max(config.scanner_share) > 0:
+        rng = np.random.default_rng(extra[n + 2])
+        scanner = np.zeros(n, dtype=int)
+        for share, first, count in ((config.scanner_share[0], 0, config.n_healthy),
+                                    (config.scanner_share[1], config.n_healthy, config.n_patients)):
+            chosen = rng.choice(count, size=int(round(share * count)), replace=False)
+            scanner[first + chosen] = 1
+        plan = [dataclasses.replace(p, scanner=int(k)) for p, k in zip(plan, scanner)]
     return plan
 
 
 def _simulate_one(config: CohortConfig, plan: SubjectPlan, root: str) -> str:
     subject = simulate_subject(config, plan.seed, grade=plan.grade, size_class=plan.size_class,
-                               followup=plan.followup)
+                               followup=plan.followup, age=plan.age, scanner=plan.scanner or 0)
     write_subject(root, plan.label, subject)
     # The marker is written last: a subject without it is redone on resume.
     write_text_atomic(Path(root) / _DONE / plan.label, "")
@@ -96,7 +127,8 @@ def _description(config: CohortConfig) -> dict:
                             "gradient scheme from dipy's small_64D; not patient data.",
         "GeneratedBy": [{"Name": "dmrilib.simulate", "Version": __version__,
                          "Description": "Simulated by dmrilib.simulate.simulate_cohort"}],
-        "SimulationConfig": json.loads(json.dumps(dataclasses.asdict(config), default=list)),
+        "SimulationConfig": {k: v for k, v in json.loads(json.dumps(dataclasses.asdict(config), default=list)).items()
+                             if not k.startswith("_")},
         "ConfigHash": config_hash(config),
     }
 
@@ -250,15 +282,23 @@ def simulate_cohort(config: CohortConfig, out_dir: str | os.PathLike, *, progres
     missing = [f for p in plan for f in subject_files(partial, p.label, followup=p.followup) if not f.is_file()]
     if missing:
         raise RuntimeError(f"{partial}: {len(missing)} expected files missing after simulation, e.g. {missing[0]}.")
-    header = "participant_id\tgroup\tgrade\tsize_class\tfollowup\tseed"
-    write_text_atomic(partial / "participants.tsv", "\n".join([header] + [p.row() for p in plan]) + "\n")
-    write_json_atomic(partial / "participants.json", {
+    columns = ["participant_id", "group", "grade", "size_class", "followup", "seed"]
+    sidecar = {
         "group": {"Description": "healthy control or glioma patient", "Levels": {"healthy": "control", "patient": "glioma"}},
         "grade": {"Description": "WHO grade of the simulated glioma"},
         "size_class": {"Description": "size class of the visible tumour (large/medium/small)"},
         "followup": {"Description": "whether a follow-up session (FLAIR) exists"},
         "seed": {"Description": "seed of dmrilib.simulate.simulate_subject for this subject"},
-    })
+    }
+    if plan and plan[0].age is not None:
+        columns.append("age")
+        sidecar["age"] = {"Description": "age at the scan", "Units": "year"}
+    if plan and plan[0].scanner is not None:
+        columns.append("scanner")
+        sidecar["scanner"] = {"Description": "scanner of the two-scanner split (0: reference, 1: second scanner, "
+                                             "with a diffusivity offset and a lower SNR)"}
+    write_text_atomic(partial / "participants.tsv", "\n".join(["\t".join(columns)] + [p.row() for p in plan]) + "\n")
+    write_json_atomic(partial / "participants.json", sidecar)
     deriv = partial / "derivatives" / PIPELINE
     write_json_atomic(deriv / "dataset_description.json", {
         "Name": "Ground truth of the simulated cohort",

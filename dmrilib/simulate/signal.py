@@ -87,8 +87,11 @@ def tensor_attenuation(scheme: GradientScheme, direction: np.ndarray, d_par: np.
     return pmath.exp(-scheme.bvals.astype(np.float32)[None] * adc).astype(np.float32)
 
 
-def rician(signal: np.ndarray, sigma: float, rng: np.random.Generator) -> np.ndarray:
-    """Magnitude of ``signal`` plus complex Gaussian noise of std ``sigma`` per channel."""
+def rician(signal: np.ndarray, sigma: float | np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Magnitude of ``signal`` plus complex Gaussian noise of std ``sigma`` per channel.
+
+    ``sigma`` is one value or an array that broadcasts against ``signal`` (float32).
+    """
     real = rng.standard_normal(signal.shape, dtype=np.float32)
     real *= sigma
     real += signal
@@ -100,18 +103,22 @@ def rician(signal: np.ndarray, sigma: float, rng: np.random.Generator) -> np.nda
     return np.sqrt(real, out=real)
 
 
-def rician_volume(shape: tuple[int, ...], where: np.ndarray, signal: np.ndarray, sigma: float,
+def rician_volume(shape: tuple[int, ...], where: np.ndarray, signal: np.ndarray, sigma: float | np.ndarray,
                   rng: np.random.Generator) -> np.ndarray:
     """Noisy magnitude volume: Rician where there is signal, Rayleigh elsewhere.
 
     Parameters
     ----------
     shape : tuple
-        ``(X, Y, Z, G)``.
+        ``(X, Y, Z, G)`` (or ``(X, Y, Z)``).
     where : ndarray of bool, shape (X, Y, Z)
         Voxels with signal.
     signal : ndarray, shape (where.sum(), G)
         Noise-free signal of those voxels.
+    sigma : float or ndarray, shape (X, Y, Z)
+        Noise standard deviation per channel: one value, or one per voxel
+        (spatially varying noise: coil sensitivity, g-factor); the same for
+        every volume of a voxel.
 
     Returns
     -------
@@ -126,7 +133,15 @@ def rician_volume(shape: tuple[int, ...], where: np.ndarray, signal: np.ndarray,
     out = np.empty(shape, dtype=np.float32, order="F")
     flat = out.reshape(-1, order="F")
     rng.standard_exponential(out=flat, dtype=np.float32)
-    flat *= 2.0 * sigma * sigma
+    if np.ndim(sigma) == 0:
+        flat *= 2.0 * sigma * sigma
+        np.sqrt(flat, out=flat)
+        out[where] = rician(signal, sigma, rng)
+        return out
+    sigma = np.asarray(sigma, dtype=np.float32)
+    two_var = 2.0 * sigma * sigma
+    out *= two_var.reshape(two_var.shape + (1,) * (out.ndim - sigma.ndim))
     np.sqrt(flat, out=flat)
-    out[where] = rician(signal, sigma, rng)
+    local = sigma[where]
+    out[where] = rician(signal, local.reshape(local.shape + (1,) * (signal.ndim - 1)), rng)
     return out

@@ -29,9 +29,12 @@ from scipy import ndimage
 from threadpoolctl import threadpool_limits
 
 from dmrilib.simulate import _portable as pmath
+from dmrilib.simulate import acquisition
+from dmrilib.simulate import tumour_realism
 from dmrilib.simulate.anatomy import Template, grid_affine, grid_coordinates, load_template, sample_template
 from dmrilib.simulate.config import BRAIN_BOX_MM, POSE_CLIP_SD, CohortConfig
 from dmrilib.simulate.fibres import fibre_field
+from dmrilib.simulate.population import HYPERINTENSITY_CONTRAST, WMH_DIFFUSIVITY, Population, draw_population
 from dmrilib.simulate.lesion import GRADE_PARAMS, SIZE_RADII_MM, Tumour, TumourLayers, random_tumour, tumour_layers
 from dmrilib.simulate.signal import D_FREE, GradientScheme, rician_volume, small64d_scheme
 from dmrilib.simulate.variability import (
@@ -275,6 +278,7 @@ class _Geometry:
     diffusivity_scale: float
     regional: SmoothField
     bias: SmoothField
+    population: Population | None = None
 
     @functools.cached_property
     def deformation_reach_mm(self) -> float:
@@ -324,7 +328,8 @@ def _choose_centre(rng: np.random.Generator, voxel_size: float, deformation: Def
     return deformation.inverse(centre_template[None].astype(np.float32))[0].astype(float)
 
 
-def _geometry(config: CohortConfig, rng: np.random.Generator, grade: str | None, size_class: str | None) -> _Geometry:
+def _geometry(config: CohortConfig, rng: np.random.Generator, grade: str | None, size_class: str | None,
+              population: Population | None = None) -> _Geometry:
     pose = random_head_pose(rng)
     deformation = random_deformation(rng, amplitude=config.deformation_mm)
     scale = float(np.clip(rng.normal(1.0, 0.04), 0.9, 1.1))
@@ -333,8 +338,10 @@ def _geometry(config: CohortConfig, rng: np.random.Generator, grade: str | None,
     tumour = None
     if grade is not None:
         centre = _choose_centre(rng, config.voxel_size, deformation, size_class)
+        if population is not None:  # the anatomy is scaled/warped before the deformation
+            centre = population.inverse(centre[None])[0].astype(float)
         tumour = random_tumour(rng, grade, size_class, centre)
-    return _Geometry(pose, deformation, tumour, scale, regional, bias)
+    return _Geometry(pose, deformation, tumour, scale, regional, bias, population)
 
 
 @dataclass
@@ -346,6 +353,7 @@ class _Sampled:
     head_points: np.ndarray | None
     layers: TumourLayers | None
     bias: np.ndarray
+    hyper: np.ndarray | None = None  # population: WMH / gliotic weight in [0, 1]
 
 
 _CELL = 4  # template voxels per side of a cell of the coarse support map
@@ -416,13 +424,21 @@ def _sample(geometry: _Geometry, pose: HeadPose, scanner: np.ndarray, voxel_size
     # trilinear kernel's reach of it) go through the costly deformation and
     # sampling; a structural grid is mostly air.
     reach = geometry.deformation_reach_mm + np.sqrt(3.0) + (2.0 * voxel_size if neighbours else 0.0)
+    population = geometry.population
+    if population is not None:
+        reach += population.reach_mm
     near = _near_template(template, voxel_size, anatomy, reach)
     on_grid = near
     if candidates is not None:
         on_grid = np.zeros(candidates.shape, dtype=bool)
         on_grid[candidates] = near
-    tpl_near = geometry.deformation(anatomy[near])
-    csf, gm, wm = (_scatter(m, on_grid) for m in sample_template(template, tpl_near))
+    tpl_near = geometry.deformation(anatomy[near] if population is None else population.warp(anatomy[near]))
+    maps = sample_template(template, tpl_near)
+    hyper = None
+    if population is not None:
+        maps, hyper = population.lesion_maps(maps, tpl_near)
+        hyper = _scatter(hyper, on_grid)
+    csf, gm, wm = (_scatter(m, on_grid) for m in maps)
     tpl = None
     if neighbours:
         tpl = anatomy.copy()
@@ -437,7 +453,7 @@ def _sample(geometry: _Geometry, pose: HeadPose, scanner: np.ndarray, voxel_size
     # The bias field redistributes intensity; it does not change the b0 level
     # that defines the SNR.
     bias /= bias[(gm + wm) > 0.5].mean() if np.any((gm + wm) > 0.5) else 1.0
-    return _Sampled(csf, gm, wm, tpl, head if candidates is None else None, layers, bias)
+    return _Sampled(csf, gm, wm, tpl, head if candidates is None else None, layers, bias, hyper)
 
 
 _CANDIDATE_LATTICE_MM = 8.0
@@ -462,6 +478,8 @@ def _sample_grid(geometry: _Geometry, pose: HeadPose, shape: tuple[int, int, int
     reach = geometry.deformation_reach_mm + np.sqrt(3.0) + slack
     if geometry.tumour is not None:
         reach += geometry.tumour.mass_radius
+    if geometry.population is not None:
+        reach += geometry.population.reach_mm
     near = _near_template(load_template(voxel_size), voxel_size, head, reach)
     nodes = [np.minimum(np.rint(np.arange(n) / k), c - 1).astype(np.intp) for n, c in zip(shape, coarse)]
     candidates = near[np.ix_(*nodes)]
@@ -516,11 +534,19 @@ def _compartments(s: _Sampled, where: np.ndarray, params: dict | None):
                            s.layers.edema[where], s.layers.infiltration[where])
         grown = s.layers.grown[where]
     total = csf + gm + wm
+    real = None if s.layers is None or not s.layers.realism.shape[-1] else s.layers.realism[where]
+    if real is not None:  # tumour realism (L3): the patient's values times the voxel's texture
+        params, q = tumour_realism.voxel_values(params, real, q)
     keep = np.clip(1.0 - nec - enh, 0.0, 1.0)
     water = (params["edema_fw"] * ed + 0.08 * q) if params else zero
     perp = (1.0 + params["edema_perp"] * ed + 0.3 * q) if params else zero + 1
-    par = 1.0 - 0.1 * ed - 0.04 * q
-    return dict(
+    par = 1.0 - (0.1 if real is None else params["edema_par"]) * ed - 0.04 * q
+    hyper = None
+    if s.hyper is not None:  # population: WMH and gliotic rims raise the diffusivities
+        hyper = s.hyper[where]
+        par = par * (1.0 + np.float32(WMH_DIFFUSIVITY[0] - 1.0) * hyper)
+        perp = perp * (1.0 + np.float32(WMH_DIFFUSIVITY[1] - 1.0) * hyper)
+    out = dict(
         csf=keep * csf,
         gm=keep * gm * (1 - water),
         wm=keep * wm * (1 - water),
@@ -532,11 +558,18 @@ def _compartments(s: _Sampled, where: np.ndarray, params: dict | None):
         edema=ed,
         infiltration=q,
         grown=grown,
+        hyper=hyper,
     )
+    if real is not None:  # haemorrhage, cyst, the treated follow-up's channels
+        out = tumour_realism.lesion_fractions(out, real, params, total)
+    return out
 
 
 def _dwi(config: CohortConfig, geometry: _Geometry, s: _Sampled, scheme: GradientScheme,
-         affine: np.ndarray, rng: np.random.Generator, sigma: float, slope: np.ndarray | None) -> np.ndarray:
+         affine: np.ndarray, rng: np.random.Generator, sigma: float, slope: np.ndarray | None,
+         acq_rng: np.random.Generator | None = None, acq_record: dict | None = None) -> np.ndarray:
+    """Noisy DWI; ``acq_rng`` (the acquisition stream) renders :mod:`~dmrilib.simulate.acquisition`'s
+    effects, recording what was drawn in ``acq_record``; None leaves the signal as it is."""
     shape = s.csf.shape
     where = (s.csf + s.gm + s.wm) > 1e-3
     c = _compartments(s, where, geometry.tumour.params if geometry.tumour else None)
@@ -547,8 +580,14 @@ def _dwi(config: CohortConfig, geometry: _Geometry, s: _Sampled, scheme: Gradien
     wm_perp = (TISSUE_PARAMS["wm_perp"][0] + TISSUE_PARAMS["wm_perp"][1] * coherence) * scale * c["perp"]
     gm_par = TISSUE_PARAMS["gm"][0] * scale * c["par"]
     gm_perp = TISSUE_PARAMS["gm"][1] * scale * c["perp"]
+    if geometry.population is not None:  # between-subject, age and regional factors
+        ax, rad = geometry.population.diffusivity(s.template_points[where])
+        wm_par, gm_par = wm_par * ax, gm_par * ax
+        wm_perp, gm_perp = wm_perp * (rad * np.float32(geometry.population.radial_calibration)), gm_perp * rad
     s0 = TISSUE_PARAMS["s0"]
     t2 = 1.0 + 0.3 * c["edema"] + 0.03 * c["infiltration"]
+    if c["hyper"] is not None:
+        t2 = t2 + np.float32(HYPERINTENSITY_CONTRAST["b0"]) * c["hyper"]
     b = scheme.bvals.astype(np.float32)
     bvecs = scheme.bvecs.T.astype(np.float32)
     cos1 = pmath.matmul(v1, bvecs) ** 2  # shared by every compartment aligned with v1
@@ -560,17 +599,26 @@ def _dwi(config: CohortConfig, geometry: _Geometry, s: _Sampled, scheme: Gradien
     signal[crossed] += (crossing * wm_w)[crossed, None] * _attenuation(
         b, pmath.matmul(v2[crossed], bvecs) ** 2, wm_par[crossed], wm_perp[crossed])
     if geometry.tumour is not None:
-        signal += (c["necrosis"] * s0["necrosis"])[:, None] * pmath.exp(-b * TISSUE_PARAMS["necrosis"])[None]
+        necrosis_d = c.get("necrosis_d", TISSUE_PARAMS["necrosis"])
+        signal += (c["necrosis"] * s0["necrosis"])[:, None] * pmath.exp(-b * necrosis_d)[None]
         cp, cq = TISSUE_PARAMS["cellular"]
+        # Tumour realism: the patient's cellular diffusivity, textured.
+        cscale = scale * c["cellular_factor"] if "cellular_factor" in c else scale
         lesional = c["cellular"] > 0
         signal[lesional] += (c["cellular"] * s0["cellular"])[lesional, None] * _attenuation(
-            b, cos1[lesional], cp * scale[lesional], cq * scale[lesional])
+            b, cos1[lesional], cp * cscale[lesional], cq * cscale[lesional])
+        if "blood" in c:  # tumour realism: haemorrhage
+            signal += tumour_realism.lesion_signal(c, b)
     gain = (_B0_WM / s0["wm"]) * s.bias[where]
     if slope is not None:
         # Signal piles up where the distortion compresses (1 + dd/dy < 1
         # spreads it out): the Jacobian of x -> x + d(x) e_y.
         gain = gain * (1.0 + slope[:, 1])
     signal *= gain[:, None]
+    if acq_rng is not None:
+        where, signal, sigma = acquisition.apply(
+            config, where, signal, sigma, (s.csf + s.gm + s.wm) > 0.5, s.head_points, scheme, affine, acq_rng,
+            geometry.tumour is not None, acq_record)
     return rician_volume(shape + (len(b),), where, signal, sigma, rng)
 
 
@@ -593,8 +641,12 @@ def _structural(s: _Sampled, where: np.ndarray, c: dict, contrast: str, snr: flo
         tissue = 1.0 + 0.8 * ed + 0.05 * c["infiltration"]
     else:
         tissue = 1.0 - 0.3 * ed - 0.02 * c["infiltration"]
+    if c["hyper"] is not None:  # population: WMH and gliotic rims
+        tissue = tissue + np.float32(HYPERINTENSITY_CONTRAST[contrast]) * c["hyper"]
     img = (c["csf"] * k["csf"] + c["fluid"] * k["fluid"] + (c["gm"] * k["gm"] + c["wm"] * k["wm"]) * tissue
            + c["necrosis"] * k["necrosis"] + c["cellular"] * k["cellular"])
+    if "blood" in c:  # tumour realism: haemorrhage; the treated follow-up
+        img = tumour_realism.lesion_structural(img, c, contrast, k, followup)
     # Rayleigh noise outside the head: a structural grid is mostly air.
     return rician_volume(s.csf.shape, where, (1000.0 * img * s.bias[where]).astype(np.float32),
                          1000.0 * k["wm"] / snr, rng)
@@ -689,15 +741,23 @@ def _simulate(config: CohortConfig, seed: int, grade: str | None, size_class: st
     # realism groups draw only from their own streams (7-10), so a level that
     # switches a group off leaves every other draw, and L0 every byte, as it was.
     streams = np.random.SeedSequence(int(seed)).spawn(11)
-    geometry = _geometry(config, np.random.default_rng(streams[0]), grade, size_class)
+    population = draw_population(config, np.random.default_rng(streams[STREAM_POPULATION]), age)
+    geometry = _geometry(config, np.random.default_rng(streams[0]), grade, size_class, population)
+    if geometry.tumour is not None and tumour_realism.tumour_realism_on(config):
+        geometry = dataclasses.replace(geometry, tumour=tumour_realism.realistic_tumour(
+            config, geometry.tumour, geometry.deformation, config.voxel_size, streams[STREAM_TUMOUR],
+            geometry.population))
     s_pose, motion_deg, motion_mm = _session_motion(np.random.default_rng(streams[5]), geometry.pose,
                                                     config.structural_pose_deg, config.structural_pose_mm)
-    distortion = _random_distortion(np.random.default_rng(streams[6]), config.epi_distortion_mm, config.voxel_size)
+    acq_rng = np.random.default_rng(streams[STREAM_ACQUISITION])
+    distortion = _random_distortion(np.random.default_rng(streams[6]),
+                                    config.epi_distortion_mm * acquisition.distortion_factor(config, acq_rng),
+                                    config.voxel_size)
     transform = DwiToStructural(geometry.pose, s_pose, distortion, motion_deg, motion_mm)
-    snr_rng = np.random.default_rng(streams[1])
-    snr = config.snr * (1 + snr_rng.uniform(-config.snr_jitter, config.snr_jitter))
+    snr = acquisition.subject_snr(config, acq_rng, np.random.default_rng(streams[1]), scanner)
     sigma = _B0_WM / snr
     scheme = small64d_scheme(config.bvalues, config.n_b0)
+    acq_record: dict = {}
     if affine is None:
         affine = grid_affine(config.shape, config.voxel_size)
     affine = np.asarray(affine, dtype=float)
@@ -706,7 +766,9 @@ def _simulate(config: CohortConfig, seed: int, grade: str | None, size_class: st
     grid = grid_coordinates(config.shape, affine)
     sampled = _sample(geometry, geometry.pose, transform.undistort(grid), config.voxel_size, neighbours=True)
     slope = None if distortion is None else transform.displacement_gradient(grid)
-    dwi = _dwi(config, geometry, sampled, scheme, affine, np.random.default_rng(streams[2]), sigma, slope)
+    dwi = _dwi(config, geometry, sampled, acquisition.scanner_scheme(config, scheme, scanner), affine,
+               np.random.default_rng(streams[2]), sigma, slope,
+               acq_rng if acquisition.dwi_effects_on(config) else None, acq_record)
     labels = _labels(sampled)
     dwi_to_structural = s_pose.to_scanner(sampled.head_points).astype(np.float32)
 
@@ -759,6 +821,16 @@ def _simulate(config: CohortConfig, seed: int, grade: str | None, size_class: st
         info.update(tumour_centre_mm=[float(v) for v in centre], tumour_radius_mm=tumour.radius,
                     tumour_centre_structural_mm=[float(v) for v in s_centre],
                     enhancing=bool(tumour.enhancing > 0))
+        if tumour.realism is not None:
+            info.update(tumour.realism.info)
+            info.update(tumour_realism.site_info(tumour.realism, geometry.pose.to_scanner))
+    if population is not None:
+        info.update(population.info())
+        if sampled.hyper is not None:
+            info["hyperintensity_volume_mm3"] = float(sampled.hyper.sum()) * abs(float(pmath.det3(affine[:3, :3])))
+    artefacts = acquisition.sidecar_record(config, scanner, snr, acq_record)
+    if artefacts:
+        info["simulated_artefacts"] = artefacts
     return SimulatedSubject(
         dwi=dwi, bvals=scheme.bvals, bvecs=scheme.bvecs, affine=affine, structural_affine=s_affine,
         tissue=np.stack([sampled.csf, sampled.gm, sampled.wm]).astype(np.float32),

@@ -1,11 +1,13 @@
-"""Figures of the simulated cohort: DTI slices with ground truth, tissue histograms."""
+"""Figures of the simulated cohort: DTI slices with ground truth, tissue histograms,
+the between-subject spread against literature bands, and acquisition artefacts."""
 from __future__ import annotations
 
 from typing import Mapping
 
 import numpy as np
 
-__all__ = ["LITERATURE_RANGES", "subject_dti", "plot_cohort_slices", "plot_tissue_histograms"]
+__all__ = ["LITERATURE_RANGES", "subject_dti", "plot_cohort_slices", "plot_tissue_histograms", "plot_cohort_spread",
+           "plot_artefact_examples"]
 
 #: Healthy adult DTI ranges at b=1000 the simulation aims for (FA unitless, MD in 1e-3 mm^2/s).
 LITERATURE_RANGES = {
@@ -124,5 +126,247 @@ def plot_tissue_histograms(subjects: Mapping[str, object] | list, *, dti: Mappin
         ax.legend(fontsize=8)
     axes[0].set_title("Fractional anisotropy (bands: literature ranges)", fontsize=9)
     axes[1].set_title("Mean diffusivity (bands: literature ranges)", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+_GROUP_COLOURS = {"healthy": "tab:blue", "patient": "tab:red"}
+# (QC column, axis label, scale, absolute band: ("acceptance", name) or ("literature", key) or None)
+_SPREAD = (
+    ("wm_fa_median", "WM FA (median)", 1.0, ("acceptance", "wm_fa_median")),
+    ("wm_md_median", "WM MD (1e-3 mm²/s)", 1e3, ("literature", ("wm", "md"))),
+    ("brain_volume_ml", "brain volume (ml)", 1.0, None),
+    ("ventricle_volume_ml", "ventricle volume (ml)", 1.0, None),
+    ("b0_snr", "b0 SNR (WM / background σ)", 1.0, ("acceptance", "b0_snr_median")),
+)
+# CV statistics of dmrilib.simulate.qc.cohort_statistics shown against their bands.
+_CV_BANDS = (("wm_fa_cv", "WM FA"), ("wm_md_cv", "WM MD"), ("brain_volume_cv", "brain volume"),
+             ("csf_volume_cv", "ventricle volume"), ("b0_snr_cv", "b0 SNR"))
+
+
+def _off_note(band, groups) -> str:
+    off = sorted(set(band.groups) - set(groups))
+    return f"\n(n/a: {'+'.join(off)} off)" if off else ""
+
+
+def plot_cohort_spread(qc, *, groups=frozenset(), bands=None, seed: int = 0):
+    """Between-subject spread of the cohort's QC measurements against literature bands.
+
+    Parameters
+    ----------
+    qc : pandas.DataFrame
+        :func:`dmrilib.simulate.qc.cohort_qc`'s table (``group`` and, when
+        present, ``scanner`` columns are used for colours and markers).
+    groups : set of str
+        The cohort's realism groups (``CohortConfig.groups``); bands whose
+        groups are off are still drawn but labelled n/a.
+    bands : mapping, optional
+        Name -> :class:`~dmrilib.simulate.realism.Band`; default
+        :data:`~dmrilib.simulate.realism.ACCEPTANCE`.
+    seed : int
+        Seed of the horizontal jitter of the points.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        Top: one point per subject (controls blue, patients red; triangles
+        for the second scanner) for WM FA, WM MD, brain and ventricle volume
+        and b0 SNR, with the literature range shaded where one exists
+        (:data:`~dmrilib.simulate.realism.ACCEPTANCE` for FA and SNR,
+        :data:`LITERATURE_RANGES` for WM MD). Bottom: the between-subject
+        coefficient of variation of each against its literature band.
+    """
+    import matplotlib.pyplot as plt
+
+    from dmrilib.simulate.qc import cohort_statistics
+    from dmrilib.simulate.realism import ACCEPTANCE
+
+    bands = ACCEPTANCE if bands is None else bands
+    if qc is None or len(qc) == 0:
+        raise ValueError("qc is empty; pass dmrilib.simulate.qc.cohort_qc's table of at least one subject.")
+    rng = np.random.default_rng(seed)
+    group = qc["group"].astype(str) if "group" in qc else np.full(len(qc), "healthy")
+    scanner = qc["scanner"].fillna(0).astype(int).to_numpy() if "scanner" in qc else np.zeros(len(qc), int)
+    fig = plt.figure(figsize=(12.0, 6.6))
+    grid = fig.add_gridspec(1, len(_SPREAD), left=0.055, right=0.99, top=0.88, bottom=0.5, wspace=0.42)
+    bottom = fig.add_gridspec(1, 1, left=0.2, right=0.97, top=0.37, bottom=0.08)
+    for k, (column, label, scale, band_ref) in enumerate(_SPREAD):
+        ax = fig.add_subplot(grid[0, k])
+        values = qc[column].to_numpy(dtype=float) * scale
+        title = label
+        if band_ref is not None:
+            kind, key = band_ref
+            if kind == "acceptance" and key in bands:
+                band = bands[key]
+                ax.axhspan(band.low * scale, band.high * scale, color="0.5", alpha=0.18, lw=0)
+                title += _off_note(band, groups)
+            elif kind == "literature" and key in LITERATURE_RANGES:
+                ax.axhspan(*LITERATURE_RANGES[key], color="0.5", alpha=0.18, lw=0)
+        for x, name in enumerate(("healthy", "patient")):
+            for sc, marker in ((0, "o"), (1, "^")):
+                sel = (np.asarray(group) == name) & (scanner == sc) & np.isfinite(values)
+                if sel.any():
+                    ax.scatter(x + rng.uniform(-0.18, 0.18, sel.sum()), values[sel], s=14, marker=marker,
+                               color=_GROUP_COLOURS[name], alpha=0.8, lw=0,
+                               label=f"{name}" + (" (scanner 2)" if sc else ""))
+        ax.set_xticks([0, 1], ["controls", "patients"], fontsize=8)
+        ax.set_xlim(-0.6, 1.6)
+        ax.tick_params(axis="y", labelsize=8)
+        ax.set_title(title, fontsize=8.5)
+        if k == 0:
+            fig.legend(*ax.get_legend_handles_labels(), loc="upper center", ncol=4, fontsize=8, frameon=False)
+    ax = fig.add_subplot(bottom[0, 0])
+    stats = cohort_statistics(qc)
+    top, labels = 0.0, []
+    for row, (name, label) in enumerate(_CV_BANDS):
+        band = bands.get(name)
+        value = stats.get(name, (float("nan"), ""))[0]
+        if band is not None:
+            open_ended = not np.isfinite(band.high)
+            high = max(band.low * 2.0, 0.6) if open_ended else band.high
+            ax.barh(row, high - band.low, left=band.low, height=0.6, color="0.5", alpha=0.25, lw=0)
+            text = f"band ≥ {band.low:g}" if open_ended else f"band {band.low:g}–{band.high:g}"
+            ax.text(band.low, row + 0.3, text, ha="left", va="top", fontsize=7, color="0.35")
+            top = max(top, high)
+            label += _off_note(band, groups).replace("\n", " ")
+        if np.isfinite(value):
+            ax.plot([value], [row], "D", color="black", ms=6)
+            ax.annotate(f"{value:.3f}", (value, row), xytext=(6, 4), textcoords="offset points", fontsize=8)
+            top = max(top, value)
+        labels.append(label)
+    ax.set_yticks(range(len(_CV_BANDS)), labels, fontsize=8.5)
+    ax.set_ylim(len(_CV_BANDS) - 0.4, -0.6)
+    ax.set_xlim(0, top * 1.12 if top > 0 else 1.0)
+    ax.set_xlabel("coefficient of variation between controls (SNR: between all subjects); grey: literature band",
+                  fontsize=8.5)
+    ax.tick_params(axis="x", labelsize=8)
+    return fig
+
+
+def _noise_map(data: np.ndarray, bvals: np.ndarray, bvecs: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Local noise level: robust spread (1.4826 MAD) of the residuals of an OLS tensor fit over the
+    diffusion-weighted volumes, smoothed; the median keeps dropout and vibration out of it."""
+    from dipy.core.gradients import gradient_table
+    from dipy.reconst.dti import TensorModel
+    from scipy import ndimage
+
+    gtab = gradient_table(bvals, bvecs=bvecs)
+    fit = TensorModel(gtab, fit_method="OLS", return_S0_hat=True).fit(data, mask=mask)
+    dw = gtab.bvals > gtab.b0_threshold
+    pred = np.nan_to_num(fit.predict(gtab)[..., dw])
+    rms = 1.4826 * np.median(np.abs(data[..., dw] - pred), axis=-1)
+    rms[~mask] = 0.0
+    weight = ndimage.gaussian_filter(mask.astype(float), 1.0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        smooth = ndimage.gaussian_filter(rms, 1.0) / weight
+    return np.where(mask, smooth, np.nan)
+
+
+def plot_artefact_examples(data: np.ndarray, bvals: np.ndarray, bvecs: np.ndarray, brain_mask: np.ndarray, *,
+                           sigma: float, title: str = ""):
+    """Acquisition artefacts of one subject, as a QC reader would look for them.
+
+    Parameters
+    ----------
+    data : ndarray, shape (X, Y, Z, N)
+        The subject's DWI (b0 and one shell), axial slices along z.
+    bvals : ndarray, shape (N,)
+    bvecs : ndarray, shape (N, 3)
+    brain_mask : ndarray of bool, shape (X, Y, Z)
+    sigma : float
+        Noise sigma of the background (the noise map is shown in its units).
+    title : str
+        Figure title (e.g. the subject).
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        Four panels: (a) a sagittal reformat of the diffusion-weighted volume
+        with the strongest detected slice dropout
+        (:func:`dmrilib.simulate.qc.outlier_slices`), the slice marked by arrows;
+        (b) a b0 profile across the brain edge (ringing shows as ripples
+        beside the edge); (c) mean DW signal of the volumes with a mostly
+        left-right gradient over that of the others (vibration darkens the
+        back of the head; white-matter anisotropy alone gives the pattern
+        of the left-right tracts); (d) the noise level from the residuals
+        of a tensor fit (their median absolute value over the volumes), in
+        units of ``sigma``: it follows the noise map (coil/g-factor, smooth
+        over the head) and rises where an artefact breaks the tensor model.
+    """
+    import matplotlib.pyplot as plt
+
+    from dmrilib.simulate.qc import outlier_slices
+
+    mask = np.asarray(brain_mask, dtype=bool)
+    bvals, bvecs = np.asarray(bvals, float), np.asarray(bvecs, float)
+    dw = bvals > 50
+    if not mask.any() or dw.sum() < 6 or (~dw).sum() < 1:
+        raise ValueError("plot_artefact_examples needs a non-empty brain mask, a b0 and at least 6 "
+                         "diffusion-weighted volumes.")
+    fig, axes = plt.subplots(1, 4, figsize=(12.0, 3.5))
+    zs = np.flatnonzero(mask.any(axis=(0, 1)))
+    z_mid = int(zs[0] + 0.6 * (zs[-1] - zs[0]))
+    b0 = data[..., ~dw].mean(axis=-1)
+
+    # (a) dropout
+    flags, _ = outlier_slices(data[..., dw], mask)
+    counts = mask.sum(axis=(0, 1)).astype(float)
+    means = np.array([[data[:, :, z, v][mask[:, :, z]].mean() if counts[z] else 0.0 for z in range(mask.shape[2])]
+                      for v in np.flatnonzero(dw)])
+    ax = axes[0]
+    if flags.any():
+        ratio = np.where(flags, means / np.maximum(np.median(means, axis=0, keepdims=True), 1e-6), np.inf)
+        v, z = np.unravel_index(np.argmin(ratio), ratio.shape)
+        x_mid = int(np.round(np.argwhere(mask)[:, 0].mean()))
+        ax.imshow(data[x_mid, :, :, np.flatnonzero(dw)[v]].T, origin="lower", cmap="gray")
+        for x, marker in ((-0.5, ">"), (mask.shape[1] - 0.5, "<")):
+            ax.plot([x], [z], marker=marker, color="orange", ms=7, clip_on=False)
+        ax.set_title(f"(a) dropout: volume {np.flatnonzero(dw)[v]}, slice {z}\n"
+                     f"({int(flags.sum())} outlier slices in {int(dw.sum())} volumes)", fontsize=8.5)
+    else:
+        x_mid = int(np.round(np.argwhere(mask)[:, 0].mean()))
+        ax.imshow(data[x_mid, :, :, np.flatnonzero(dw)[0]].T, origin="lower", cmap="gray")
+        ax.set_title("(a) no outlier slice detected", fontsize=8.5)
+    ax.axis("off")
+
+    # (b) ringing: b0 profile along x through the brain's centre
+    ax = axes[1]
+    rows = np.argwhere(mask[:, :, z_mid])
+    y_mid = int(np.round(rows[:, 1].mean())) if rows.size else mask.shape[1] // 2
+    profile = b0[:, y_mid, z_mid]
+    ax.plot(np.arange(profile.size), profile / sigma, color="black", lw=1)
+    inside = np.flatnonzero(mask[:, y_mid, z_mid])
+    if inside.size:
+        for edge in (inside[0], inside[-1]):
+            ax.axvline(edge, color="tab:blue", lw=0.6, ls=":")
+    ax.set_xlabel("x (voxels)", fontsize=8)
+    ax.set_ylabel("b0 / σ", fontsize=8)
+    ax.tick_params(labelsize=7)
+    ax.set_title("(b) b0 across the brain edge (dotted: mask)", fontsize=8.5)
+
+    # (c) vibration: LR-gradient volumes over the others
+    ax = axes[2]
+    lr = dw & (np.abs(bvecs[:, 0]) > 0.8)
+    other = dw & (np.abs(bvecs[:, 0]) < 0.5)
+    if lr.any() and other.any():
+        with np.errstate(invalid="ignore", divide="ignore"):
+            ratio = data[:, :, z_mid][..., lr].mean(-1) / data[:, :, z_mid][..., other].mean(-1)
+        ratio = np.where(mask[:, :, z_mid], ratio, np.nan)
+        im = ax.imshow(ratio.T, origin="lower", cmap="RdBu", vmin=0.5, vmax=1.5)
+        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02).ax.tick_params(labelsize=7)
+        ax.set_title(f"(c) DW signal, L-R gradients / others\n(axial slice {z_mid}; posterior down)", fontsize=8.5)
+    else:
+        ax.set_title("(c) no left-right gradient volumes", fontsize=8.5)
+    ax.axis("off")
+
+    # (d) noise map
+    ax = axes[3]
+    noise = _noise_map(data, bvals, bvecs, mask)[:, :, z_mid] / sigma
+    im = ax.imshow(noise.T, origin="lower", cmap="magma", vmin=0.5, vmax=1.5)
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02).ax.tick_params(labelsize=7)
+    ax.set_title("(d) tensor-fit residual / σ\n(noise map; artefacts break the fit)", fontsize=8.5)
+    ax.axis("off")
+    if title:
+        fig.suptitle(title, fontsize=9.5)
     fig.tight_layout()
     return fig

@@ -21,12 +21,14 @@ SNAKEMAKE = $(VENV)/bin/snakemake --snakefile workflow/Snakefile --profile $(SNA
     --config profile=$(PROFILE_ARG) results=$(abspath $(RESULTS)) job_threads=$(JOB_THREADS)
 
 .PHONY: setup book results book-only ablation unlock test test-fast clean-book help
+.PHONY: sweep
 
 help:
 	@echo "make book [PROFILE=quick|smoke|gpu|paper]  run the pipeline and build the book"
 	@echo "make test                                  run the test suite"
 	@echo "make book-only PROFILE=...                 rebuild the book from existing results"
 	@echo "make ablation [PROFILE=quick] [ROWS='1 8'] flip each paper-vs-code difference, measure, rebuild the book"
+	@echo "make sweep [PROFILE=quick]                 difficulty sweep over realism levels L0-L4, rebuild the book"
 	@echo "make setup                                 create .venv and install pinned packages"
 	@echo "make unlock PROFILE=...                    clear the lock a killed workflow left"
 
@@ -59,6 +61,20 @@ ablation: results
 	$(PY) -m dmrilib.ablation --profile $(PROFILE_ARG) --results $(abspath $(RESULTS)) \
 	    --threads $(JOB_THREADS) $(if $(ROWS),--rows $(ROWS))
 	@$(MAKE) --no-print-directory book-only PROFILE=$(PROFILE)
+
+# Not part of `make book`: the fixed best DAE and RecDiscNet, the normative
+# baseline and raw MD on cohorts of rising realism (dmrilib.sweep: 8
+# conditions x 3 cohort seeds, under 60 min on quick on 2 cores). Resumable;
+# needs no other results. Then the book again (whose page "Difficulty sweep"
+# shows it) when the profile's own results exist, as every other page needs
+# them. CONDITIONS='L0 L4' / SEEDS='0' run a part.
+sweep: setup
+	$(PY) -m dmrilib.sweep --profile $(PROFILE_ARG) --results $(abspath $(RESULTS)) \
+	    --threads $(JOB_THREADS) $(if $(CONDITIONS),--conditions $(CONDITIONS)) $(if $(SEEDS),--seeds $(SEEDS))
+	@if $(PY) -c "import sys; from pathlib import Path; from dmrilib.config import load_profile; \
+	    sys.exit(not Path('$(abspath $(RESULTS))', load_profile('$(PROFILE_ARG)').name, 'figures', 'figures.json').is_file())"; \
+	then $(MAKE) --no-print-directory book-only PROFILE=$(PROFILE); \
+	else echo "Sweep done; run \`make book PROFILE=$(PROFILE)\` to see it in the book (page Difficulty sweep)."; fi
 
 test:
 	@bash tools/setup.sh --browser

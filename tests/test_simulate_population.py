@@ -157,7 +157,9 @@ def test_lacune_is_a_fluid_cavity(focal):
 
 @pytest.fixture(scope="module")
 def controls():
-    cfg = CohortConfig(realism="L1")
+    # The default level of the shipped profiles (L3): acquisition effects (SNR
+    # spread, noise map, motion, ringing) are part of what a DTI fit measures.
+    cfg = CohortConfig(realism="L3")
     out = []
     for seed in range(100, 100 + N_CONTROLS):
         s = simulate_subject(cfg, seed, structural=False)

@@ -240,10 +240,11 @@ ACCEPTANCE: dict[str, Band] = {
     "wm_fa_cv": Band(0.03, 0.06, "CV", "between-control CV of the median WM FA",
                      "whole-WM FA CV 3-5% (per tract 5-10%)", _POP),
     "wm_md_cv": Band(0.03, 0.06, "CV", "between-control CV of the median WM MD", "whole-WM MD CV 3-6%", _POP),
-    "brain_volume_cv": Band(0.08, 0.12, "CV", "between-control CV of the brain volume (GM + WM + CSF fractions)",
+    "brain_volume_cv": Band(0.08, 0.12, "CV", "between-control CV of the brain volume (GM + WM + CSF fractions; "
+                            "a field of view covering the whole brain)",
                             "intracranial volume CV 8-12%", _POP),
-    "csf_volume_cv": Band(0.30, float("inf"), "CV", "between-control CV of the ventricle volume (voxels with CSF "
-                          "fraction > 0.5 within 30 mm of the midline, above the pons)",
+    "csf_volume_cv": Band(0.30, float("inf"), "CV", "between-control CV of the lateral ventricles' volume (CSF label "
+                          "within 12 mm of their centre lines, an MNI atlas region)",
                           "ventricle volume CV 30-50%", _POP),
     "ventricle_md": Band(2.6e-3, 3.3e-3, "mm^2/s", "median MD of voxels with CSF fraction > 0.9",
                          "free water at 37 C 3.0e-3; ventricles 2.6-3.3e-3 at 2-2.5 mm", frozenset()),

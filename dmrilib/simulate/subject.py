@@ -686,7 +686,7 @@ def simulate_subject(
     structural: bool = True,
     affine: np.ndarray | None = None,
     age: float | None = None,
-    scanner: int = 0,
+    scanner: int | None = 0,
 ) -> SimulatedSubject:
     """Simulate one subject's diffusion, structural images and ground truth.
 
@@ -726,8 +726,9 @@ def simulate_subject(
         raise ValueError(f"size_class must be one of {sorted(SIZE_RADII_MM)} for a patient, got {size_class!r}")
     if followup and grade is None:
         raise ValueError("followup=True needs a patient (grade is None).")
+    scanner = 0 if scanner is None else scanner  # a plan without the scanner split
     if scanner not in (0, 1):
-        raise ValueError(f"scanner must be 0 or 1, got {scanner!r}")
+        raise ValueError(f"scanner must be 0 or 1 (or None: 0), got {scanner!r}")
     # Every matrix product here is N x 3 by 3 x K: BLAS threads only add
     # overhead (2x slower on 2 cores) and the cohort runs a subject per core.
     with threadpool_limits(limits=1, user_api="blas"):

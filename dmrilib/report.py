@@ -14,7 +14,7 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Mapping
 
 import pandas as pd
 
@@ -40,6 +40,7 @@ __all__ = [
     "opening_limits",
     "differences_table",
     "style_differences",
+    "style_compact",
     "ablation_summary",
     "style_ablation",
     "SCORECARD_COLUMNS",
@@ -681,6 +682,35 @@ def style_differences(table: pd.DataFrame) -> "Styler":
     return (style_table(shown, wrap=["item", "paper", "authors' code"])
             .format(lambda v: v, subset=["item"], escape=None)
             .set_table_styles([{"selector": "", "props": "font-size: 0.85em;"}], overwrite=False))
+
+
+def style_compact(table: pd.DataFrame, *, columns: list[str], stacked: Mapping[str, str] | None = None,
+                  joined: Mapping[str, str] | None = None, wrap: list[str] | None = None) -> "Styler":
+    """A wide table made to fit the book's text column at ~1400 px.
+
+    Parameters
+    ----------
+    table : pandas.DataFrame
+    columns : list of str
+        The columns shown, in order (after stacking and joining).
+    stacked : mapping, optional
+        ``{shown: under}``: column ``under`` goes under ``shown`` in the same
+        cell, in code type (an identifier under its description).
+    joined : mapping, optional
+        ``{value: unit}``: ``unit`` is appended to ``value``.
+    wrap : list of str, optional
+        Prose columns that wrap.
+    """
+    shown = table.copy()
+    for column, under in (stacked or {}).items():
+        shown[column] = [f"{html.escape(str(a))}<br><code>{html.escape(str(b))}</code>"
+                         for a, b in zip(table[column], table[under])]
+    for column, unit in (joined or {}).items():
+        shown[column] = [f"{v} {u}".strip() for v, u in zip(table[column].astype(str), table[unit].fillna(""))]
+    stacked_cols = [c for c in (stacked or {}) if c in columns]
+    return (style_table(shown[columns], wrap=wrap or [])
+            .format(lambda v: v, subset=stacked_cols, escape=None)
+            .set_table_styles([{"selector": "", "props": "font-size: 0.8em;"}], overwrite=False))
 
 
 #: Column names of :func:`ablation_summary` per metric of ``ablation.csv``.

@@ -92,3 +92,15 @@ def test_bookkeeping_is_not_part_of_the_settings():
     b = dataclasses.replace(CohortConfig(), realism="L2")
     assert a == b and config_hash(a) == config_hash(b)
     assert "_resolution" not in repr(a)
+
+
+def test_group_active_follows_values_not_the_level():
+    from dmrilib.simulate.realism import group_active
+
+    assert not any(group_active(CohortConfig(), g) for g in GROUPS)
+    assert all(group_active(CohortConfig(realism="L4"), g) for g in GROUPS)
+    assert group_active(CohortConfig(cyst_rate=0.3), "tumour")  # a written field alone
+    assert not group_active(CohortConfig(realism="L3", **{e.field: e.off for e in EFFECTS if e.group == "tumour"}),
+                            "tumour")
+    with pytest.raises(ValueError, match="group"):
+        group_active(CohortConfig(), "scanners")

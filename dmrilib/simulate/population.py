@@ -117,9 +117,9 @@ _LOG_VENT_RANGE = (-0.916, 1.099)  # log 0.4, log 3
 
 def population_on(config: CohortConfig) -> bool:
     """Whether any population effect of ``config`` differs from its L0 (off) value."""
-    from dmrilib.simulate.realism import EFFECTS
+    from dmrilib.simulate.realism import group_active
 
-    return any(getattr(config, e.field) != e.off for e in EFFECTS if e.group == "population")
+    return group_active(config, "population")
 
 
 def _smoothstep(t: np.ndarray) -> np.ndarray:

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from typing import Any
 
 __all__ = ["GROUPS", "LEVELS", "Effect", "EFFECTS", "Band", "ACCEPTANCE", "parse_realism", "effect_defaults",
-           "effects_table"]
+           "group_active", "effects_table"]
 
 #: Effect groups in level order: level ``Lk`` switches on the first k groups.
 GROUPS = ("population", "acquisition", "tumour", "scanner")
@@ -193,6 +193,17 @@ def effect_defaults(realism: str) -> dict[str, Any]:
     """Field -> value for every effect under ``realism``."""
     groups = parse_realism(realism)
     return {e.field: (e.on if e.group in groups else e.off) for e in EFFECTS}
+
+
+def group_active(config, group: str) -> bool:
+    """Whether any effect of ``group`` in ``config`` differs from its off (L0) value.
+
+    A written field switches its effect on even when its group is off, so
+    this looks at the values, not at ``config.groups``.
+    """
+    if group not in GROUPS:
+        raise ValueError(f"unknown realism group {group!r}; groups: {list(GROUPS)}")
+    return any(getattr(config, e.field) != e.off for e in EFFECTS if e.group == group)
 
 
 def effects_table():

@@ -51,7 +51,7 @@ from dmrilib.simulate import _portable as pmath
 from dmrilib.simulate.anatomy import load_template, sample_template
 from dmrilib.simulate.config import CohortConfig
 from dmrilib.simulate.lesion import REALISM_CHANNELS, SIZE_RADII_MM, Blob, Tumour, TumourRealism, random_tumour
-from dmrilib.simulate.realism import EFFECTS
+from dmrilib.simulate.realism import EFFECTS, group_active
 from dmrilib.simulate.signal import D_FREE, small64d_scheme
 from dmrilib.simulate.variability import Deformation, smooth_field
 
@@ -91,7 +91,7 @@ _TUMOUR_FIELDS = tuple(e.field for e in EFFECTS if e.group == "tumour")
 
 def tumour_realism_on(config: CohortConfig) -> bool:
     """Whether any tumour effect of ``config`` differs from its L0 value."""
-    return any(getattr(config, e.field) != e.off for e in EFFECTS if e.group == "tumour")
+    return group_active(config, "tumour")
 
 
 def _log(x: np.ndarray) -> np.ndarray:

@@ -11,20 +11,28 @@ JOB_THREADS ?= $(CORES)
 VENV := .venv
 PY := $(VENV)/bin/python
 SNAKEMAKE_PROFILE ?= workflow/profiles/local
-RESULTS ?= results
-BOOK_OUT ?= book
+# BIDS=<root>: run the study on your own BIDS dataset instead of the simulated
+# cohort (dmrilib.study; `dmri info <root>` shows what it will use). Its
+# results and book go to results/bids-<dataset folder>/ unless RESULTS is set.
+BIDS ?=
+BIDS_NAME = $(notdir $(patsubst %/,%,$(BIDS)))
+RESULTS ?= $(if $(BIDS),results/bids-$(BIDS_NAME),results)
+BOOK_OUT ?= $(if $(BIDS),$(RESULTS)/book,book)
+BOOK_TOC = $(if $(BIDS),--toc $(abspath book/_toc_bids.yml),)
 export PYTHONHASHSEED := 0
 # Workflow jobs call papermill, snakemake etc. from the project environment.
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
 SNAKEMAKE = $(VENV)/bin/snakemake --snakefile workflow/Snakefile --profile $(SNAKEMAKE_PROFILE) \
-    --config profile=$(PROFILE_ARG) results=$(abspath $(RESULTS)) job_threads=$(JOB_THREADS)
+    --config profile=$(PROFILE_ARG) results=$(abspath $(RESULTS)) job_threads=$(JOB_THREADS) \
+    $(if $(BIDS),bids=$(abspath $(BIDS)))
 
 .PHONY: setup book results book-only ablation unlock test test-fast clean-book help
 .PHONY: sweep
 
 help:
 	@echo "make book [PROFILE=quick|smoke|gpu|paper]  run the pipeline and build the book"
+	@echo "make book BIDS=<root> [PROFILE=bids|quick]  the same on your own BIDS dataset (dmri info <root> first)"
 	@echo "make test                                  run the test suite"
 	@echo "make book-only PROFILE=...                 rebuild the book from existing results"
 	@echo "make ablation [PROFILE=quick] [ROWS='1 8'] flip each paper-vs-code difference, measure, rebuild the book"
@@ -50,7 +58,7 @@ book: results
 # would keep the numbers of the results it was first built from.
 book-only: setup
 	DMRI_PROFILE=$(PROFILE_ARG) DMRI_RESULTS=$(abspath $(RESULTS)) $(VENV)/bin/jupyter-book build book --all \
-	    --path-output $(abspath $(BOOK_OUT)) --quiet
+	    --path-output $(abspath $(BOOK_OUT)) --quiet $(BOOK_TOC)
 	@echo "Book ($(PROFILE) profile): file://$(abspath $(BOOK_OUT))/_build/html/index.html"
 
 # Not part of `make book`: each measured row of dmrilib.fidelity flipped on the

@@ -14,6 +14,7 @@ train        :class:`dmrilib.crossval.TrainConfig`  optimisation, folds
 evaluate     :class:`dmrilib.metrics.EvalConfig`    thresholds, bootstrap
 groundtruth  :class:`dmrilib.groundtruth.SegConfig` segmentation U-Net
 registration :class:`dmrilib.groundtruth.RegConfig` T1w -> DWI registration
+bids         :class:`dmrilib.study.BidsConfig`      a run on your BIDS dataset (``BIDS=``)
 ============ ====================================== =======================
 
 plus ``variants`` (the model configurations to run, per model) and ``folds``
@@ -73,7 +74,11 @@ SECTION_CLASSES = {
     "evaluate": "dmrilib.metrics:EvalConfig",
     "groundtruth": "dmrilib.groundtruth.config:SegConfig",
     "registration": "dmrilib.groundtruth.config:RegConfig",
+    "bids": "dmrilib.study:BidsConfig",
 }
+#: Optional sections that enter ``Profile.sections`` (and the profile hash)
+#: only when written: a profile without them keeps its hash.
+_WRITTEN_ONLY = ("bids",)
 
 #: Workflow stage -> the sections its results depend on (``segmentation``:
 #: the ground-truth U-Net, trained on subjects simulated with the cohort settings).
@@ -519,6 +524,8 @@ class Profile:
             )
         sections = {}
         for section in SECTION_CLASSES:
+            if section in _WRITTEN_ONLY and section not in data:
+                continue
             # `model:` with nothing under it is YAML null: the defaults, like `model: {}`
             values = data.get(section)
             values = {} if values is None else values
@@ -580,6 +587,10 @@ class Profile:
     @cached_property
     def registration(self):
         return self._build("registration")
+
+    @cached_property
+    def bids(self):
+        return self._build("bids")
 
     def runs(self) -> list[tuple[str, str, int]]:
         """Every (model, variant, fold) training job of this profile."""

@@ -7,7 +7,9 @@ exactly one of these and plot; the logic lives here so it is tested.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -87,21 +89,25 @@ def run_cohort(profile: Profile, results: str | Path = "results", *, bids_root: 
         # empty one is not a previous result.
         if folder.is_dir() and not any(folder.iterdir()):
             folder.rmdir()
+    prepare = profile.prepare
     if bids_root is None:
         from dmrilib.simulate import simulate_cohort
+        from dmrilib.study import is_bids_study
 
         _forget_external(cohort_dir)
+        if is_bids_study(cohort_dir):
+            # a BIDS dataset staged here by an earlier run: symbolic links and derived masks only
+            shutil.rmtree(cohort_dir)
         simulate_cohort(profile.cohort, cohort_dir, progress=progress, n_jobs=n_jobs, replace=True)
         source = cohort_dir
     else:
-        source = Path(bids_root)
-        if not source.is_dir():
-            raise FileNotFoundError(f"{source}: BIDS dataset folder not found.")
-        write_json_atomic(cohort_dir / "dataset_description.json", {
-            "Name": f"external dataset {source.name}", "BIDSVersion": "1.9.0",
-            "DatasetType": "raw", "SourceDatasets": [{"URL": str(source.resolve())}],
-        })
-    prepared_dir = prepare_cohort(source, profile.prepare, root / "prepared", progress=progress, n_jobs=n_jobs)
+        from dmrilib.study import STAGED_PIPELINE, plan_bids, stage_bids
+
+        # Every check first (dmri info prints the same plan): nothing is written for a bad dataset.
+        plan = plan_bids(bids_root, profile)
+        source = stage_bids(plan, profile, cohort_dir, progress=progress)
+        prepare = dataclasses.replace(prepare, pipeline=STAGED_PIPELINE)
+    prepared_dir = prepare_cohort(source, prepare, root / "prepared", progress=progress, n_jobs=n_jobs)
     return cohort_dir, Path(prepared_dir)
 
 
@@ -275,15 +281,22 @@ def _evaluate_maps(profile: Profile, prepared, *, model: str, variant: str, fold
     healthy = metrics.healthy_fpr_thresholds(maps_val, val_masks, cfg.healthy_fprs)
     key = {"model": model, "variant": variant, "fold": int(fold)}
     common = dict(key=key, threshold_model=threshold_model, healthy=healthy)
-    dice, det = _score_maps(profile, prepared, maps_test, test_ids, **common)
+    # Patients of a BIDS dataset without a lesion mask (bids.missing_lesion: maps_only) have maps, not scores.
+    scored = scored_patients(prepared, test_ids)
+    keep = [test_ids.index(s) for s in scored]
+    maps_test, test_ids = maps_test[keep], scored
+    if scored:
+        dice, det = _score_maps(profile, prepared, maps_test, test_ids, **common)
+    else:
+        dice, det = pd.DataFrame(columns=["rule", "dice_post"]), pd.DataFrame(columns=["auroc"])
     _write_csv(out_dir / "eval-dice.csv", dice)
     _write_csv(out_dir / "eval-auroc.csv", det)
     summary = {
         **key,
         "n_test": len(test_ids),
-        "auroc_mean": float(det["auroc"].mean()),
+        "auroc_mean": float(det["auroc"].mean()) if scored else None,
         "healthy_fpr_thresholds": healthy,
-        "dice_post_mean_by_rule": dice.groupby("rule")["dice_post"].mean().round(4).to_dict(),
+        "dice_post_mean_by_rule": dice.groupby("rule")["dice_post"].mean().round(4).to_dict() if scored else {},
         "evaluation": {k: getattr(cfg, k) for k in ("fidelity", "threshold_region", "pool_size", "pool_stride")},
         "config_hash": config_hash(profile.evaluate, profile.prepare),
         "seed": profile.seed,
@@ -291,7 +304,7 @@ def _evaluate_maps(profile: Profile, prepared, *, model: str, variant: str, fold
         **extra,
     }
     groundtruth = _groundtruth_record(profile, results)
-    if groundtruth is not None:
+    if groundtruth is not None and scored:
         pipeline_masks = _pipeline_masks(profile, results, groundtruth, test_ids)
         dice_p, det_p = _score_maps(profile, prepared, maps_test, test_ids, lesions=pipeline_masks, **common)
         _write_csv(out_dir / "eval-dice-pipeline.csv", dice_p)
@@ -303,6 +316,16 @@ def _evaluate_maps(profile: Profile, prepared, *, model: str, variant: str, fold
         }
     write_json_atomic(out_dir / "eval.json", summary)
     return summary
+
+
+def scored_patients(prepared, patients: list[str]) -> list[str]:
+    """The patients that have a lesion mask, in the given order (all of them in a simulated cohort).
+
+    A patient of a BIDS dataset without one (``bids.missing_lesion:
+    maps_only``, or no masks at all) gets anomaly maps but no scores.
+    """
+    present = prepared.meta.get("labels_present", {})
+    return [s for s in patients if "lesion" in present.get(s, ("lesion",))]
 
 
 def _checkpoint_id(ckpt: Path) -> dict[str, Any]:
@@ -484,8 +507,13 @@ def run_groundtruth(profile: Profile, results: str | Path = "results", *, bids_r
     from dmrilib.groundtruth import (inputs_from_bids, run_groundtruth_cohort, simulate_training_set,
                                      train_segmentation)
 
+    from dmrilib.study import read_study
+
     root = results_root(profile, results)
     out = _groundtruth_dir(profile, results)
+    study = read_study(root / "cohort")
+    if study is not None:
+        return _groundtruth_of_study(profile, out, study)
     seg_cfg, reg_cfg = profile.groundtruth, profile.registration
     workers = max(int(threads), 1)
     _set_threads(threads)
@@ -516,6 +544,30 @@ def run_groundtruth(profile: Profile, results: str | Path = "results", *, bids_r
         "seconds": {"simulate_training_set": round(t_sim, 1), "train_segmentation": round(t_train, 1),
                     "segment_and_register": round(t_cohort, 1)},
         "summary": table.drop(columns=["subject"]).mean(numeric_only=True).round(4).to_dict(),
+        "provenance": provenance(),
+    })
+    return table
+
+
+def _groundtruth_of_study(profile: Profile, out: Path, study: dict[str, Any]) -> pd.DataFrame:
+    """On a BIDS dataset there is no exact truth to score a mask pipeline against.
+
+    The lesion masks are the dataset's own (or, where it has none, the
+    U-Net's, carried over when the cohort was staged: ``study.json`` says
+    which). The record lists where each patient's mask came from and holds no
+    pipeline masks, so evaluation scores against those masks only.
+    """
+    for stale in ("lesion-pipeline.npy", "lesion-pipeline.npy.sha256"):  # of an earlier simulated run here
+        (out / stale).unlink(missing_ok=True)
+    table = pd.DataFrame([{k: r.get(k) for k in ("subject", "lesion_source", "lesion_file", "lesion_voxels")}
+                          for r in study["subjects"] if r["group"] == "patient"])
+    _write_csv(out / "subjects.csv", table)
+    write_json_atomic(out / "groundtruth.json", {
+        "mode": "bids",
+        "subjects": table["subject"].tolist(),
+        "lesion_sources": dict(zip(table["subject"], table["lesion_source"])),
+        "config_hash": config_hash(profile.bids, profile.registration),
+        "seed": profile.seed,
         "provenance": provenance(),
     })
     return table
@@ -758,3 +810,16 @@ def run_figures(profile: Profile, results: str | Path = "results") -> pd.DataFra
         "profile": profile.name, "profile_hash": profile.hash(), "figures": records, "provenance": provenance(),
     })
     return pd.DataFrame(records)
+
+
+# --------------------------------------------------------------------------- export
+
+def run_export(profile: Profile, results: str | Path = "results") -> pd.DataFrame:
+    """Every patient's anomaly maps on its own DWI grid (a BIDS derivative) and an overlay figure each.
+
+    See :func:`dmrilib.export.export_anomaly_maps`; the workflow runs it on a
+    BIDS dataset (``make book BIDS=<root>``).
+    """
+    from dmrilib.export import export_anomaly_maps
+
+    return export_anomaly_maps(profile, results)

@@ -43,6 +43,8 @@ __all__ = [
     "style_compact",
     "ablation_summary",
     "style_ablation",
+    "study_subjects",
+    "study_scores",
     "SCORECARD_COLUMNS",
     "VERDICTS",
     "MODEL_NAMES",
@@ -92,6 +94,13 @@ class BookContext:
     def json(self, relpath: str) -> dict:
         return json.loads((self.root / relpath).read_text())
 
+    @property
+    def study(self) -> dict | None:
+        """``cohort/study.json`` when the build ran on the user's BIDS dataset, else None (simulated)."""
+        from dmrilib.study import read_study
+
+        return read_study(self.root / "cohort")
+
     def figure_path(self, name: str) -> Path:
         path = self.figures_dir / f"{name}.png"
         if not path.is_file():
@@ -127,10 +136,25 @@ def book_context(profile: str | None = None, results: str | Path | None = None) 
 
 
 def banner(ctx: BookContext) -> str:
-    """MyST admonition stating that the data are simulated and which profile made the numbers."""
+    """MyST admonition saying whose data these are (simulated, or the user's dataset) and which profile ran."""
     p = ctx.profile
     protocol = ("the paper's full protocol" if p.name == "paper"
                 else f"a reduced profile, **not** the paper's protocol ({p.description.strip()})")
+    study = ctx.study
+    if study is not None:
+        patients = [s for s in study["subjects"] if s["group"] == "patient"]
+        scored = "" if study["scored"] else (
+            "\n\n**Nothing is scored:** no patient has a lesion mask, so this build shows anomaly maps only "
+            "(no AUROC, no Dice).")
+        return (
+            ":::{important}\n"
+            f"**Your data: {study['dataset']['name']}.** Every number and image on this page comes from this "
+            f"BIDS dataset ({len(study['subjects']) - len(patients)} controls, {len(patients)} patients, read from "
+            f"`{study['dataset']['root']}`), not from simulated subjects and not from the paper's patients."
+            f"{scored}\n\n"
+            f"Profile **`{p.name}`** (hash `{p.hash()}`, seed {p.seed}).\n"
+            ":::\n"
+        )
     return (
         ":::{important}\n"
         "**Simulated data.** Every number and image on this page comes from a *simulated* cohort "
@@ -781,3 +805,46 @@ def style_ablation(summary: pd.DataFrame, metrics: Iterable[str] | None = None) 
             .format(lambda v: v, subset=["difference", "network"], escape=None)
             .format(cell, subset=metrics, escape=None)
             .set_table_styles([{"selector": "", "props": "font-size: 0.8em;"}], overwrite=False))
+
+
+def study_subjects(ctx: BookContext, *, files: bool = False) -> pd.DataFrame:
+    """One row per subject of a BIDS build: what the run used (``cohort/study.json``).
+
+    ``files=True`` gives the files instead: the DWI series, the lesion mask
+    and the brain mask of each subject, relative to the dataset root.
+    """
+    study = ctx.study
+    if study is None:
+        raise ValueError(f"{ctx.root / 'cohort'}: not a BIDS build (no study.json).")
+    rows = []
+    for s in study["subjects"]:
+        if files:
+            rows.append({"subject": s["subject"], "DWI series": Path(s["dwi"]).name,
+                         "lesion mask file": Path(s["lesion_file"]).name if s.get("lesion_file") else "",
+                         "brain mask": s.get("brain_source", "")})
+            continue
+        group = s["group"] + ("" if s["group_source"].lower() == s["group"] else f" ({s['group_source']})")
+        rows.append({
+            "subject": s["subject"], "group": group, "session": s["session"] or "",
+            "shells (b x volumes)": ", ".join(f"{b}x{n}" for b, n in s["shells"].items()),
+            "directions used": s["n_directions"],
+            "grid": "x".join(map(str, s["shape"])) + " @ " + "x".join(f"{v:g}" for v in s["voxel_size"]) + " mm",
+            "lesion mask": s.get("lesion_source") or "", "lesion voxels": s.get("lesion_voxels"),
+        })
+    return pd.DataFrame(rows)
+
+
+def study_scores(ctx: BookContext) -> pd.DataFrame:
+    """Per-patient AUROC of the best DAE, the best RecDiscNet and the baseline (mean over folds)."""
+    det = ctx.table("auroc_all")
+    if det.empty:
+        return pd.DataFrame()
+    best = {}
+    for model, table in (("dae", "table1"), ("recdisc", "table2")):
+        t = ctx.table(table)
+        if len(t):
+            best[model] = t.sort_values("auroc_mean").iloc[-1]["variant"]
+    keep = det[[(m == "baseline") or (best.get(m) == v) for m, v in zip(det["model"], det["variant"])]]
+    wide = keep.groupby(["subject", "model"])["auroc"].mean().unstack("model")
+    wide = wide.rename(columns={m: f"{MODEL_NAMES[m]}" + (f" ({best[m]})" if m in best else "") for m in wide.columns})
+    return wide.reset_index()

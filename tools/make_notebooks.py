@@ -13,7 +13,7 @@ KERNELSPEC = {"name": "python3", "display_name": "Python 3", "language": "python
 SETUP = "from dmrilib import pipeline\nfrom dmrilib.config import load_profile\n\np = load_profile(profile)"
 #: Notebooks that draw: only these pay for importing matplotlib (about a
 #: second per job, 24 evaluate jobs in the quick book).
-PLOTTING = {"train", "figures"}
+PLOTTING = {"train", "figures", "export"}
 
 NOTEBOOKS = {
     "cohort": (
@@ -68,6 +68,13 @@ NOTEBOOKS = {
         'profile = "quick"\nresults = "results"',
         [
             "followup = pipeline.run_followup(p, results)\nfollowup",
+        ],
+    ),
+    "export": (
+        "Every patient's anomaly maps on its own DWI grid as a BIDS derivative, and an overlay figure per patient.",
+        'profile = "quick"\nresults = "results"',
+        [
+            "exported = pipeline.run_export(p, results)\nexported",
         ],
     ),
     "figures": (

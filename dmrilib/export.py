@@ -1,0 +1,352 @@
+"""Anomaly maps a clinician can open: :func:`export_anomaly_maps`.
+
+Every patient's anomaly map of every trained configuration (and of the
+normative baseline), averaged over the profile's folds and put back on the
+patient's own DWI grid with its affine, written as a BIDS derivative dataset
+that any NIfTI viewer opens over the patient's scan::
+
+    <R>/derivatives/anomaly/dataset_description.json
+    <R>/derivatives/anomaly/sub-<label>/[ses-<s>/]dwi/
+        sub-<label>[_ses-<s>]_space-dwi_desc-<desc>_anomaly.nii.gz   float32, the DWI's grid and affine
+        sub-<label>[_ses-<s>]_space-dwi_desc-<desc>_anomaly.json     what the values mean, thresholds, provenance
+    <R>/figures/overlays/<subject>.png     best DAE, best RecDiscNet and baseline over the mean b0
+    <R>/figures/export.csv, export.json    the files written, with a record of what made them
+
+``<desc>`` is the model and variant with everything but letters and digits
+removed (BIDS allows nothing else): ``daelsd512sigmoid``,
+``recdiscmixmixhalf``, ``baseline``. Voxels of the DWI grid outside the
+network-grid window hold 0.
+"""
+from __future__ import annotations
+
+import gzip
+import json
+import re
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from dmrilib._atomic import atomic_path, write_json_atomic
+from dmrilib.config import Profile, config_hash, provenance
+from dmrilib.integrity import load_npy
+
+__all__ = ["export_anomaly_maps"]
+
+#: What the values of every exported map mean (written into each sidecar).
+MEANING = "anomaly score, higher = more anomalous; not calibrated across models"
+_MODEL_NAMES = {"dae": "DAE", "recdisc": "RecDiscNet", "baseline": "baseline"}
+_BASELINE = ("baseline", "normative")
+_DERIVATIVE = Path("derivatives") / "anomaly"
+
+
+def _desc(model: str, variant: str) -> str:
+    """BIDS ``desc-`` label of a configuration: letters and digits only."""
+    if (model, variant) == _BASELINE:
+        return "baseline"
+    return re.sub(r"[^A-Za-z0-9]", "", model + variant)
+
+
+def _sessions(root: Path, prepared) -> dict[str, str | None]:
+    """Subject -> ``ses-<label>`` or None: from ``cohort/study.json`` (BIDS mode), else the prepared cohort."""
+    study_path = root / "cohort" / "study.json"
+    if study_path.is_file():
+        study = json.loads(study_path.read_text())
+        found = {s["subject"]: s.get("session") for s in study.get("subjects", [])}
+    else:
+        found = dict(zip(prepared.subjects, prepared.meta.get("sessions") or [None] * len(prepared.subjects)))
+    out = {}
+    for subject in prepared.subjects:
+        session = found.get(subject)
+        out[subject] = None if not session else session if str(session).startswith("ses-") else f"ses-{session}"
+    return out
+
+
+def _sources(root: Path, prepared) -> tuple[str | None, dict[str, str]]:
+    """The source dataset's root and each subject's DWI relative to it.
+
+    BIDS mode: the user's dataset (``cohort/study.json``), not the staged
+    view of it the cohort was prepared from; otherwise the prepared cohort's.
+    """
+    study_path = root / "cohort" / "study.json"
+    if study_path.is_file():
+        study = json.loads(study_path.read_text())
+        return ((study.get("dataset") or {}).get("root"),
+                {s["subject"]: s["dwi"] for s in study.get("subjects", []) if s.get("dwi")})
+    return prepared.meta.get("bids_root"), dict(prepared.meta.get("sources") or {})
+
+
+def _job(model: str, variant: str, fold: int) -> str:
+    """The job that writes a fold's maps, for error messages."""
+    if (model, variant) == _BASELINE:
+        return f"the baseline job of fold {fold} (make book, or snakemake's baseline rule)"
+    return f"the train and evaluate jobs of {model}/{variant} fold {fold} (make book, or snakemake's rules)"
+
+
+def _fold_mean(root: Path, profile: Profile, model: str, variant: str, patients: list[str],
+               grid: tuple[int, ...]) -> tuple[np.ndarray, dict[str, Any]]:
+    """Mean over the profile's folds of a configuration's patient maps (float32), and each fold's thresholds."""
+    total = np.zeros((len(patients), *grid), dtype=np.float32)
+    thresholds: dict[str, Any] = {}
+    for fold in profile.folds:
+        folder = root / "runs" / model / variant / f"fold-{int(fold)}"
+        path = folder / "maps-test.npy"
+        job = _job(model, variant, fold)
+        record = folder / "maps.json"
+        if record.is_file():
+            test_ids = json.loads(record.read_text()).get("test_ids")
+            if test_ids is not None and list(test_ids) != patients:
+                raise ValueError(f"{record}: test_ids ({len(test_ids)} subjects) are not the prepared cohort's "
+                                 f"patients in order ({len(patients)}): the maps were made from another "
+                                 f"cohort. Delete {folder / 'maps*'} and run {job}.")
+        maps = load_npy(path, what_to_do=f"Run {job}.")
+        if maps.shape != (len(patients), *grid):
+            raise ValueError(f"{path}: shape {maps.shape}, expected {(len(patients), *grid)} (the prepared "
+                             f"cohort's patients on its network grid). Delete it and run {job}.")
+        total += maps.astype(np.float32)
+        eval_path = folder / "eval.json"
+        if eval_path.is_file():
+            held = json.loads(eval_path.read_text()).get("healthy_fpr_thresholds")
+            if held is not None:
+                thresholds[f"fold-{int(fold)}"] = held
+    return total / np.float32(len(profile.folds)), thresholds
+
+
+def _nifti_bytes(image) -> bytes:
+    """The image as .nii.gz bytes without a time stamp, so a re-run writes identical files."""
+    import nibabel as nib
+
+    image = nib.Nifti1Image(np.asarray(image.dataobj, dtype=np.float32), image.affine)
+    image.set_data_dtype(np.float32)
+    # scanner-anatomical code for both transforms: viewers place the map on the DWI it came from
+    image.set_sform(image.affine, code=1)
+    image.set_qform(image.affine, code=1)
+    image.header.set_xyzt_units("mm", "sec")
+    image.header["descrip"] = b"dmrilib anomaly map"
+    return gzip.compress(image.to_bytes(), compresslevel=6, mtime=0)
+
+
+def _write_bytes(path: Path, data: bytes) -> None:
+    if path.is_file() and path.read_bytes() == data:
+        return  # unchanged: leave the file (and its time stamp) alone
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    _write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n").encode())
+
+
+def _overlay_rows(profile: Profile, results: str | Path) -> list[tuple[str, str]]:
+    """(model, variant) of the overlay rows: the best DAE and RecDiscNet variants, then the baseline."""
+    from dmrilib.pipeline import best_variant, results_root
+
+    tables = results_root(profile, results) / "tables"
+    rows = []
+    for model in ("dae", "recdisc"):
+        variants = list(profile.variants.get(model, ()))
+        if not variants:
+            continue
+        chosen = variants[0]
+        # best_variant reads auroc_all.csv, written with table1/table2 by the aggregate job
+        if (tables / "auroc_all.csv").is_file():
+            try:
+                best = best_variant(profile, model, results)
+            except (KeyError, ValueError):  # no rows of this model yet
+                best = chosen
+            chosen = best if best in variants else chosen
+        rows.append((model, chosen))
+    return [*rows, _BASELINE]
+
+
+def _background(prepared, j: int, subject: str) -> tuple[np.ndarray, np.ndarray, bool]:
+    """Mean b0 of the patient's DWI on its grid, or (when unreadable) the FA on the network grid.
+
+    Returns the image, its affine and whether it lies on the DWI grid.
+    """
+    from dmrilib.io import DwiInputError, load_dwi
+
+    crop, affine = prepared.crops[j], np.asarray(prepared.affines[j], dtype=float)
+    reason = None
+    try:
+        source = Path(prepared.meta["bids_root"]) / prepared.meta["sources"][subject]
+        threshold = float((prepared.meta.get("config") or {}).get("b0_threshold", 50.0))
+        dwi = load_dwi(source, b0_threshold=threshold, target_bvalue=None, clip_negative=True)
+        if dwi.spatial_shape != tuple(prepared.input_shapes[j]) or not np.allclose(dwi.affine, affine, atol=1e-4):
+            reason = f"{source.name} is no longer on the grid the cohort was prepared from"
+        elif not dwi.is_b0.any():
+            reason = f"{source.name} has no b0 volume"
+        else:
+            return dwi.data[..., dwi.is_b0].mean(axis=-1), affine, True
+    except (KeyError, OSError, DwiInputError) as exc:
+        reason = str(exc)
+    warnings.warn(f"overlay of {subject}: the DWI could not be read ({reason}); drawing over the FA on the "
+                  "network grid instead.", stacklevel=3)
+    return np.asarray(prepared.fa[j], dtype=np.float32), crop.grid_affine(affine), False
+
+
+def _label(model: str, variant: str) -> str:
+    return "normative baseline" if (model, variant) == _BASELINE else f"{_MODEL_NAMES[model]} {variant}"
+
+
+def export_anomaly_maps(profile: Profile, results: str | Path = "results", *, progress: bool = True) -> pd.DataFrame:
+    """Write every patient's anomaly maps on their DWI grid as a BIDS derivative, and an overlay per patient.
+
+    For each (model, variant) of the profile and the normative baseline, the
+    patients' test maps of the profile's folds (``runs/<model>/<variant>/
+    fold-<k>/maps-test.npy``, sha256-checked) are averaged and put back on
+    each patient's DWI grid (:func:`dmrilib.dataset.to_input_grid`), then
+    written under ``<R>/derivatives/anomaly/`` with a JSON sidecar (see the
+    module docstring). One overlay figure per patient shows the best DAE and
+    RecDiscNet variants (:func:`dmrilib.pipeline.best_variant` once the
+    aggregate job has run, else the profile's first variant of each) and the
+    baseline over the patient's mean b0. Re-running with the same inputs
+    leaves every file as it is; files of an earlier export that this one no
+    longer produces are removed.
+
+    Parameters
+    ----------
+    profile : Profile
+    results : path-like
+        Results folder; the profile's outputs are under ``<results>/<profile name>`` (R).
+    progress : bool
+        Show a progress bar.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per patient and configuration: ``subject``, ``model``,
+        ``variant``, ``desc``, ``path`` (relative to R), ``lesion_voxels``
+        (network grid), ``max_score``. Also written to
+        ``<R>/figures/export.csv``, with ``<R>/figures/export.json`` (files,
+        config hashes, provenance, seconds).
+
+    Raises
+    ------
+    FileNotFoundError
+        If the prepared cohort or a fold's ``maps-test.npy`` is missing (the
+        message names the file and the job to run).
+    dmrilib.integrity.IntegrityError
+        If a map does not match its sha256 or holds NaN/inf.
+    ValueError
+        If a map's ``maps.json`` lists other patients, or its shape is not
+        the patients on the network grid.
+    """
+    from tqdm.auto import tqdm
+
+    import dmrilib
+    from dmrilib.dataset import load_prepared, to_input_grid
+    from dmrilib.pipeline import results_root
+    from dmrilib.plotting.overlay import patient_overlay
+
+    t0 = time.perf_counter()
+    root = results_root(profile, results)
+    prepared = load_prepared(root / "prepared")
+    patients = prepared.patient_ids()
+    positions = dict(zip(patients, prepared.index(patients))) if patients else {}
+    sessions = _sessions(root, prepared)
+    out_root = root / _DERIVATIVE
+    record_path = root / "figures" / "export.json"
+    previous = json.loads(record_path.read_text()).get("files", []) if record_path.is_file() else []
+    prov = provenance()
+
+    configurations = [(m, v) for m in ("dae", "recdisc") for v in profile.variants.get(m, ())] + [_BASELINE]
+    descs = [_desc(m, v) for m, v in configurations]
+    if len(set(descs)) != len(descs):  # cannot happen with the variant grammar; guards the file names
+        raise ValueError(f"two configurations of profile {profile.name!r} give the same BIDS desc label: {descs}.")
+    description = {
+        "Name": f"dmrilib anomaly maps ({profile.name})",
+        "BIDSVersion": "1.9.0",
+        "DatasetType": "derivative",
+        "GeneratedBy": [{"Name": "dmrilib", "Version": dmrilib.__version__,
+                         "Description": "diffusion MRI anomaly detection (DAE, RecDiscNet, normative DTI z-score)"}],
+    }
+    source, dwi_files = _sources(root, prepared)
+    if source:
+        uri = Path(source).resolve().as_uri()
+        description["SourceDatasets"] = [{"URL": uri}]
+        description["DatasetLinks"] = {"raw": uri}  # resolves the sidecars' bids:raw:... Sources
+    _write_json(out_root / "dataset_description.json", description)
+
+    overlay_rows = _overlay_rows(profile, results)
+    kept: dict[tuple[str, str], np.ndarray] = {}
+    rows, files = [], [str(_DERIVATIVE / "dataset_description.json")]
+    bar = tqdm(total=len(configurations) * len(patients), desc="export maps", unit="map", disable=not progress)
+    for (model, variant), desc in zip(configurations, descs):
+        mean, thresholds = _fold_mean(root, profile, model, variant, patients, prepared.grid)
+        if (model, variant) in overlay_rows:
+            kept[(model, variant)] = mean
+        is_baseline = (model, variant) == _BASELINE
+        sidecar_common = {
+            "Description": f"{_label(model, variant)} anomaly map, mean over folds {list(profile.folds)}, "
+                           "on the patient's DWI grid and affine (0 outside the network-grid window).",
+            "Values": MEANING,
+            "Model": model,
+            "Variant": variant,
+            "Folds": [int(k) for k in profile.folds],
+            "FoldsAveraged": len(profile.folds),
+            # thresholds of each fold's own map; the map written here is their mean
+            "HealthyFprThresholds": thresholds,
+            "ConfigHash": profile.hash() if is_baseline else config_hash(profile.model, profile.train),
+            "ProfileHash": profile.hash(),
+            "Profile": profile.name,
+            "NetworkGrid": [int(g) for g in prepared.grid],
+            "Provenance": prov,
+        }
+        for i, subject in enumerate(patients):
+            j = int(positions[subject])
+            session = sessions.get(subject)
+            folder = out_root / subject / (session or "") / "dwi"
+            stem = f"{subject}_{session}" if session else subject
+            name = f"{stem}_space-dwi_desc-{desc}_anomaly"
+            image = to_input_grid(prepared, subject, mean[i])
+            _write_bytes(folder / f"{name}.nii.gz", _nifti_bytes(image))
+            dwi = dwi_files.get(subject) if source else None
+            _write_json(folder / f"{name}.json", {**({"Sources": [f"bids:raw:{dwi}"]} if dwi else {}),
+                                                  **sidecar_common})
+            rel = (folder / f"{name}.nii.gz").relative_to(root)
+            files += [str(rel), str(rel.with_name(f"{name}.json"))]
+            rows.append({"subject": subject, "model": model, "variant": variant, "desc": desc, "path": str(rel),
+                         "lesion_voxels": int(np.count_nonzero(prepared.lesion[j])),
+                         "max_score": float(mean[i].max())})
+            bar.update()
+    bar.close()
+
+    for i, subject in enumerate(tqdm(patients, desc="overlays", unit="patient", disable=not progress)):
+        j = int(positions[subject])
+        crop = prepared.crops[j]
+        background, affine, on_dwi = _background(prepared, j, subject)
+        place = crop.to_input if on_dwi else np.asarray
+        lesion = np.asarray(prepared.lesion[j], bool)
+        maps = {_label(m, v): place(kept[(m, v)][i]) for m, v in overlay_rows}
+        fig = patient_overlay(background, maps, place(lesion) if lesion.any() else None, affine=affine,
+                              brain_mask=place(np.asarray(prepared.brain_mask[j], bool)),
+                              title=f"{subject}{' ' + sessions[subject] if sessions.get(subject) else ''}: "
+                                    f"anomaly maps ({profile.name}, mean over {len(profile.folds)} fold(s))")
+        path = root / "figures" / "overlays" / f"{subject}.png"
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=100, format="png", bbox_inches="tight")
+        files.append(str(path.relative_to(root)))
+
+    # files an earlier export wrote that this one does not (a variant dropped from the profile)
+    for rel in sorted(set(previous) - set(files)):
+        stale = root / rel
+        if stale.is_file() and (rel.startswith(str(_DERIVATIVE)) or rel.startswith("figures/overlays/")):
+            stale.unlink()
+
+    table = pd.DataFrame(rows, columns=["subject", "model", "variant", "desc", "path", "lesion_voxels", "max_score"])
+    with atomic_path(root / "figures" / "export.csv") as tmp:
+        table.to_csv(tmp, index=False)
+    write_json_atomic(record_path, {
+        "profile": profile.name,
+        "profile_hash": profile.hash(),
+        "config_hash": {"train": config_hash(profile.model, profile.train), "profile": profile.hash()},
+        "overlay_rows": [{"model": m, "variant": v} for m, v in overlay_rows],
+        "files": files,
+        "seconds": round(time.perf_counter() - t0, 2),
+        "provenance": prov,
+    })
+    return table

@@ -1,0 +1,680 @@
+"""A study on the user's own BIDS dataset: what a run will use, checked before any work, and staged.
+
+``make book BIDS=<root>`` runs the whole pipeline on a clinical BIDS dataset
+instead of the simulated cohort. This module owns that input:
+
+1. :func:`plan_bids` reads the dataset as the run will (subjects, the
+   session, the DWI series, groups from ``participants.tsv``, the shell, and
+   where each patient's lesion mask comes from) and raises a
+   :class:`~dmrilib.io.DwiInputError` naming the file and the fix for
+   anything unusable, before any work starts. ``dmri info <root>`` prints the
+   plan (:meth:`StudyPlan.text`).
+2. :func:`stage_bids` writes ``results/<...>/<profile>/cohort/``: a BIDS view
+   of exactly what the run uses (symbolic links to the chosen DWI files, a
+   ``participants.tsv`` whose ``group`` is ``healthy``/``patient``) and, under
+   ``derivatives/dmrilib/``, every mask on each subject's DWI grid, plus
+   ``study.json`` (the plan and where each mask came from). The rest of the
+   pipeline reads this folder exactly as it reads a simulated cohort.
+
+Masks on the DWI grid, when the dataset has none:
+
+- **brain**: a DWI-space ``desc-brain_mask`` from any derivatives folder, else
+  dipy's ``median_otsu`` on the mean b0.
+- **evaluation region (WM+GM)**: the brain mask without free water, i.e.
+  without voxels whose DTI mean diffusivity exceeds
+  ``bids.csf_md_threshold`` (default 2.0e-3 mm^2/s: CSF is ~3e-3, white and
+  grey matter 0.7-0.9e-3, oedema up to ~1.7e-3), with the lesion added back
+  (the paper scores lesion voxels wherever they lie).
+- **lesion**, in order (``bids.lesion_masks: auto``): a DWI-space mask
+  (``space-dwi`` or no ``space-``, ``desc-lesion|tumor|tumour``, ``_mask``)
+  from any ``derivatives/<name>/``; else a T1w-space mask
+  (``space-T1w``, same descs) carried to the DWI by the package's ANTs
+  registration (:func:`dmrilib.groundtruth.register_structural_to_dwi`, the
+  subject's T1w against the mean b0); else, when the subject has T1w and
+  FLAIR, the ground-truth U-Net's segmentation (trained on simulated
+  subjects) carried over likewise; else none. Patients without a mask are an
+  error (``bids.missing_lesion: error``) unless ``missing_lesion: maps_only``;
+  when no patient has one, the run writes anomaly maps only and every page
+  says that nothing is scored.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import shutil
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Mapping, Sequence
+
+import numpy as np
+
+from dmrilib._atomic import atomic_dir, remove_stale_temp, write_json_atomic, write_text_atomic
+from dmrilib.io import (BidsDwi, DwiInputError, find_bids_dwi, inspect_dwi, read_participants, select_shell,
+                        shells)
+
+__all__ = [
+    "BidsConfig",
+    "StudyPlan",
+    "SubjectPlan",
+    "plan_bids",
+    "stage_bids",
+    "read_study",
+    "is_bids_study",
+    "STAGED_PIPELINE",
+    "LESION_SOURCES",
+]
+
+#: Derivatives folder of the staged cohort that holds the DWI-grid masks.
+STAGED_PIPELINE = "dmrilib"
+#: Where a patient's lesion mask comes from, in the order ``lesion_masks: auto`` tries them.
+LESION_SOURCES = ("dwi-derivative", "t1w-registered", "segmented", "none")
+_LESION_DESCS = ("lesion", "tumor", "tumour")
+_NIFTI = (".nii.gz", ".nii")
+
+
+@dataclass(frozen=True)
+class BidsConfig:
+    """Settings for a run on the user's BIDS dataset (the ``bids`` section of a profile).
+
+    The session and DWI series are chosen by ``prepare.session`` and
+    ``prepare.acquisition``, the shell by ``prepare.target_bvalue``, a fixed
+    channel layout by ``prepare.directions``.
+
+    Parameters
+    ----------
+    group_column : str
+        Column of ``participants.tsv`` that says who is a control and who a patient.
+    control_labels, patient_labels : tuple of str
+        Values of that column (case-insensitive) for controls and for patients.
+    lesion_masks : {"auto", "dwi", "t1w", "segment", "none"}
+        Where lesion masks come from: ``auto`` tries a DWI-space derivative, a
+        T1w-space derivative carried over by registration, then segmentation
+        of T1w+FLAIR, in that order; the others use only that source.
+    missing_lesion : {"error", "maps_only"}
+        What to do when some patients have a mask and others do not: stop
+        (naming them), or keep those without one for maps only (not scored).
+    csf_md_threshold : float
+        Mean diffusivity (mm^2/s) above which a voxel counts as free water and
+        leaves the evaluation region, when the dataset ships no WM+GM mask.
+    """
+
+    group_column: str = "group"
+    control_labels: tuple[str, ...] = ("control", "healthy", "hc", "normal", "volunteer")
+    patient_labels: tuple[str, ...] = ("patient", "tumor", "tumour", "glioma")
+    lesion_masks: Literal["auto", "dwi", "t1w", "segment", "none"] = "auto"
+    missing_lesion: Literal["error", "maps_only"] = "error"
+    csf_md_threshold: float = 2.0e-3
+
+    def __post_init__(self) -> None:
+        for name in ("control_labels", "patient_labels"):
+            labels = tuple(str(v).lower() for v in getattr(self, name))
+            if not labels:
+                raise ValueError(f"bids.{name} must list at least one label.")
+            object.__setattr__(self, name, labels)
+        both = set(self.control_labels) & set(self.patient_labels)
+        if both:
+            raise ValueError(f"bids: labels {sorted(both)} are both control and patient labels.")
+        if not self.group_column:
+            raise ValueError("bids.group_column must be a column name.")
+        if self.lesion_masks not in ("auto", "dwi", "t1w", "segment", "none"):
+            raise ValueError(f"bids.lesion_masks must be auto, dwi, t1w, segment or none, got {self.lesion_masks!r}.")
+        if self.missing_lesion not in ("error", "maps_only"):
+            raise ValueError(f"bids.missing_lesion must be error or maps_only, got {self.missing_lesion!r}.")
+        if not 0.5e-3 < self.csf_md_threshold < 5e-3:
+            raise ValueError(f"bids.csf_md_threshold must be between 5e-4 and 5e-3 mm^2/s, got {self.csf_md_threshold}.")
+
+
+@dataclass(frozen=True)
+class SubjectPlan:
+    """What the run uses of one subject (see :func:`plan_bids`)."""
+
+    subject: str
+    session: str | None
+    group: str  # "healthy" or "patient"
+    group_source: str
+    dwi: BidsDwi
+    shells: Mapping[int, int]
+    n_directions: int
+    shape: tuple[int, int, int]
+    voxel_size: tuple[float, float, float]
+    lesion_source: str = "none"
+    lesion_file: Path | None = None
+    t1w: Path | None = None
+    flair: Path | None = None
+    brain_file: Path | None = None
+
+
+@dataclass(frozen=True)
+class StudyPlan:
+    """Everything a run on a BIDS dataset will use, checked (see :func:`plan_bids`)."""
+
+    root: Path
+    name: str
+    bids_version: str | None
+    subjects: tuple[SubjectPlan, ...]
+    session_rule: str
+    acquisition: str | None
+    target_bvalue: float
+    directions: str | None
+    config: BidsConfig
+    n_folds: int
+    folds_run: tuple[int, ...] = (0,)
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def controls(self) -> list[SubjectPlan]:
+        return [s for s in self.subjects if s.group == "healthy"]
+
+    @property
+    def patients(self) -> list[SubjectPlan]:
+        return [s for s in self.subjects if s.group == "patient"]
+
+    @property
+    def scored(self) -> bool:
+        """Whether at least one patient has a lesion mask (otherwise the run writes maps only)."""
+        return any(s.lesion_source != "none" for s in self.patients)
+
+    def text(self) -> str:
+        """What ``dmri info <root>`` prints: the run's input, one subject per line."""
+        lines = [
+            f"What a run on this dataset uses ({self.name}):",
+            f"  session: {self.session_rule}; DWI series: {self.acquisition or 'the only one per session'}",
+            f"  shell: b={self.target_bvalue:g}; channels: "
+            + (f"resampled to {self.directions} (64 directions)" if self.directions
+               else "the acquired directions (every subject needs the same number)"),
+            f"  controls: {len(self.controls)}, patients: {len(self.patients)}; cross-validation: "
+            + (f"leave-one-out ({self.n_folds} folds)" if self.n_folds == len(self.controls)
+               else f"{self.n_folds} folds") + f" over the controls (folds run: {list(self.folds_run)}); "
+            "patients are never trained on",
+            f"  scored: {'yes' if self.scored else 'no: no patient has a lesion mask, the run writes anomaly maps only'}",
+            "  subject      group    session      dirs  grid         lesion mask",
+        ]
+        for s in self.subjects:
+            lesion = "" if s.group != "patient" else (
+                s.lesion_source + (f" ({s.lesion_file.relative_to(self.root)})" if s.lesion_file else ""))
+            lines.append(f"  {s.subject:<12} {s.group:<8} {str(s.session or '-'):<12} {s.n_directions:>4}  "
+                         f"{'x'.join(map(str, s.shape)):<12} {lesion}")
+        lines += [f"  note: {n}" for n in self.notes]
+        return "\n".join(lines)
+
+    def record(self) -> dict[str, Any]:
+        """``study.json``'s content (paths relative to the dataset root)."""
+        def rel(p: Path | None) -> str | None:
+            return None if p is None else str(p.relative_to(self.root))
+
+        return {
+            "mode": "bids",
+            "dataset": {"name": self.name, "root": str(self.root.resolve()), "bids_version": self.bids_version},
+            "session_rule": self.session_rule,
+            "acquisition": self.acquisition,
+            "target_bvalue": self.target_bvalue,
+            "directions": self.directions,
+            "n_folds": self.n_folds,
+            "folds_run": list(self.folds_run),
+            "scored": self.scored,
+            "notes": list(self.notes),
+            "subjects": [{
+                "subject": s.subject, "session": s.session, "group": s.group, "group_source": s.group_source,
+                "dwi": rel(s.dwi.dwi), "shells": {str(k): v for k, v in s.shells.items()},
+                "n_directions": s.n_directions, "shape": list(s.shape), "voxel_size": list(s.voxel_size),
+                "lesion_source": s.lesion_source if s.group == "patient" else None,
+                "lesion_file": rel(s.lesion_file),
+            } for s in self.subjects],
+        }
+
+
+# --------------------------------------------------------------------- discovery
+
+def _nifti(folder: Path, pattern: str) -> list[Path]:
+    return sorted(p for p in folder.glob(pattern) if p.name.endswith(_NIFTI)) if folder.is_dir() else []
+
+
+def _derivative_masks(root: Path, entry: BidsDwi, datatype: str, space: str) -> list[Path]:
+    """Lesion masks of a subject in every ``derivatives/<name>/`` folder, in one space."""
+    session = (entry.session,) if entry.session else ()
+    hits = []
+    for pipeline in sorted(p for p in (root / "derivatives").glob("*") if p.is_dir()):
+        folder = pipeline.joinpath(entry.subject, *session, datatype)
+        for path in _nifti(folder, f"{entry.subject}*_mask.nii*"):
+            name = path.name
+            if not any(f"_desc-{d}_" in name for d in _LESION_DESCS):
+                continue
+            if "ses-" in name and entry.session and f"_{entry.session}_" not in name:
+                continue
+            found_space = re.search(r"_space-([A-Za-z0-9]+)_", name)
+            if space == "dwi" and found_space is not None and found_space.group(1).lower() != "dwi":
+                continue
+            if space == "T1w" and (found_space is None or found_space.group(1) != "T1w"):
+                continue
+            hits.append(path)
+    return hits
+
+
+def _brain_masks(root: Path, entry: BidsDwi) -> list[Path]:
+    session = (entry.session,) if entry.session else ()
+    return [p for pipeline in sorted(p for p in (root / "derivatives").glob("*") if p.is_dir())
+            for p in _nifti(pipeline.joinpath(entry.subject, *session, "dwi"), f"{entry.subject}*_desc-brain_mask.nii*")]
+
+
+def _anat(root: Path, entry: BidsDwi, suffix: str) -> Path | None:
+    session = (entry.session,) if entry.session else ()
+    hits = _nifti(root.joinpath(entry.subject, *session, "anat"), f"{entry.subject}*_{suffix}.nii*")
+    if len(hits) > 1:
+        raise DwiInputError(f"{hits[0].parent}: several {suffix} images {[p.name for p in hits]}; keep one per "
+                            "session (or remove the others from the dataset the run reads).")
+    return hits[0] if hits else None
+
+
+def _check_grid(path: Path, shape: tuple[int, ...], affine: np.ndarray, what: str) -> None:
+    import nibabel as nib
+
+    try:
+        img = nib.load(str(path))
+    except Exception as exc:
+        raise DwiInputError(f"{path}: cannot read the {what} ({exc}).") from exc
+    if tuple(img.shape[:3]) != tuple(shape[:3]) or not np.allclose(img.affine, affine, atol=1e-3):
+        raise DwiInputError(
+            f"{path}: the {what} is not on its reference grid (shape {tuple(img.shape)}, expected {tuple(shape[:3])}; "
+            "affines differ)" if tuple(img.shape[:3]) == tuple(shape[:3]) else
+            f"{path}: the {what} has shape {tuple(img.shape)} but its reference image has {tuple(shape[:3])}. "
+            "A mask must lie on the grid of the image it was drawn on (resample it there, or move it to the "
+            "space it belongs to and name that space with the space- entity)."
+        )
+
+
+def _groups(root: Path, entries: Sequence[BidsDwi], config: BidsConfig) -> dict[str, tuple[str, str]]:
+    """Subject -> (healthy|patient, the label as written), or a DwiInputError naming participants.tsv."""
+    path = root / "participants.tsv"
+    column = config.group_column
+    how = (f"Add a tab-separated column '{column}' to {path.name} with '{config.control_labels[0]}' or "
+           f"'{config.patient_labels[0]}' for every subject (or name another column in the profile's "
+           "bids.group_column).")
+    if not path.is_file():
+        raise DwiInputError(f"{path}: missing. The run needs to know who is a control and who a patient. {how}")
+    table = read_participants(root)
+    if column not in table.columns:
+        raise DwiInputError(f"{path}: no '{column}' column (columns: {list(table.columns)}). {how}")
+    out, unknown, missing = {}, {}, []
+    for entry in entries:
+        if entry.subject not in table.index:
+            missing.append(entry.subject)
+            continue
+        label = str(table.loc[entry.subject, column])
+        low = label.strip().lower()
+        if low in config.control_labels:
+            out[entry.subject] = ("healthy", label)
+        elif low in config.patient_labels:
+            out[entry.subject] = ("patient", label)
+        else:
+            unknown[entry.subject] = label
+    if missing:
+        raise DwiInputError(f"{path}: no row for {missing}, which have diffusion data. {how}")
+    if unknown:
+        raise DwiInputError(
+            f"{path}: column '{column}' has labels the run does not know: {unknown}. Controls are "
+            f"{list(config.control_labels)}, patients {list(config.patient_labels)} (profile keys "
+            "bids.control_labels / bids.patient_labels); remove other subjects from the dataset the run reads.")
+    return out
+
+
+def plan_bids(root: str | os.PathLike, profile, *, header_only: bool = True) -> StudyPlan:
+    """Check a BIDS dataset as a run with ``profile`` will read it, and say what it will use.
+
+    Every file the run needs is located and its header read (the voxels are
+    read later, by the cohort job, whose checks name the file too). Nothing
+    is written.
+
+    Parameters
+    ----------
+    root : path-like
+        The dataset root (holds ``dataset_description.json`` and ``participants.tsv``).
+    profile : dmrilib.config.Profile
+        Its ``prepare`` section chooses session, DWI series and shell; its
+        ``bids`` section groups and lesion masks; ``train`` the folds.
+    header_only : bool
+        Kept for symmetry with :func:`dmrilib.io.check_input`; only headers are read.
+
+    Returns
+    -------
+    StudyPlan
+
+    Raises
+    ------
+    DwiInputError
+        For the first unusable thing found, naming the file and how to fix it:
+        no diffusion data, several DWI series without ``prepare.acquisition``,
+        no group column or unknown group labels, a missing shell, too few
+        controls for the folds, a mask on another grid, a patient without a
+        lesion mask (unless ``bids.missing_lesion: maps_only``).
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise DwiInputError(f"{root}: no such folder. BIDS= must name the root of a BIDS dataset.")
+    prep, config = profile.prepare, profile.bids
+    name, version = root.name, None
+    desc = root / "dataset_description.json"
+    if desc.is_file():
+        try:
+            info = json.loads(desc.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise DwiInputError(f"{desc}: not valid JSON ({exc}).") from exc
+        name, version = str(info.get("Name") or root.name), info.get("BIDSVersion")
+    entries = find_bids_dwi(root, session=prep.session, pipeline=None, acquisition=prep.acquisition)
+    groups = _groups(root, entries, config)
+    notes: list[str] = []
+    subjects = []
+    counts: Counter = Counter()
+    for entry in entries:
+        header = inspect_dwi(entry.dwi, bval=entry.bval, bvec=entry.bvec, b0_threshold=prep.b0_threshold,
+                             target_bvalue=None)
+        chosen = select_shell(header.bvals, b0_threshold=prep.b0_threshold, target_bvalue=prep.target_bvalue,
+                              bvalue_tolerance=prep.bvalue_tolerance, source=str(entry.bval))
+        n_dirs = int((header.bvals[chosen] > prep.b0_threshold).sum())
+        counts[n_dirs] += 1
+        group, label = groups[entry.subject]
+        source, lesion_file, t1w, flair = "none", None, None, None
+        brains = _brain_masks(root, entry)
+        if len(brains) > 1:
+            raise DwiInputError(f"{brains[0].parent}: several brain masks {[p.name for p in brains]}; keep one.")
+        brain = brains[0] if brains else None
+        if brain is not None:
+            _check_grid(brain, header.shape, header.affine, "DWI-space brain mask")
+        if group == "patient":
+            source, lesion_file, t1w, flair = _lesion_source(root, entry, header, config)
+        subjects.append(SubjectPlan(
+            subject=entry.subject, session=entry.session, group=group, group_source=label, dwi=entry,
+            shells=shells(header.bvals, prep.b0_threshold), n_directions=n_dirs, shape=tuple(header.shape[:3]),
+            voxel_size=tuple(round(float(v), 4) for v in header.voxel_size), lesion_source=source,
+            lesion_file=lesion_file, t1w=t1w, flair=flair, brain_file=brain))
+    if len(counts) > 1 and prep.directions is None:
+        detail = ", ".join(f"{n} directions: {c} subject(s)" for n, c in sorted(counts.items()))
+        raise DwiInputError(
+            f"{root}: subjects differ in the number of directions in the shell b={prep.target_bvalue:g} ({detail}). "
+            "The networks need one channel layout: set prepare.directions: small_64D in the profile to resample "
+            "every subject's shell to the same 64 directions.")
+    controls = [s for s in subjects if s.group == "healthy"]
+    patients = [s for s in subjects if s.group == "patient"]
+    if not patients:
+        raise DwiInputError(f"{root / 'participants.tsv'}: no patient among the subjects with diffusion data; "
+                            "the run scores patients against models of the controls.")
+    if len(controls) < 2:
+        raise DwiInputError(f"{root / 'participants.tsv'}: {len(controls)} control(s); cross-validation needs at "
+                            "least 2 (one validates, the rest train).")
+    n_folds = profile.train.n_folds
+    if n_folds > len(controls):
+        raise DwiInputError(
+            f"{root / 'participants.tsv'}: {len(controls)} controls cannot make train.n_folds={n_folds} folds. Set "
+            f"train.n_folds to at most {len(controls)} in the profile (train.n_folds: {len(controls)} and "
+            f"folds: {list(range(len(controls)))} is leave-one-out).")
+    without = [s.subject for s in patients if s.lesion_source == "none"]
+    if without and len(without) < len(patients) and config.missing_lesion == "error":
+        searched = "derivatives/<any>/sub-*/[ses-*/]{dwi,anat}/ (desc-lesion|tumor|tumour, _mask)"
+        raise DwiInputError(
+            f"{root}: patient(s) {without} have no lesion mask (searched {searched}; no T1w+FLAIR to segment "
+            "either), while the others have one. Add their masks, or set bids.missing_lesion: maps_only to "
+            "keep them for anomaly maps without scores.")
+    if without and len(without) < len(patients):
+        notes.append(f"patients without a lesion mask, mapped but not scored: {without}")
+    if not any(s.lesion_source != "none" for s in patients):
+        notes.append("no patient has a lesion mask: the run writes anomaly maps only, no AUROC or Dice")
+    if prep.directions:
+        notes.append(f"each subject's shell is resampled to {prep.directions} by a spherical-harmonic fit")
+    session_rule = (prep.session or "each subject's first session whose name contains 'pre' (else its first)")
+    return StudyPlan(root=root, name=name, bids_version=version, subjects=tuple(subjects), session_rule=session_rule,
+                     acquisition=prep.acquisition, target_bvalue=prep.target_bvalue, directions=prep.directions,
+                     config=config, n_folds=n_folds, folds_run=tuple(profile.folds), notes=tuple(notes))
+
+
+def _lesion_source(root: Path, entry: BidsDwi, header, config: BidsConfig):
+    """(source, mask file, T1w, FLAIR) of one patient, the masks' grids checked."""
+    mode = config.lesion_masks
+    t1w, flair = _anat(root, entry, "T1w"), _anat(root, entry, "FLAIR")
+    if mode in ("auto", "dwi"):
+        hits = _derivative_masks(root, entry, "dwi", "dwi")
+        if len(hits) > 1:
+            raise DwiInputError(f"{entry.subject}: several DWI-space lesion masks {[str(p.relative_to(root)) for p in hits]}; "
+                                "keep one (or remove the others from the dataset the run reads).")
+        if hits:
+            _check_grid(hits[0], header.shape, header.affine, "DWI-space lesion mask")
+            return "dwi-derivative", hits[0], t1w, flair
+    if mode in ("auto", "t1w"):
+        hits = _derivative_masks(root, entry, "anat", "T1w")
+        if len(hits) > 1:
+            raise DwiInputError(f"{entry.subject}: several T1w-space lesion masks {[str(p.relative_to(root)) for p in hits]}; "
+                                "keep one.")
+        if hits:
+            if t1w is None:
+                raise DwiInputError(f"{hits[0]}: a T1w-space lesion mask, but {entry.subject} has no T1w image in "
+                                    "its anat/ folder to register to the DWI. Add the T1w the mask was drawn on.")
+            import nibabel as nib
+
+            ref = nib.load(str(t1w))
+            _check_grid(hits[0], ref.shape, ref.affine, "T1w-space lesion mask")
+            return "t1w-registered", hits[0], t1w, flair
+    if mode in ("auto", "segment") and t1w is not None and flair is not None:
+        return "segmented", None, t1w, flair
+    return "none", None, t1w, flair
+
+
+# ----------------------------------------------------------------------- staging
+
+def _plan_hash(plan: StudyPlan, profile) -> str:
+    from dmrilib.config import config_hash
+
+    files = []
+    for s in plan.subjects:
+        for p in (s.dwi.dwi, s.dwi.bval, s.dwi.bvec, s.lesion_file, s.t1w if s.lesion_source != "none" else None,
+                  s.flair if s.lesion_source == "segmented" else None, s.brain_file):
+            if p is not None:
+                st = p.stat()
+                files.append([str(p), st.st_size, st.st_mtime_ns])
+    return config_hash(plan.record(), profile.bids, profile.registration,
+                       profile.groundtruth if any(s.lesion_source == "segmented" for s in plan.subjects) else None,
+                       profile.prepare.b0_threshold, profile.prepare.target_bvalue, profile.prepare.bvalue_tolerance,
+                       files)
+
+
+def read_study(cohort_dir: str | os.PathLike) -> dict[str, Any] | None:
+    """``cohort/study.json`` of a run on a BIDS dataset, or None for a simulated cohort."""
+    path = Path(cohort_dir) / "study.json"
+    if not path.is_file():
+        return None
+    return json.loads(path.read_text())
+
+
+def is_bids_study(cohort_dir: str | os.PathLike) -> bool:
+    """Whether a results ``cohort/`` folder is a staged BIDS dataset (not a simulated cohort)."""
+    return (Path(cohort_dir) / "study.json").is_file()
+
+
+def _save_mask(path: Path, mask: np.ndarray, affine: np.ndarray) -> None:
+    import nibabel as nib
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img = nib.Nifti1Image(np.asarray(mask, dtype=np.uint8), affine)
+    img.header.set_xyzt_units("mm")
+    nib.save(img, str(path))
+
+
+def _link(target: Path, link: Path) -> None:
+    link.parent.mkdir(parents=True, exist_ok=True)
+    os.symlink(os.path.abspath(target), link)
+
+
+def stage_bids(plan: StudyPlan, profile, out_dir: str | os.PathLike, *, segmentation_dir: str | os.PathLike | None = None,
+               progress: bool = True) -> Path:
+    """Write the staged cohort of a checked plan (see the module docstring).
+
+    Built under a temporary name beside ``out_dir`` and renamed onto it at the
+    end, so a failed run leaves no partial cohort. A folder staged from the
+    same plan, files and settings is returned at once.
+
+    Parameters
+    ----------
+    plan : StudyPlan
+        From :func:`plan_bids`.
+    profile : dmrilib.config.Profile
+    out_dir : path-like
+        ``results/<...>/<profile>/cohort``.
+    segmentation_dir : path-like, optional
+        Where the ground-truth U-Net is trained (resumable) when a patient's
+        lesion is to be segmented; default ``<out_dir>/../groundtruth/segmentation``.
+    progress : bool
+        Show a tqdm progress bar over subjects.
+
+    Returns
+    -------
+    Path
+        ``out_dir``.
+    """
+    from tqdm.auto import tqdm
+
+    from dmrilib.config import provenance
+    from dmrilib.io import load_dwi, load_mask
+    from dmrilib.preprocess import brain_mask_from_b0, dti_maps
+
+    out_dir = Path(out_dir)
+    digest = _plan_hash(plan, profile)
+    existing = read_study(out_dir)
+    if existing is not None and existing.get("plan_hash") == digest:
+        return out_dir
+    if out_dir.exists() and existing is None and any(out_dir.iterdir()):
+        # a simulated cohort of an earlier run of this profile: results are the pipeline's own
+        if not (out_dir / ".dmrilib-simulation.json").is_file():
+            raise FileExistsError(f"{out_dir}: exists and is not a staged BIDS study or simulated cohort; "
+                                  "move it away or choose another RESULTS folder.")
+    prep = profile.prepare
+    remove_stale_temp(out_dir.parent, recursive=False)
+    tmp = atomic_dir(out_dir, "tmp")
+    t0 = time.perf_counter()
+    try:
+        record = plan.record()
+        deriv = tmp / "derivatives" / STAGED_PIPELINE
+        write_json_atomic(tmp / "dataset_description.json", {
+            "Name": plan.name, "BIDSVersion": plan.bids_version or "1.9.0", "DatasetType": "raw",
+            "SourceDatasets": [{"URL": f"file://{plan.root.resolve()}"}],
+        })
+        write_json_atomic(deriv / "dataset_description.json", {
+            "Name": f"{plan.name}: DWI-grid masks for dmrilib", "BIDSVersion": "1.9.0", "DatasetType": "derivative",
+            "GeneratedBy": [{"Name": "dmrilib"}], "SourceDatasets": [{"URL": f"file://{plan.root.resolve()}"}],
+        })
+        participants = read_participants(plan.root)
+        rows = ["participant_id\tgroup\tgroup_source" + "".join(
+            f"\t{c}" for c in participants.columns if c not in ("group", "group_source"))]
+        for s in plan.subjects:
+            extra = "".join(f"\t{participants.loc[s.subject, c]}" for c in participants.columns
+                            if c not in ("group", "group_source"))
+            rows.append(f"{s.subject}\t{s.group}\t{s.group_source}{extra}")
+        write_text_atomic(tmp / "participants.tsv", "\n".join(rows) + "\n")
+        registrations = {}
+        to_segment = []
+        for s, rec in tqdm(list(zip(plan.subjects, record["subjects"])), desc="stage", unit="subject",
+                           disable=not progress):
+            session = (s.session,) if s.session else ()
+            prefix = f"{s.subject}_{s.session}" if s.session else s.subject
+            for f in (s.dwi.dwi, s.dwi.bval, s.dwi.bvec, s.dwi.sidecar):
+                if f is not None:
+                    _link(f, tmp.joinpath(s.subject, *session, "dwi", f.name))
+            dwi = load_dwi(s.dwi.dwi, bval=s.dwi.bval, bvec=s.dwi.bvec, b0_threshold=prep.b0_threshold,
+                           target_bvalue=prep.target_bvalue, bvalue_tolerance=prep.bvalue_tolerance,
+                           clip_negative=prep.clip_negative)
+            folder = deriv.joinpath(s.subject, *session, "dwi")
+            brain = (load_mask(s.brain_file, dwi) if s.brain_file is not None else brain_mask_from_b0(dwi))
+            rec["brain_source"] = (str(s.brain_file.relative_to(plan.root)) if s.brain_file is not None
+                                   else "median_otsu(mean b0)")
+            lesion = None
+            if s.lesion_source == "dwi-derivative":
+                lesion = load_mask(s.lesion_file, dwi)
+            elif s.lesion_source == "t1w-registered":
+                lesion, registrations[s.subject] = _carry_t1w_mask(s, dwi, profile)
+            elif s.lesion_source == "segmented":
+                to_segment.append((s, dwi))
+            md = dti_maps(dwi, brain, fit_method="OLS").md
+            free_water = np.asarray(md) > profile.bids.csf_md_threshold
+            rec["eval_region"] = f"brain mask without MD > {profile.bids.csf_md_threshold:g} mm^2/s, lesion added"
+            region = brain & ~free_water
+            if lesion is not None:
+                lesion = lesion & brain if (lesion & brain).any() else lesion
+                region |= lesion
+                _save_mask(folder / f"{prefix}_space-dwi_desc-lesion_mask.nii.gz", lesion, dwi.affine)
+                rec["lesion_voxels"] = int(lesion.sum())
+            _save_mask(folder / f"{prefix}_space-dwi_desc-brain_mask.nii.gz", brain, dwi.affine)
+            _save_mask(folder / f"{prefix}_space-dwi_desc-wmgm_mask.nii.gz", region, dwi.affine)
+            rec["_region"] = region  # completed below for segmented lesions
+            if s.subject in registrations:
+                rec["registration_seconds"] = round(registrations[s.subject], 1)
+        if to_segment:
+            carried = _segment(to_segment, profile, Path(segmentation_dir) if segmentation_dir else
+                               out_dir.parent / "groundtruth" / "segmentation", progress)
+            by_subject = {r["subject"]: r for r in record["subjects"]}
+            for s, dwi in to_segment:
+                session = (s.session,) if s.session else ()
+                prefix = f"{s.subject}_{s.session}" if s.session else s.subject
+                folder = deriv.joinpath(s.subject, *session, "dwi")
+                lesion = carried[s.subject]
+                rec = by_subject[s.subject]
+                _save_mask(folder / f"{prefix}_space-dwi_desc-lesion_mask.nii.gz", lesion, dwi.affine)
+                _save_mask(folder / f"{prefix}_space-dwi_desc-wmgm_mask.nii.gz", rec["_region"] | lesion, dwi.affine)
+                rec["lesion_voxels"] = int(lesion.sum())
+        for rec in record["subjects"]:
+            rec.pop("_region", None)
+        record.update(plan_hash=digest, config_hash=profile.hash(), seed=profile.seed,
+                      seconds=round(time.perf_counter() - t0, 1), provenance=provenance())
+        write_json_atomic(tmp / "study.json", record)
+        if out_dir.exists():
+            old = atomic_dir(out_dir, "old")
+            os.replace(out_dir, old / out_dir.name)
+            os.replace(tmp, out_dir)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir
+
+
+def _carry_t1w_mask(s: SubjectPlan, dwi, profile) -> tuple[np.ndarray, float]:
+    """Register the subject's T1w to its mean b0 (ANTs) and carry the T1w-space lesion mask to the DWI grid."""
+    import nibabel as nib
+
+    from dmrilib.groundtruth import register_structural_to_dwi
+    from dmrilib.preprocess import mean_b0
+
+    t1 = nib.load(str(s.t1w))
+    mask = nib.load(str(s.lesion_file))
+    registration = register_structural_to_dwi(np.asarray(t1.dataobj, dtype=np.float32), mean_b0(dwi),
+                                              t1w_affine=t1.affine, dwi_affine=dwi.affine, config=profile.registration)
+    carried = registration.warp(np.asarray(mask.dataobj) > 0.5, profile.registration.interpolation)
+    return np.asarray(carried, dtype=bool), registration.seconds
+
+
+def _segment(items, profile, seg_dir: Path, progress: bool) -> dict[str, np.ndarray]:
+    """Segment T1w+FLAIR with the ground-truth U-Net (trained on simulated subjects) and carry the masks over."""
+    import nibabel as nib
+
+    from dmrilib.groundtruth import (GroundTruthInput, run_groundtruth_cohort, simulate_training_set,
+                                     train_segmentation)
+    from dmrilib.preprocess import mean_b0
+
+    seg = profile.groundtruth
+    training = simulate_training_set(profile.cohort, seg, n_jobs=1, progress=progress)
+    train_segmentation(training.images, training.targets, config=seg, out_dir=seg_dir,
+                       subject_ids=training.subject_ids, progress=progress)
+
+    def inputs():
+        for s, dwi in items:
+            t1, flair = nib.load(str(s.t1w)), nib.load(str(s.flair))
+            if tuple(flair.shape[:3]) != tuple(t1.shape[:3]) or not np.allclose(flair.affine, t1.affine, atol=1e-3):
+                raise DwiInputError(f"{s.flair}: FLAIR is not on the T1w grid; resample it onto the T1w first.")
+            yield GroundTruthInput(subject=s.subject, t1w=np.asarray(t1.dataobj, dtype=np.float32),
+                                   flair=np.asarray(flair.dataobj, dtype=np.float32), structural_affine=t1.affine,
+                                   b0=mean_b0(dwi), dwi_affine=dwi.affine)
+
+    result = run_groundtruth_cohort(inputs(), seg_dir, seg_config=seg, reg_config=profile.registration,
+                                    progress=progress)
+    return {k: np.asarray(v, dtype=bool) for k, v in result.masks.items()}

@@ -42,6 +42,7 @@ from scipy import ndimage
 from dmrilib._atomic import atomic_dir, remove_stale_temp, write_json_atomic
 from dmrilib._workers import process_pool
 from dmrilib.config import config_hash, provenance
+from dmrilib.directions import DIRECTION_SETS, _distinct_axes, choose_sh_order, resample_shell, target_directions
 from dmrilib.fidelity import resolve as resolve_fidelity
 from dmrilib.integrity import IntegrityError, check_sha256, check_unit_interval, sha256_file
 from dmrilib.io import (
@@ -114,6 +115,24 @@ class PrepareConfig:
         (:func:`dmrilib.metrics.evaluation_regions`, the JOOD centre region),
         as the authors' code uses its eroded mask only through the
         brain-without-CSF mask.
+    directions : {None, "small_64D"}
+        None (default): keep the acquired directions; every subject must then
+        have the same number of volumes in the shell, which become the
+        channels in file order. ``"small_64D"``: resample each subject's
+        shell attenuation to dipy's 64 ``small_64D`` directions, the
+        simulator's scheme (:func:`dmrilib.directions.resample_shell`, a
+        regularised spherical-harmonic fit; the result is clipped to
+        [0, 1]), so subjects may differ in their number and order of
+        directions and a real cohort gets the simulated cohort's 64
+        channels. The stored ``bvecs`` are then the target directions and
+        ``bvals`` the shell's mean b-value; FA/MD still come from the
+        acquired volumes.
+    sh_order : int, optional
+        Even spherical-harmonic order of that fit (only with ``directions``).
+        None: one order for the whole cohort,
+        :func:`dmrilib.directions.choose_sh_order` of the smallest number of
+        distinct directions among the subjects (30 directions give 4), so
+        every subject is smoothed alike.
     """
 
     grid: tuple[int, int, int] = (64, 80, 64)
@@ -128,6 +147,8 @@ class PrepareConfig:
     dti_fit: str = "OLS"
     fidelity: Literal["code", "paper"] = "code"
     input_mask_erosion: int | None = None
+    directions: str | None = None
+    sh_order: int | None = None
 
     def __post_init__(self) -> None:
         # The switched keys hold the values actually used (and hashed); a key given explicitly wins.
@@ -157,6 +178,17 @@ class PrepareConfig:
             value = getattr(self, name)
             if value is not None and (not isinstance(value, str) or not value):
                 raise ValueError(f"{name} must be a non-empty string or null, got {value!r}.")
+        if self.directions is not None and self.directions not in DIRECTION_SETS:
+            raise ValueError(f"directions must be null or one of {list(DIRECTION_SETS)}, got {self.directions!r}.")
+        order = self.sh_order
+        if order is not None:
+            if isinstance(order, bool) or not isinstance(order, (int, np.integer)) or order < 0 or order % 2:
+                raise ValueError(f"sh_order must be an even integer >= 0 or null, got {order!r}.")
+            if self.directions is None:
+                # A setting that changes nothing must not change the config hash either.
+                raise ValueError("sh_order applies only when directions is set (e.g. directions: small_64D); "
+                                 "remove it or set directions.")
+            object.__setattr__(self, "sh_order", int(order))
 
     def hash(self) -> str:
         """Short sha256 of the settings (see :func:`dmrilib.config.config_hash`)."""
@@ -379,24 +411,60 @@ def _is_up_to_date(out_dir: Path, cfg_hash: str, input_hash: str) -> bool:
     )
 
 
-def _validate_inputs(entries: Sequence[BidsDwi], config: PrepareConfig) -> int:
-    """Check every header, gradient file and mask before anything is written; return C."""
+def _validate_inputs(entries: Sequence[BidsDwi], config: PrepareConfig) -> tuple[int, int | None]:
+    """Check every header, gradient file and mask before anything is written.
+
+    Returns the channel count C and the spherical-harmonic order of the
+    direction resampling (None without ``config.directions``).
+    """
     channels: dict[int, list[str]] = {}
+    distinct: dict[str, tuple[int, int, Path]] = {}  # subject -> (distinct axes, volumes, DWI file)
     for e in entries:
         header = inspect_dwi(e.dwi, bval=e.bval, bvec=e.bvec, **_shell_kwargs(config))
-        n_dw = int((header.bvals[header.selected] > config.b0_threshold).sum())
-        channels.setdefault(n_dw, []).append(e.subject)
+        shell = header.selected[header.bvals[header.selected] > config.b0_threshold]
+        channels.setdefault(len(shell), []).append(e.subject)
+        if config.directions is not None:
+            distinct[e.subject] = (_distinct_axes(header.bvecs[shell]), len(shell), e.dwi)
         for key in MASK_NAMES.values():
             if key in e.derivatives:
                 load_mask(e.derivatives[key], header)
+    if config.directions is not None:
+        return len(target_directions(config.directions)), _cohort_sh_order(distinct, config)
     if len(channels) > 1:
         detail = "; ".join(f"{n} volumes: {subs[:4]}" for n, subs in sorted(channels.items()))
         raise DwiInputError(
             f"subjects differ in the number of volumes in the shell b={config.target_bvalue:g} ({detail}). "
-            "The networks need the same channels for every subject: exclude the odd subjects or "
-            "resample their shell to a common scheme."
+            "The networks need the same channels for every subject: set prepare.directions "
+            f"(e.g. {DIRECTION_SETS[0]}) to resample every shell to one direction set, or exclude the "
+            "odd subjects."
         )
-    return next(iter(channels))
+    return next(iter(channels)), None
+
+
+def _cohort_sh_order(distinct: dict[str, tuple[int, int, Path]], config: PrepareConfig) -> int:
+    """The order of the direction resampling; refuses a shell with too few directions for it."""
+    fewest = min(distinct, key=lambda s: distinct[s][0])
+    n_fewest, n_volumes, dwi = distinct[fewest]
+    shell = f"the shell b={config.target_bvalue:g}"
+    if config.sh_order is None:
+        try:
+            return choose_sh_order(n_fewest)
+        except ValueError:
+            raise DwiInputError(
+                f"{dwi.name}: {shell} has {n_fewest} distinct direction(s) ({n_volumes} volumes; opposite "
+                f"directions count once), too few to resample it to {config.directions}: an order-2 "
+                "spherical-harmonic fit needs at least 9. Choose another shell (prepare.target_bvalue) or "
+                "exclude this subject."
+            ) from None
+    needed = (config.sh_order + 1) * (config.sh_order + 2) // 2
+    if n_fewest < needed:
+        raise DwiInputError(
+            f"{dwi.name}: {shell} has {n_fewest} distinct direction(s) ({n_volumes} volumes; opposite "
+            f"directions count once), fewer than the {needed} coefficients of the order-{config.sh_order} "
+            f"spherical-harmonic fit that resamples it to {config.directions}. Lower prepare.sh_order "
+            "(or leave it null to choose it from the data) or exclude this subject."
+        )
+    return config.sh_order
 
 
 def _swap_into_place(tmp: Path, out_dir: Path) -> None:
@@ -415,8 +483,12 @@ def _shell_kwargs(config: PrepareConfig) -> dict[str, Any]:
             "bvalue_tolerance": config.bvalue_tolerance}
 
 
-def _prepare_subject(entry: BidsDwi, root: Path, config: PrepareConfig, grid: NetworkGrid) -> dict[str, Any]:
-    """One subject on the network grid: attenuation, masks, FA/MD and what meta.json records."""
+def _prepare_subject(entry: BidsDwi, root: Path, config: PrepareConfig, grid: NetworkGrid,
+                     sh_order: int | None = None) -> dict[str, Any]:
+    """One subject on the network grid: attenuation, masks, FA/MD and what meta.json records.
+
+    ``sh_order``: the order of the direction resampling when ``config.directions`` is set.
+    """
     dwi = load_dwi(entry.dwi, bval=entry.bval, bvec=entry.bvec, clip_negative=config.clip_negative,
                    **_shell_kwargs(config))
     labels = {name: load_mask(entry.derivatives[key], dwi) for name, key in MASK_NAMES.items()
@@ -430,6 +502,15 @@ def _prepare_subject(entry: BidsDwi, root: Path, config: PrepareConfig, grid: Ne
     crop = grid.crop_for(brain)
     arrays = {name: crop.to_grid(labels[name]) for name in MASK_NAMES if name in labels}
     signal = crop.to_grid(attenuation(dwi, brain))  # (X, Y, Z, C), zero outside the brain mask
+    dw = ~dwi.is_b0
+    bvals, bvecs = dwi.bvals[dw], dwi.bvecs[dw]
+    if config.directions is not None:
+        # Resampled after the crop: voxelwise and linear (zero stays zero), so the same as on the input
+        # grid, on fewer voxels. The fit can overshoot [0, 1] slightly near sharp profiles.
+        target = target_directions(config.directions)
+        signal = resample_shell(signal, bvecs, target, sh_order=sh_order)
+        np.clip(signal, 0.0, 1.0, out=signal)
+        bvals, bvecs = np.full(len(target), float(bvals.mean())), target
     if config.input_mask_erosion:
         # As the authors' processing_data.py: erode on the network grid, zero the input outside.
         kept = ndimage.binary_erosion(arrays["brain_mask"], structure=np.ones((3, 3, 3), bool),
@@ -439,10 +520,9 @@ def _prepare_subject(entry: BidsDwi, root: Path, config: PrepareConfig, grid: Ne
     arrays["attenuation"] = np.moveaxis(signal, 3, 0).astype(config.dtype)
     maps = dti_maps(dwi, brain, fit_method=config.dti_fit)
     arrays["fa"], arrays["md"] = crop.to_grid(maps.fa), crop.to_grid(maps.md)
-    dw = ~dwi.is_b0
     return {
         "arrays": arrays,
-        "affine": dwi.affine, "bvals": dwi.bvals[dw], "bvecs": dwi.bvecs[dw],
+        "affine": dwi.affine, "bvals": bvals, "bvecs": bvecs, "n_acquired": int(dw.sum()),
         "crop": crop.to_dict(), "input_shape": list(dwi.spatial_shape), "voxel_size": list(dwi.voxel_size),
         "labels": sorted(labels), "brain_source": brain_source,
         "brain_kept": float(arrays["brain_mask"].sum() / max(int(brain.sum()), 1)),
@@ -503,7 +583,7 @@ def prepare_cohort(
     out_dir = Path(out_dir)
     entries = find_bids_dwi(root, session=config.session, pipeline=config.pipeline, acquisition=config.acquisition)
     participants = read_participants(root)
-    n_channels = _validate_inputs(entries, config)
+    n_channels, sh_order = _validate_inputs(entries, config)
     cfg_hash = config.hash()
     input_hash = config_hash(_fingerprint(root, entries))
     if _is_up_to_date(out_dir, cfg_hash, input_hash):
@@ -532,8 +612,9 @@ def prepare_cohort(
         bvecs = np.zeros((n, n_channels, 3))
         crops, input_shapes, voxel_sizes, labels_present, brain_source, sessions = [], [], [], {}, {}, []
         brain_kept: dict[str, float] = {}
+        acquired: dict[str, int] = {}
         n_jobs = max(1, min(n_jobs or min(2, os.cpu_count() or 1), n))
-        jobs = [(e, root, config, grid) for e in entries]
+        jobs = [(e, root, config, grid, sh_order) for e in entries]
         pool = None
         if n_jobs > 1:
             pool = process_pool(n_jobs, "fork")
@@ -552,6 +633,7 @@ def prepare_cohort(
                 labels_present[e.subject] = one["labels"]
                 brain_source[e.subject] = one["brain_source"]
                 brain_kept[e.subject] = one["brain_kept"]
+                acquired[e.subject] = one["n_acquired"]
                 sessions.append(e.session)
         finally:
             if pool is not None:
@@ -592,6 +674,8 @@ def prepare_cohort(
             "input_hash": input_hash,
             "provenance": provenance(config_hash=cfg_hash, input_hash=input_hash),
         }
+        if config.directions is not None:
+            meta["directions"] = {"set": config.directions, "sh_order": sh_order, "acquired": acquired}
         write_json_atomic(tmp / "meta.json", meta)
         _swap_into_place(tmp, out_dir)
         worst = min(brain_kept, key=brain_kept.get)

@@ -914,7 +914,7 @@ def _describe_bids(root: Path, header_only: bool) -> InputReport:
         counts: Counter = Counter()
         for item in dwis:
             counts.update(_find_derivatives(root, pipeline, item.subject, item.session).keys())
-        summary = ", ".join(f"{k}: {counts[k]}" for k in DERIVATIVE_KEYS if counts[k]) or "no masks for these sessions"
+        summary = ", ".join(f"{k}: {counts[k]}" for k in DERIVATIVE_KEYS if counts[k]) or "no DWI-space masks for these sessions"
         lines.append(f"  derivatives/{pipeline}: {summary}")
     if not pipelines:
         lines.append("  derivatives: none")

@@ -277,12 +277,12 @@ def _check_grid(path: Path, shape: tuple[int, ...], affine: np.ndarray, what: st
     except Exception as exc:
         raise DwiInputError(f"{path}: cannot read the {what} ({exc}).") from exc
     if tuple(img.shape[:3]) != tuple(shape[:3]) or not np.allclose(img.affine, affine, atol=1e-3):
+        problem = ("has the shape of its reference image but another affine (position or orientation)"
+                   if tuple(img.shape[:3]) == tuple(shape[:3]) else
+                   f"has shape {tuple(img.shape)} but its reference image has {tuple(shape[:3])}")
         raise DwiInputError(
-            f"{path}: the {what} is not on its reference grid (shape {tuple(img.shape)}, expected {tuple(shape[:3])}; "
-            "affines differ)" if tuple(img.shape[:3]) == tuple(shape[:3]) else
-            f"{path}: the {what} has shape {tuple(img.shape)} but its reference image has {tuple(shape[:3])}. "
-            "A mask must lie on the grid of the image it was drawn on (resample it there, or move it to the "
-            "space it belongs to and name that space with the space- entity)."
+            f"{path}: the {what} {problem}. A mask must lie on the grid of the image it was drawn on (resample it "
+            "there, or move it to the space it belongs to and name that space with the space- entity)."
         )
 
 
@@ -412,11 +412,15 @@ def plan_bids(root: str | os.PathLike, profile, *, header_only: bool = True) -> 
             f"folds: {list(range(len(controls)))} is leave-one-out).")
     without = [s.subject for s in patients if s.lesion_source == "none"]
     if without and len(without) < len(patients) and config.missing_lesion == "error":
-        searched = "derivatives/<any>/sub-*/[ses-*/]{dwi,anat}/ (desc-lesion|tumor|tumour, _mask)"
+        # say what this lesion_masks setting looked for: with "t1w" a patient may well have T1w+FLAIR
+        masks = "derivatives/<any>/sub-*/[ses-*/]{folder}/ (desc-lesion|tumor|tumour, _mask)"
+        searched = {"auto": masks.format(folder="{dwi,anat}") + ", then T1w+FLAIR to segment",
+                    "dwi": masks.format(folder="dwi"), "t1w": masks.format(folder="anat"),
+                    "segment": "T1w+FLAIR to segment"}[config.lesion_masks]
         raise DwiInputError(
-            f"{root}: patient(s) {without} have no lesion mask (searched {searched}; no T1w+FLAIR to segment "
-            "either), while the others have one. Add their masks, or set bids.missing_lesion: maps_only to "
-            "keep them for anomaly maps without scores.")
+            f"{root}: patient(s) {without} have no lesion mask (bids.lesion_masks: {config.lesion_masks} looked "
+            f"for {searched}), while the others have one. Add their masks, or set bids.missing_lesion: maps_only "
+            "to keep them for anomaly maps without scores.")
     if without and len(without) < len(patients):
         notes.append(f"patients without a lesion mask, mapped but not scored: {without}")
     if not any(s.lesion_source != "none" for s in patients):
@@ -578,7 +582,7 @@ def stage_bids(plan: StudyPlan, profile, out_dir: str | os.PathLike, *, segmenta
             prefix = f"{s.subject}_{s.session}" if s.session else s.subject
             for f in (s.dwi.dwi, s.dwi.bval, s.dwi.bvec, s.dwi.sidecar):
                 if f is not None:
-                    _link(f, tmp.joinpath(s.subject, *session, "dwi", f.name))
+                    shutil.copyfile(f, tmp.joinpath(s.subject, *session, "dwi", f.name))
             dwi = load_dwi(s.dwi.dwi, bval=s.dwi.bval, bvec=s.dwi.bvec, b0_threshold=prep.b0_threshold,
                            target_bvalue=prep.target_bvalue, bvalue_tolerance=prep.bvalue_tolerance,
                            clip_negative=prep.clip_negative)

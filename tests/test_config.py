@@ -6,7 +6,7 @@ import pytest
 from dmrilib._atomic import atomic_path, write_json_atomic
 from dmrilib.config import PROFILES_DIR, ConfigError, Profile, config_hash, load_profile, provenance
 
-SHIPPED = ("smoke", "quick", "gpu", "paper")
+SHIPPED = ("smoke", "quick", "gpu", "paper", "bids")
 
 
 @pytest.mark.parametrize("name", SHIPPED)

@@ -759,7 +759,8 @@ def find_bids_dwi(
         if len(images) > 1:
             raise DwiInputError(
                 f"{dwi_dir}: {len(images)} DWI series for {subject}: {[p.name for p in images]}. "
-                "Choose one with acquisition='<label>' (the acq- entity), or remove the others."
+                "Choose one with acquisition='<label>' (the acq- entity; prepare.acquisition in a profile), "
+                "or remove the others."
             )
         dwi = images[0]
         bval, bvec = _sidecar(dwi, ".bval"), _sidecar(dwi, ".bvec")

@@ -582,7 +582,7 @@ def stage_bids(plan: StudyPlan, profile, out_dir: str | os.PathLike, *, segmenta
             prefix = f"{s.subject}_{s.session}" if s.session else s.subject
             for f in (s.dwi.dwi, s.dwi.bval, s.dwi.bvec, s.dwi.sidecar):
                 if f is not None:
-                    shutil.copyfile(f, tmp.joinpath(s.subject, *session, "dwi", f.name))
+                    _link(f, tmp.joinpath(s.subject, *session, "dwi", f.name))
             dwi = load_dwi(s.dwi.dwi, bval=s.dwi.bval, bvec=s.dwi.bvec, b0_threshold=prep.b0_threshold,
                            target_bvalue=prep.target_bvalue, bvalue_tolerance=prep.bvalue_tolerance,
                            clip_negative=prep.clip_negative)

@@ -9,7 +9,6 @@ tests change a copy.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -367,7 +366,8 @@ def test_stage_masks(staged, clinical, source):
     for p in ("01", "03"):
         truth = _load(source / f"derivatives/simulation/sub-P{p}/ses-pre/dwi/"
                                f"sub-P{p}_ses-pre_space-dwi_desc-lesion_mask.nii.gz")
-        carried = _load(deriv / f"sub-PAT{p}" / SESSION / "dwi" / f"sub-PAT{p}_{SESSION}_space-dwi_desc-lesion_mask.nii.gz")
+        carried = _load(deriv / f"sub-PAT{p}" / SESSION / "dwi"
+                        / f"sub-PAT{p}_{SESSION}_space-dwi_desc-lesion_mask.nii.gz")
         assert _dice(carried, truth) > 0.5, p
 
 

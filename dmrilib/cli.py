@@ -41,14 +41,16 @@ def _cmd_info(args: argparse.Namespace) -> int:
         from dmrilib.config import load_profile
         from dmrilib.study import plan_bids
 
-        profile = load_profile(args.config)
+        profile = load_profile(args.config or "quick")
         print()
         try:
             print(plan_bids(args.path, profile).text().replace(
                 "What a run on this dataset uses", f"What `make book BIDS=... PROFILE={profile.name}` uses", 1))
         except DwiInputError as exc:
             print(f"A run with profile {profile.name} cannot start: {exc}")
-            problems.append(str(exc))
+            # a problem of the data for the run asked about; without --config, the plan is a preview
+            if args.config is not None:
+                problems.append(str(exc))
     if problems:
         raise DwiInputError(f"{args.path}: {len(problems)} problem(s), listed above.")
     return 0
@@ -114,9 +116,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--header-only", action="store_true",
                    help="check headers and gradient files only, without reading the voxels (faster; "
                         "misses truncated files and NaN voxels)")
-    p.add_argument("--config", default="quick",
-                   help="for a BIDS folder: the profile a run will use (name or YAML path; default: quick); "
-                        "the plan of `make book BIDS=<path> PROFILE=<config>` is printed and checked")
+    p.add_argument("--config", default=None,
+                   help="for a BIDS folder: the profile a run will use (name or YAML path); the plan of "
+                        "`make book BIDS=<path> PROFILE=<config>` is printed and a plan that cannot start "
+                        "exits 2 (without --config: the plan for quick, printed only)")
     p.set_defaults(func=_cmd_info)
 
     p = sub.add_parser("simulate", parents=[common], help="simulate a glioma dMRI cohort as a BIDS dataset")

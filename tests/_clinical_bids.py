@@ -41,6 +41,9 @@ PIPELINE = "manual_segmentation"
 SESSION = "ses-preop"
 POSTOP = "ses-postop"
 ACQ = "acq-AP"
+#: The subjects of a dataset made from the smoke cohort (7 controls, 3 patients).
+CONTROLS = [f"sub-CON{i:02d}" for i in range(1, 8)]
+PATIENTS = [f"sub-PAT{i:02d}" for i in range(1, 4)]
 MULTISHELL_BVALUES = (700.0, 1200.0, 2800.0)
 
 _SUBJECT = re.compile(r"sub-(H|P)(\d+)")

@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 
 from _clinical_bids import (
+    CONTROLS,
+    PATIENTS,
     PIPELINE,
     add_second_dwi_run,
     copy_dataset,
@@ -21,8 +23,6 @@ from _clinical_bids import (
 )
 from dmrilib.io import DwiInputError, find_bids_dwi, read_participants, shells
 
-CONTROLS = [f"sub-CON{i:02d}" for i in range(1, 8)]
-PATIENTS = [f"sub-PAT{i:02d}" for i in range(1, 4)]
 
 
 @pytest.fixture(scope="module")

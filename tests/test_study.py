@@ -19,6 +19,8 @@ import yaml
 
 import dmrilib.study as study
 from _clinical_bids import (
+    CONTROLS,
+    PATIENTS,
     PIPELINE,
     add_second_dwi_run,
     copy_dataset,
@@ -34,8 +36,6 @@ from dmrilib.config import PROFILES_DIR, Profile, load_profile
 from dmrilib.io import DwiInputError
 from dmrilib.study import LESION_SOURCES, StudyPlan, plan_bids, read_study, stage_bids
 
-CONTROLS = [f"sub-CON{i:02d}" for i in range(1, 8)]
-PATIENTS = [f"sub-PAT{i:02d}" for i in range(1, 4)]
 SESSION = "ses-preop"
 
 

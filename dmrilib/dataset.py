@@ -361,6 +361,9 @@ class PreparedCohort:
             "gradient_schemes": [t.round(6).tolist() for t in schemes],
             "brain_fraction_min": float(min(kept)) if kept else None,
             "n_subjects": int(len(idx)),
+            # the shell was resampled to this direction set (prepare.directions): predict_dwi does the same
+            **({"directions": self.meta["directions"]["set"], "sh_order": self.meta["directions"]["sh_order"]}
+               if self.meta.get("directions") else {}),
         }
 
     def index(self, ids: Iterable[str]) -> np.ndarray:

@@ -27,6 +27,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import nibabel as nib
 import numpy as np
 import pandas as pd
 
@@ -188,6 +189,29 @@ def _background(prepared, j: int, subject: str) -> tuple[np.ndarray, np.ndarray,
     return np.asarray(prepared.fa[j], dtype=np.float32), crop.grid_affine(affine), False
 
 
+def _native_grids(root: Path, source: str | None, dwi_files: dict[str, str]) -> dict[str, tuple]:
+    """Subject -> (shape, affine) of its acquired DWI, for the subjects a BIDS run resampled (else empty)."""
+    study_path = root / "cohort" / "study.json"
+    if source is None or not study_path.is_file():
+        return {}
+    study = json.loads(study_path.read_text())
+    grids = {}
+    for s in study.get("subjects", []):
+        if s.get("staged_shape") and s["subject"] in dwi_files:
+            header = nib.load(str(Path(source) / dwi_files[s["subject"]]))
+            grids[s["subject"]] = (tuple(header.shape[:3]), header.affine)
+    return grids
+
+
+def _to_native(image, shape: tuple[int, ...], affine: np.ndarray):
+    """Trilinear resampling of a map onto the subject's acquired DWI grid (0 outside the map's field of view)."""
+    from nibabel.processing import resample_from_to
+
+    out = resample_from_to(nib.Nifti1Image(np.asarray(image.dataobj, dtype=np.float32), image.affine),
+                           (shape, affine), order=1, mode="constant", cval=0.0)
+    return nib.Nifti1Image(np.asarray(out.dataobj, dtype=np.float32), affine)
+
+
 def _label(model: str, variant: str) -> str:
     return "normative baseline" if (model, variant) == _BASELINE else f"{_MODEL_NAMES[model]} {variant}"
 
@@ -271,6 +295,7 @@ def export_anomaly_maps(profile: Profile, results: str | Path = "results", *, pr
         description["DatasetLinks"] = {"raw": uri}  # resolves the sidecars' bids:raw:... Sources
     _write_json(out_root / "dataset_description.json", description)
 
+    native_grids = _native_grids(root, source, dwi_files)
     overlay_rows = _overlay_rows(profile, results)
     kept: dict[tuple[str, str], np.ndarray] = {}
     rows, files = [], [str(_DERIVATIVE / "dataset_description.json")]
@@ -303,6 +328,8 @@ def export_anomaly_maps(profile: Profile, results: str | Path = "results", *, pr
             stem = f"{subject}_{session}" if session else subject
             name = f"{stem}_space-dwi_desc-{desc}_anomaly"
             image = to_input_grid(prepared, subject, mean[i])
+            if subject in native_grids:  # the run resampled this DWI (bids.voxel_size): back to its own grid
+                image = _to_native(image, *native_grids[subject])
             _write_bytes(folder / f"{name}.nii.gz", _nifti_bytes(image))
             dwi = dwi_files.get(subject) if source else None
             _write_json(folder / f"{name}.json", {**({"Sources": [f"bids:raw:{dwi}"]} if dwi else {}),

@@ -223,6 +223,27 @@ def _check_geometry(dwi, acq: dict[str, Any], voxel_tolerance: float) -> None:
         )
 
 
+def _resampled_attenuation(dwi, mask: np.ndarray, acq: dict[str, Any], bvalue_tolerance: float) -> np.ndarray:
+    """The shell's attenuation resampled to the checkpoint's direction set, as prepare did for training."""
+    from dmrilib import preprocess
+    from dmrilib.directions import resample_shell, target_directions
+    from dmrilib.io import DwiInputError
+
+    dw = ~dwi.is_b0
+    bvalue = float(np.mean(dwi.bvals[dw]))
+    if abs(bvalue - float(acq["bvalue"])) > bvalue_tolerance:
+        raise DwiInputError(
+            f"{dwi.bval_path.name}: the scored shell has b = {bvalue:.0f} s/mm^2, but the checkpoint was trained "
+            f"on b = {float(acq['bvalue']):.0f}. Select the training shell (target_bvalue) or train on this shell.")
+    att = preprocess.attenuation(dwi, mask=mask)
+    try:
+        out = resample_shell(att, np.asarray(dwi.bvecs, float)[dw], target_directions(acq["directions"]),
+                             sh_order=acq.get("sh_order"))
+    except ValueError as exc:
+        raise DwiInputError(f"{dwi.bvec_path.name}: {exc}") from exc
+    return np.clip(out, 0, 1) * mask[..., None]
+
+
 def _channel_order(dwi, acq: dict[str, Any], direction_tolerance_deg: float, bvalue_tolerance: float) -> np.ndarray:
     """Input channel of each training channel (identity, or a reordering of the same directions)."""
     from scipy.optimize import linear_sum_assignment
@@ -370,16 +391,22 @@ def predict_dwi(checkpoint_path: str | os.PathLike, dwi_path: str | os.PathLike,
     dwi = dio.load_dwi(dwi_path, bval=bval_path, bvec=bvec_path, b0_threshold=b0_threshold,
                        target_bvalue=target_bvalue, bvalue_tolerance=bvalue_tolerance)
     _check_geometry(dwi, acq, voxel_tolerance)
-    n_dw = int((~dwi.is_b0).sum())
+    mask = dio.load_mask(mask_path, dwi) if mask_path is not None else preprocess.brain_mask_from_b0(dwi)
+    if acq.get("directions"):
+        # trained on shells resampled to a fixed direction set (prepare.directions): resample this one alike
+        att, order = _resampled_attenuation(dwi, mask, acq, bvalue_tolerance), slice(None)
+    else:
+        att, order = None, None
+    n_dw = int((~dwi.is_b0).sum()) if att is None else att.shape[-1]
     if n_dw != int(meta["in_channels"]):
         raise dio.DwiInputError(
             f"{dwi.path.name}: {n_dw} diffusion-weighted volumes at b = {target_bvalue:g} after shell selection, "
             f"but the checkpoint expects {meta['in_channels']}. Select the matching shell (target_bvalue).")
-    order = _channel_order(dwi, acq, direction_tolerance_deg, bvalue_tolerance)
-    mask = dio.load_mask(mask_path, dwi) if mask_path is not None else preprocess.brain_mask_from_b0(dwi)
+    if att is None:
+        order = _channel_order(dwi, acq, direction_tolerance_deg, bvalue_tolerance)
+        att = preprocess.attenuation(dwi, mask=mask)[..., order]  # (X, Y, Z, C) in training channel order
     crop = preprocess.NetworkGrid(tuple(meta["grid"])).crop_for(mask)
     _check_brain_fits(dwi, mask, crop, acq, mask_path)
-    att = preprocess.attenuation(dwi, mask=mask)[..., order]  # (X, Y, Z, C) in training channel order
     volume = np.moveaxis(crop.to_grid(att), -1, 0)[None]  # (1, C, X, Y, Z)
     # A sampled DAE latent (dae_test_latent="sample") is seeded by the file name: same file, same map.
     score = predict_maps((net, meta), volume, batch_size=1, device=str(dev), subjects=[Path(dwi_path).name])[0]

@@ -346,3 +346,22 @@ def test_predict_dwi_refuses_a_corrupted_checkpoint(dae_checkpoint, tmp_path):
     dwi_path, _, _ = _write_dwi(tmp_path)
     with pytest.raises(IntegrityError, match="checkpoint-best.pt: content sha256"):
         predict_dwi(broken, dwi_path, out_path=tmp_path / "m.nii.gz", device="cpu")
+
+
+def test_predict_dwi_resamples_a_shell_when_training_did(tmp_path):
+    """A checkpoint trained on shells resampled to small_64D (prepare.directions) scores a 30-direction DWI."""
+    from dmrilib.directions import target_directions
+    from dmrilib.io import DwiInputError
+
+    target = target_directions("small_64D")
+    acq = {**_acquisition(bvecs=target), "directions": "small_64D", "sh_order": 4}
+    ckpt = _train(tmp_path / "run", channels=len(target), acquisition=acq)
+    dwi_path, mask, affine = _write_dwi(tmp_path, n_dw=30)
+    out = predict_dwi(ckpt, dwi_path, mask_path=tmp_path / "x_mask.nii.gz", out_path=tmp_path / "m.nii.gz",
+                      device="cpu")
+    data = np.asarray(nib.load(out).dataobj)
+    assert data.shape == mask.shape and np.all(data[~mask] == 0) and data[mask].max() > 0
+    # without the record the same data are refused: 30 directions, 64 channels
+    plain = _train(tmp_path / "plain", channels=len(target), acquisition=_acquisition(bvecs=target))
+    with pytest.raises(DwiInputError, match="checkpoint expects 64"):
+        predict_dwi(plain, dwi_path, out_path=tmp_path / "p.nii.gz", device="cpu")

@@ -446,3 +446,66 @@ def test_cli_info_bad(copy, capsys):
     assert "cannot start" in captured.out and "no 'group' column" in captured.out
     assert "participants.tsv" in captured.out
     assert "dmri info: error:" in captured.err and "problem(s)" in captured.err
+
+
+def test_resample_volume_keeps_a_linear_ramp_and_the_field_of_view():
+    affine = np.array([[-2.0, 0, 0, 90], [0, 2.0, 0, -120], [0, 0, 2.5, -60], [0, 0, 0, 1]])
+    shape = (40, 50, 24)
+    ijk = np.stack(np.meshgrid(*[np.arange(n) for n in shape], indexing="ij"), axis=-1)
+    world = ijk @ affine[:3, :3].T + affine[:3, 3]
+    ramp = (0.01 * world[..., 0] + 0.02 * world[..., 1] - 0.03 * world[..., 2] + 5).astype(np.float32)
+    out, new_affine = study.resample_volume(ramp, affine, 5.0)
+    assert out.shape == (16, 20, 12)
+    assert np.allclose(np.sqrt((new_affine[:3, :3] ** 2).sum(axis=0)), 5.0)
+    assert np.sign(new_affine[0, 0]) == np.sign(affine[0, 0])  # orientation kept
+    new_ijk = np.stack(np.meshgrid(*[np.arange(n) for n in out.shape], indexing="ij"), axis=-1)
+    new_world = new_ijk @ new_affine[:3, :3].T + new_affine[:3, 3]
+    expected = 0.01 * new_world[..., 0] + 0.02 * new_world[..., 1] - 0.03 * new_world[..., 2] + 5
+    inner = (slice(2, -2),) * 3  # the Gaussian pre-smoothing leaves a linear function unchanged away from the edges
+    assert np.abs(out[inner] - expected[inner]).max() < 1e-3
+    # the new voxels tile the old field of view: first and last centres half a new voxel inside its edges
+    old_edge = affine[:3, :3] @ np.full(3, -0.5) + affine[:3, 3]
+    new_edge = new_affine[:3, :3] @ np.full(3, -0.5) + new_affine[:3, 3]
+    assert np.allclose(old_edge, new_edge)
+
+
+def test_stage_resamples_to_bids_voxel_size_and_export_goes_back(clinical, tmp_path):
+    import nibabel as nib
+
+    from dmrilib.export import _to_native
+
+    profile = _profile(bids={"voxel_size": 14.4})
+    plan = plan_bids(clinical, profile)
+    out = stage_bids(plan, profile, tmp_path / "smoke" / "cohort", progress=False)
+    dwi = _dwi(out, "sub-PAT01")
+    assert not dwi.is_symlink()
+    img = nib.load(str(dwi))
+    assert np.allclose(img.header.get_zooms()[:3], 14.4) and img.shape[:3] == (15, 15, 9)
+    record = read_study(out)
+    assert record["voxel_size"] == 14.4
+    pat = next(s for s in record["subjects"] if s["subject"] == "sub-PAT01")
+    assert pat["staged_shape"] == [15, 15, 9] and pat["lesion_voxels"] > 0
+    lesion = next((out / "derivatives").rglob("sub-PAT01_*desc-lesion_mask.nii.gz"))
+    assert nib.load(str(lesion)).shape == (15, 15, 9) and np.allclose(nib.load(str(lesion)).affine, img.affine)
+    # a map on the staged grid goes back onto the acquired grid
+    native = nib.load(str(_dwi(clinical, "sub-PAT01")))
+    back = _to_native(nib.Nifti1Image(np.ones(img.shape[:3], np.float32), img.affine), native.shape[:3], native.affine)
+    assert back.shape == native.shape[:3] and np.allclose(back.affine, native.affine)
+    assert np.asarray(back.dataobj)[5:-5, 5:-5, 3:-3].min() > 0.99
+
+
+def test_segmented_lesions_are_carried_to_the_dwi(copy, tmp_path):
+    import shutil
+
+    shutil.rmtree(copy / "derivatives")
+    profile = _profile(bids={"lesion_masks": "segment"})
+    plan = plan_bids(copy, profile)
+    assert {s.lesion_source for s in plan.patients} == {"segmented"}
+    out = stage_bids(plan, profile, tmp_path / "smoke" / "cohort", segmentation_dir=tmp_path / "seg",
+                     progress=False)
+    assert any((tmp_path / "seg").glob("checkpoint-*.pt"))
+    record = read_study(out)
+    for s in record["subjects"]:
+        if s["group"] == "patient":
+            assert s["lesion_source"] == "segmented" and "lesion_voxels" in s
+            assert next((out / "derivatives").rglob(f"{s['subject']}_*desc-lesion_mask.nii.gz")).is_file()

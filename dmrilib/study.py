@@ -39,7 +39,6 @@ Masks on the DWI grid, when the dataset has none:
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import re
@@ -556,8 +555,8 @@ def stage_bids(plan: StudyPlan, profile, out_dir: str | os.PathLike, *, segmenta
     from tqdm.auto import tqdm
 
     from dmrilib.config import provenance
-    from dmrilib.io import load_dwi, load_mask
-    from dmrilib.preprocess import brain_mask_from_b0, dti_maps
+    from dmrilib.io import load_dwi
+    from dmrilib.preprocess import brain_mask_from_b0, dti_maps, mean_b0
 
     out_dir = Path(out_dir)
     digest = _plan_hash(plan, profile)
@@ -623,7 +622,8 @@ def stage_bids(plan: StudyPlan, profile, out_dir: str | os.PathLike, *, segmenta
             elif s.lesion_source == "t1w-registered":
                 lesion, registrations[s.subject] = _carry_t1w_mask(s, dwi, profile)
             elif s.lesion_source == "segmented":
-                to_segment.append((s, dwi))
+                # the mean b0 and its grid only: the 4D data of every patient would not fit in memory
+                to_segment.append((s, mean_b0(dwi), dwi.affine))
             md = dti_maps(dwi, brain, fit_method="OLS").md
             free_water = np.asarray(md) > profile.bids.csf_md_threshold
             rec["eval_region"] = f"brain mask without MD > {profile.bids.csf_md_threshold:g} mm^2/s, lesion added"
@@ -642,14 +642,14 @@ def stage_bids(plan: StudyPlan, profile, out_dir: str | os.PathLike, *, segmenta
             carried = _segment(to_segment, profile, Path(segmentation_dir) if segmentation_dir else
                                out_dir.parent / "groundtruth" / "segmentation", progress)
             by_subject = {r["subject"]: r for r in record["subjects"]}
-            for s, dwi in to_segment:
+            for s, _, affine in to_segment:
                 session = (s.session,) if s.session else ()
                 prefix = f"{s.subject}_{s.session}" if s.session else s.subject
                 folder = deriv.joinpath(s.subject, *session, "dwi")
                 lesion = carried[s.subject]
                 rec = by_subject[s.subject]
-                _save_mask(folder / f"{prefix}_space-dwi_desc-lesion_mask.nii.gz", lesion, dwi.affine)
-                _save_mask(folder / f"{prefix}_space-dwi_desc-wmgm_mask.nii.gz", rec["_region"] | lesion, dwi.affine)
+                _save_mask(folder / f"{prefix}_space-dwi_desc-lesion_mask.nii.gz", lesion, affine)
+                _save_mask(folder / f"{prefix}_space-dwi_desc-wmgm_mask.nii.gz", rec["_region"] | lesion, affine)
                 rec["lesion_voxels"] = int(lesion.sum())
         for rec in record["subjects"]:
             rec.pop("_region", None)
@@ -690,7 +690,6 @@ def _segment(items, profile, seg_dir: Path, progress: bool) -> dict[str, np.ndar
 
     from dmrilib.groundtruth import (GroundTruthInput, run_groundtruth_cohort, simulate_training_set,
                                      train_segmentation)
-    from dmrilib.preprocess import mean_b0
 
     seg = profile.groundtruth
     training = simulate_training_set(profile.cohort, seg, n_jobs=1, progress=progress)
@@ -698,13 +697,13 @@ def _segment(items, profile, seg_dir: Path, progress: bool) -> dict[str, np.ndar
                        subject_ids=training.subject_ids, progress=progress)
 
     def inputs():
-        for s, dwi in items:
+        for s, b0, affine in items:
             t1, flair = nib.load(str(s.t1w)), nib.load(str(s.flair))
             if tuple(flair.shape[:3]) != tuple(t1.shape[:3]) or not np.allclose(flair.affine, t1.affine, atol=1e-3):
                 raise DwiInputError(f"{s.flair}: FLAIR is not on the T1w grid; resample it onto the T1w first.")
             yield GroundTruthInput(subject=s.subject, t1w=np.asarray(t1.dataobj, dtype=np.float32),
                                    flair=np.asarray(flair.dataobj, dtype=np.float32), structural_affine=t1.affine,
-                                   b0=mean_b0(dwi), dwi_affine=dwi.affine)
+                                   b0=b0, dwi_affine=affine)
 
     result = run_groundtruth_cohort(inputs(), seg_dir, seg_config=seg, reg_config=profile.registration,
                                     progress=progress)

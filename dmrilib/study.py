@@ -52,8 +52,8 @@ from typing import Any, Literal, Mapping, Sequence
 import numpy as np
 
 from dmrilib._atomic import atomic_dir, remove_stale_temp, write_json_atomic, write_text_atomic
-from dmrilib.io import (BidsDwi, DwiInputError, find_bids_dwi, inspect_dwi, read_participants, select_shell,
-                        shells)
+from dmrilib.io import (BidsDwi, DwiInputError, _nifti_files, find_bids_dwi, inspect_dwi, read_participants,
+                        select_shell, shells)
 
 __all__ = [
     "BidsConfig",
@@ -72,7 +72,6 @@ STAGED_PIPELINE = "dmrilib"
 #: Where a patient's lesion mask comes from, in the order ``lesion_masks: auto`` tries them.
 LESION_SOURCES = ("dwi-derivative", "t1w-registered", "segmented", "none")
 _LESION_DESCS = ("lesion", "tumor", "tumour")
-_NIFTI = (".nii.gz", ".nii")
 
 
 @dataclass(frozen=True)
@@ -246,17 +245,13 @@ class StudyPlan:
 
 # --------------------------------------------------------------------- discovery
 
-def _nifti(folder: Path, pattern: str) -> list[Path]:
-    return sorted(p for p in folder.glob(pattern) if p.name.endswith(_NIFTI)) if folder.is_dir() else []
-
-
 def _derivative_masks(root: Path, entry: BidsDwi, datatype: str, space: str) -> list[Path]:
     """Lesion masks of a subject in every ``derivatives/<name>/`` folder, in one space."""
     session = (entry.session,) if entry.session else ()
     hits = []
     for pipeline in sorted(p for p in (root / "derivatives").glob("*") if p.is_dir()):
         folder = pipeline.joinpath(entry.subject, *session, datatype)
-        for path in _nifti(folder, f"{entry.subject}*_mask.nii*"):
+        for path in _nifti_files(folder, f"{entry.subject}*_mask.nii*"):
             name = path.name
             if not any(f"_desc-{d}_" in name for d in _LESION_DESCS):
                 continue
@@ -274,12 +269,12 @@ def _derivative_masks(root: Path, entry: BidsDwi, datatype: str, space: str) -> 
 def _brain_masks(root: Path, entry: BidsDwi) -> list[Path]:
     session = (entry.session,) if entry.session else ()
     return [p for pipeline in sorted(p for p in (root / "derivatives").glob("*") if p.is_dir())
-            for p in _nifti(pipeline.joinpath(entry.subject, *session, "dwi"), f"{entry.subject}*_desc-brain_mask.nii*")]
+            for p in _nifti_files(pipeline.joinpath(entry.subject, *session, "dwi"), f"{entry.subject}*_desc-brain_mask.nii*")]
 
 
 def _anat(root: Path, entry: BidsDwi, suffix: str) -> Path | None:
     session = (entry.session,) if entry.session else ()
-    hits = _nifti(root.joinpath(entry.subject, *session, "anat"), f"{entry.subject}*_{suffix}.nii*")
+    hits = _nifti_files(root.joinpath(entry.subject, *session, "anat"), f"{entry.subject}*_{suffix}.nii*")
     if len(hits) > 1:
         raise DwiInputError(f"{hits[0].parent}: several {suffix} images {[p.name for p in hits]}; keep one per "
                             "session (or remove the others from the dataset the run reads).")
@@ -454,28 +449,31 @@ def _lesion_source(root: Path, entry: BidsDwi, header, config: BidsConfig):
     """(source, mask file, T1w, FLAIR) of one patient, the masks' grids checked."""
     mode = config.lesion_masks
     t1w, flair = _anat(root, entry, "T1w"), _anat(root, entry, "FLAIR")
+
+    def one(datatype: str, space: str) -> Path | None:
+        hits = _derivative_masks(root, entry, datatype, space)
+        if len(hits) > 1:
+            raise DwiInputError(f"{entry.subject}: several {'DWI' if space == 'dwi' else space}-space lesion masks "
+                                f"{[str(p.relative_to(root)) for p in hits]}; keep one (or remove the others from "
+                                "the dataset the run reads).")
+        return hits[0] if hits else None
+
     if mode in ("auto", "dwi"):
-        hits = _derivative_masks(root, entry, "dwi", "dwi")
-        if len(hits) > 1:
-            raise DwiInputError(f"{entry.subject}: several DWI-space lesion masks {[str(p.relative_to(root)) for p in hits]}; "
-                                "keep one (or remove the others from the dataset the run reads).")
-        if hits:
-            _check_grid(hits[0], header.shape, header.affine, "DWI-space lesion mask")
-            return "dwi-derivative", hits[0], t1w, flair
+        mask = one("dwi", "dwi")
+        if mask is not None:
+            _check_grid(mask, header.shape, header.affine, "DWI-space lesion mask")
+            return "dwi-derivative", mask, t1w, flair
     if mode in ("auto", "t1w"):
-        hits = _derivative_masks(root, entry, "anat", "T1w")
-        if len(hits) > 1:
-            raise DwiInputError(f"{entry.subject}: several T1w-space lesion masks {[str(p.relative_to(root)) for p in hits]}; "
-                                "keep one.")
-        if hits:
+        mask = one("anat", "T1w")
+        if mask is not None:
             if t1w is None:
-                raise DwiInputError(f"{hits[0]}: a T1w-space lesion mask, but {entry.subject} has no T1w image in "
+                raise DwiInputError(f"{mask}: a T1w-space lesion mask, but {entry.subject} has no T1w image in "
                                     "its anat/ folder to register to the DWI. Add the T1w the mask was drawn on.")
             import nibabel as nib
 
             ref = nib.load(str(t1w))
-            _check_grid(hits[0], ref.shape, ref.affine, "T1w-space lesion mask")
-            return "t1w-registered", hits[0], t1w, flair
+            _check_grid(mask, ref.shape, ref.affine, "T1w-space lesion mask")
+            return "t1w-registered", mask, t1w, flair
     if mode in ("auto", "segment") and t1w is not None and flair is not None:
         return "segmented", None, t1w, flair
     return "none", None, t1w, flair

@@ -43,6 +43,7 @@ import pandas as pd
 from dmrilib._atomic import atomic_path, write_json_atomic
 from dmrilib.config import Profile, config_hash, load_profile, provenance
 from dmrilib.fidelity import DIFFERENCES, Difference, ablation_rows
+from dmrilib.layout import ResultsLayout, RunFiles
 
 __all__ = ["AblationRun", "plan_ablation", "run_ablation", "ablation_table", "ablation_dir", "RULES", "METRICS"]
 
@@ -50,9 +51,14 @@ __all__ = ["AblationRun", "plan_ablation", "run_ablation", "ablation_table", "ab
 RULES = ("fixed", "otsu", "pool_max", "dice_optimal")
 #: Metric columns of ``ablation.csv``: the lesion AUROC, then Dice (after the opening) per rule.
 METRICS = ("auroc", *(f"dice_{r}" for r in RULES))
-# Files of a trained run that an evaluation-only row reuses.
-_RUN_FILES = ("checkpoint-best.pt", "run.json", "log.csv", "maps.json", "maps-test.npy", "maps-val.npy",
-              "maps-test.npy.sha256", "maps-val.npy.sha256")
+
+
+def _reused_files(run: RunFiles) -> list[Path]:
+    """Files of a trained run that an evaluation-only row reuses."""
+    from dmrilib.integrity import sidecar_path
+
+    return [run.checkpoint_best, run.run_record, run.train_log, run.maps_record, run.maps_test, run.maps_val,
+            sidecar_path(run.maps_test), sidecar_path(run.maps_val)]
 
 
 @dataclass(frozen=True)
@@ -88,17 +94,13 @@ class AblationRun:
 
 
 def ablation_dir(profile: Profile, results: str | Path = "results") -> Path:
-    """``<results>/<profile>/ablation``."""
-    from dmrilib.pipeline import results_root
-
-    return results_root(profile, results) / "ablation"
+    """``<results>/<profile>/ablation`` (:attr:`dmrilib.layout.ResultsLayout.ablation`)."""
+    return ResultsLayout.of(profile, results).ablation
 
 
 def _mean_auroc(profile: Profile, results: str | Path) -> pd.Series:
     """Mean lesion AUROC of every (model, variant) the profile's build evaluated."""
-    from dmrilib.pipeline import results_root
-
-    path = results_root(profile, results) / "tables" / "auroc_all.csv"
+    path = ResultsLayout.of(profile, results).table("auroc_all")
     if not path.is_file():
         raise FileNotFoundError(f"{path}: missing. The ablation compares against the profile's own runs: "
                                 f"run `make book PROFILE={profile.name}` (or its results) first.")
@@ -225,16 +227,17 @@ def _link(target: Path, link: Path) -> None:
 
 def _reuse_run(source: Path, dest: Path) -> None:
     dest.mkdir(parents=True, exist_ok=True)
-    for name in _RUN_FILES:
-        if (source / name).is_file() and not (dest / name).is_file():
-            with atomic_path(dest / name) as tmp:
-                shutil.copyfile(source / name, tmp)
+    for path in _reused_files(RunFiles(source)):
+        target = dest / path.name
+        if path.is_file() and not target.is_file():
+            with atomic_path(target) as tmp:
+                shutil.copyfile(path, tmp)
 
 
 def _per_patient(runs: Sequence[Path]) -> pd.DataFrame:
     """AUROC and Dice (after the opening) per rule, one row per (patient, fold) of the runs' folds."""
-    det = pd.concat([pd.read_csv(run / "eval-auroc.csv") for run in runs])[["subject", "fold", "auroc"]]
-    dice = pd.concat([pd.read_csv(run / "eval-dice.csv") for run in runs])
+    det = pd.concat([pd.read_csv(RunFiles(run).eval_auroc) for run in runs])[["subject", "fold", "auroc"]]
+    dice = pd.concat([pd.read_csv(RunFiles(run).eval_dice) for run in runs])
     dice = dice[dice["rule"].isin(RULES)].pivot_table(index=["subject", "fold"], columns="rule",
                                                       values="dice_post")
     dice.columns = [f"dice_{c}" for c in dice.columns]
@@ -286,17 +289,19 @@ def run_ablation(profile: Profile, results: str | Path = "results", *, rows: Seq
 
     plans = plan_ablation(profile, results, rows)
     root = ablation_dir(profile, results)
-    base_root = pipeline.results_root(profile, results)
-    for folder in ("prepared", "groundtruth"):
-        if not (base_root / folder).is_dir():
-            raise FileNotFoundError(f"{base_root / folder}: missing; run `make book PROFILE={profile.name}` first.")
+    base = ResultsLayout.of(profile, results)
+    for folder in (base.prepared, base.groundtruth):
+        if not folder.is_dir():
+            raise FileNotFoundError(f"{folder}: missing; run `make book PROFILE={profile.name}` first.")
     cfg = profile.evaluate
     records, timings = [], []
     total = sum(len(p.runs) * len(profile.folds) for p in plans)
     done = 0
     for plan in plans:
-        for folder in ("prepared", "groundtruth"):
-            _link(base_root / folder, root / plan.name / folder)
+        flipped = ResultsLayout.of(plan.profile, root)
+        # the flipped profile reads the profile's own prepared cohort and ground truth
+        _link(base.prepared, flipped.prepared)
+        _link(base.groundtruth, flipped.groundtruth)
         for model, variant in plan.runs:
             base_runs, flipped_runs = [], []
             for fold in profile.folds:
@@ -306,17 +311,17 @@ def run_ablation(profile: Profile, results: str | Path = "results", *, rows: Seq
                 print(f"[{done}/{total}] row {plan.row.number} ({plan.row.item}): {model} {variant} "
                       f"fold {fold}: {change}", flush=True)
                 t0 = time.perf_counter()
-                base_run = pipeline.run_dir(profile, model, variant, fold, results)
-                if not (base_run / "eval.json").is_file():
-                    raise FileNotFoundError(f"{base_run / 'eval.json'}: missing; the ablation compares against "
+                base_run = base.run(model, variant, fold)
+                if not RunFiles(base_run).eval_record.is_file():
+                    raise FileNotFoundError(f"{RunFiles(base_run).eval_record}: missing; the ablation compares against "
                                             f"the profile's own run: run `make book PROFILE={profile.name}` first.")
                 if plan.evaluate_only:
-                    _reuse_run(base_run, pipeline.run_dir(plan.profile, model, variant, fold, root))
+                    _reuse_run(base_run, flipped.run(model, variant, fold))
                 else:
                     pipeline.run_train(plan.profile, model, variant, fold, root, threads=threads, progress=progress)
                 pipeline.run_evaluate(plan.profile, model, variant, fold, root, threads=threads)
                 base_runs.append(base_run)
-                flipped_runs.append(pipeline.run_dir(plan.profile, model, variant, fold, root))
+                flipped_runs.append(flipped.run(model, variant, fold))
                 timings.append({"row": plan.row.number, "model": model, "variant": variant, "fold": fold,
                                 "seconds": round(time.perf_counter() - t0, 1)})
             for rec in _deltas(base_runs, flipped_runs, n_boot=cfg.n_bootstrap, ci=cfg.ci, seed=cfg.seed):

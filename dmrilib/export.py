@@ -34,6 +34,7 @@ import pandas as pd
 from dmrilib._atomic import atomic_path, write_json_atomic
 from dmrilib.config import Profile, config_hash, provenance
 from dmrilib.integrity import load_npy
+from dmrilib.layout import ResultsLayout
 
 __all__ = ["export_anomaly_maps"]
 
@@ -41,7 +42,6 @@ __all__ = ["export_anomaly_maps"]
 MEANING = "anomaly score, higher = more anomalous; not calibrated across models"
 _MODEL_NAMES = {"dae": "DAE", "recdisc": "RecDiscNet", "baseline": "baseline"}
 _BASELINE = ("baseline", "normative")
-_DERIVATIVE = Path("derivatives") / "anomaly"
 
 
 def _desc(model: str, variant: str) -> str:
@@ -51,9 +51,9 @@ def _desc(model: str, variant: str) -> str:
     return re.sub(r"[^A-Za-z0-9]", "", model + variant)
 
 
-def _sessions(root: Path, prepared) -> dict[str, str | None]:
+def _sessions(layout: ResultsLayout, prepared) -> dict[str, str | None]:
     """Subject -> ``ses-<label>`` or None: from ``cohort/study.json`` (BIDS mode), else the prepared cohort."""
-    study_path = root / "cohort" / "study.json"
+    study_path = layout.study_file
     if study_path.is_file():
         study = json.loads(study_path.read_text())
         found = {s["subject"]: s.get("session") for s in study.get("subjects", [])}
@@ -66,13 +66,13 @@ def _sessions(root: Path, prepared) -> dict[str, str | None]:
     return out
 
 
-def _sources(root: Path, prepared) -> tuple[str | None, dict[str, str]]:
+def _sources(layout: ResultsLayout, prepared) -> tuple[str | None, dict[str, str]]:
     """The source dataset's root and each subject's DWI relative to it.
 
     BIDS mode: the user's dataset (``cohort/study.json``), not the staged
     view of it the cohort was prepared from; otherwise the prepared cohort's.
     """
-    study_path = root / "cohort" / "study.json"
+    study_path = layout.study_file
     if study_path.is_file():
         study = json.loads(study_path.read_text())
         return ((study.get("dataset") or {}).get("root"),
@@ -87,16 +87,16 @@ def _job(model: str, variant: str, fold: int) -> str:
     return f"the train and evaluate jobs of {model}/{variant} fold {fold} (make book, or snakemake's rules)"
 
 
-def _fold_mean(root: Path, profile: Profile, model: str, variant: str, patients: list[str],
+def _fold_mean(layout: ResultsLayout, profile: Profile, model: str, variant: str, patients: list[str],
                grid: tuple[int, ...]) -> tuple[np.ndarray, dict[str, Any]]:
     """Mean over the profile's folds of a configuration's patient maps (float32), and each fold's thresholds."""
     total = np.zeros((len(patients), *grid), dtype=np.float32)
     thresholds: dict[str, Any] = {}
     for fold in profile.folds:
-        folder = root / "runs" / model / variant / f"fold-{int(fold)}"
-        path = folder / "maps-test.npy"
+        files = layout.run_files(model, variant, int(fold))
+        folder, path = files.folder, files.maps_test
         job = _job(model, variant, fold)
-        record = folder / "maps.json"
+        record = files.maps_record
         if record.is_file():
             test_ids = json.loads(record.read_text()).get("test_ids")
             if test_ids is not None and list(test_ids) != patients:
@@ -108,7 +108,7 @@ def _fold_mean(root: Path, profile: Profile, model: str, variant: str, patients:
             raise ValueError(f"{path}: shape {maps.shape}, expected {(len(patients), *grid)} (the prepared "
                              f"cohort's patients on its network grid). Delete it and run {job}.")
         total += maps.astype(np.float32)
-        eval_path = folder / "eval.json"
+        eval_path = files.eval_record
         if eval_path.is_file():
             held = json.loads(eval_path.read_text()).get("healthy_fpr_thresholds")
             if held is not None:
@@ -143,19 +143,19 @@ def _write_json(path: Path, obj: Any) -> None:
 
 def _overlay_rows(profile: Profile, results: str | Path) -> list[tuple[str, str]]:
     """(model, variant) of the overlay rows: the best DAE and RecDiscNet variants, then the baseline."""
-    from dmrilib.pipeline import best_variant, results_root
+    from dmrilib.metrics import best_auroc_variant
 
-    tables = results_root(profile, results) / "tables"
+    auroc_all = ResultsLayout.of(profile, results).table("auroc_all")
     rows = []
     for model in ("dae", "recdisc"):
         variants = list(profile.variants.get(model, ()))
         if not variants:
             continue
         chosen = variants[0]
-        # best_variant reads auroc_all.csv, written with table1/table2 by the aggregate job
-        if (tables / "auroc_all.csv").is_file():
+        # auroc_all.csv is written with table1/table2 by the aggregate job
+        if auroc_all.is_file():
             try:
-                best = best_variant(profile, model, results)
+                best = best_auroc_variant(pd.read_csv(auroc_all), model)
             except (KeyError, ValueError):  # no rows of this model yet
                 best = chosen
             chosen = best if best in variants else chosen
@@ -189,9 +189,9 @@ def _background(prepared, j: int, subject: str) -> tuple[np.ndarray, np.ndarray,
     return np.asarray(prepared.fa[j], dtype=np.float32), crop.grid_affine(affine), False
 
 
-def _native_grids(root: Path, source: str | None, dwi_files: dict[str, str]) -> dict[str, tuple]:
+def _native_grids(layout: ResultsLayout, source: str | None, dwi_files: dict[str, str]) -> dict[str, tuple]:
     """Subject -> (shape, affine) of its acquired DWI, for the subjects a BIDS run resampled (else empty)."""
-    study_path = root / "cohort" / "study.json"
+    study_path = layout.study_file
     if source is None or not study_path.is_file():
         return {}
     study = json.loads(study_path.read_text())
@@ -225,8 +225,9 @@ def export_anomaly_maps(profile: Profile, results: str | Path = "results", *, pr
     each patient's DWI grid (:func:`dmrilib.dataset.to_input_grid`), then
     written under ``<R>/derivatives/anomaly/`` with a JSON sidecar (see the
     module docstring). One overlay figure per patient shows the best DAE and
-    RecDiscNet variants (:func:`dmrilib.pipeline.best_variant` once the
-    aggregate job has run, else the profile's first variant of each) and the
+    RecDiscNet variants (highest mean AUROC in ``tables/auroc_all.csv``,
+    :func:`dmrilib.metrics.best_auroc_variant`, once the aggregate job has
+    run, else the profile's first variant of each) and the
     baseline over the patient's mean b0. Re-running with the same inputs
     leaves every file as it is; files of an earlier export that this one no
     longer produces are removed.
@@ -263,17 +264,16 @@ def export_anomaly_maps(profile: Profile, results: str | Path = "results", *, pr
 
     import dmrilib
     from dmrilib.dataset import load_prepared, to_input_grid
-    from dmrilib.pipeline import results_root
     from dmrilib.plotting.overlay import patient_overlay
 
     t0 = time.perf_counter()
-    root = results_root(profile, results)
-    prepared = load_prepared(root / "prepared")
+    layout = ResultsLayout.of(profile, results)
+    prepared = load_prepared(layout.prepared)
     patients = prepared.patient_ids()
     positions = dict(zip(patients, prepared.index(patients))) if patients else {}
-    sessions = _sessions(root, prepared)
-    out_root = root / _DERIVATIVE
-    record_path = root / "figures" / "export.json"
+    sessions = _sessions(layout, prepared)
+    out_root = layout.anomaly_derivatives
+    record_path = layout.export_record
     previous = json.loads(record_path.read_text()).get("files", []) if record_path.is_file() else []
     prov = provenance()
 
@@ -288,20 +288,20 @@ def export_anomaly_maps(profile: Profile, results: str | Path = "results", *, pr
         "GeneratedBy": [{"Name": "dmrilib", "Version": dmrilib.__version__,
                          "Description": "diffusion MRI anomaly detection (DAE, RecDiscNet, normative DTI z-score)"}],
     }
-    source, dwi_files = _sources(root, prepared)
+    source, dwi_files = _sources(layout, prepared)
     if source:
         uri = Path(source).resolve().as_uri()
         description["SourceDatasets"] = [{"URL": uri}]
         description["DatasetLinks"] = {"raw": uri}  # resolves the sidecars' bids:raw:... Sources
     _write_json(out_root / "dataset_description.json", description)
 
-    native_grids = _native_grids(root, source, dwi_files)
+    native_grids = _native_grids(layout, source, dwi_files)
     overlay_rows = _overlay_rows(profile, results)
     kept: dict[tuple[str, str], np.ndarray] = {}
-    rows, files = [], [str(_DERIVATIVE / "dataset_description.json")]
+    rows, files = [], [str(layout.relative(out_root / "dataset_description.json"))]
     bar = tqdm(total=len(configurations) * len(patients), desc="export maps", unit="map", disable=not progress)
     for (model, variant), desc in zip(configurations, descs):
-        mean, thresholds = _fold_mean(root, profile, model, variant, patients, prepared.grid)
+        mean, thresholds = _fold_mean(layout, profile, model, variant, patients, prepared.grid)
         if (model, variant) in overlay_rows:
             kept[(model, variant)] = mean
         is_baseline = (model, variant) == _BASELINE
@@ -334,7 +334,7 @@ def export_anomaly_maps(profile: Profile, results: str | Path = "results", *, pr
             dwi = dwi_files.get(subject) if source else None
             _write_json(folder / f"{name}.json", {**({"Sources": [f"bids:raw:{dwi}"]} if dwi else {}),
                                                   **sidecar_common})
-            rel = (folder / f"{name}.nii.gz").relative_to(root)
+            rel = layout.relative(folder / f"{name}.nii.gz")
             files += [str(rel), str(rel.with_name(f"{name}.json"))]
             rows.append({"subject": subject, "model": model, "variant": variant, "desc": desc, "path": str(rel),
                          "lesion_voxels": int(np.count_nonzero(prepared.lesion[j])),
@@ -353,19 +353,20 @@ def export_anomaly_maps(profile: Profile, results: str | Path = "results", *, pr
                               brain_mask=place(np.asarray(prepared.brain_mask[j], bool)),
                               title=f"{subject}{' ' + sessions[subject] if sessions.get(subject) else ''}: "
                                     f"anomaly maps ({profile.name}, mean over {len(profile.folds)} fold(s))")
-        path = root / "figures" / "overlays" / f"{subject}.png"
+        path = layout.overlay(subject)
         with atomic_path(path) as tmp:
             fig.savefig(tmp, dpi=100, format="png", bbox_inches="tight")
-        files.append(str(path.relative_to(root)))
+        files.append(str(layout.relative(path)))
 
     # files an earlier export wrote that this one does not (a variant dropped from the profile)
+    removable = (f"{layout.relative(out_root)}/", f"{layout.relative(layout.overlays)}/")
     for rel in sorted(set(previous) - set(files)):
-        stale = root / rel
-        if stale.is_file() and (rel.startswith(str(_DERIVATIVE)) or rel.startswith("figures/overlays/")):
+        stale = layout.root / rel
+        if stale.is_file() and rel.startswith(removable):
             stale.unlink()
 
     table = pd.DataFrame(rows, columns=["subject", "model", "variant", "desc", "path", "lesion_voxels", "max_score"])
-    with atomic_path(root / "figures" / "export.csv") as tmp:
+    with atomic_path(layout.export_table) as tmp:
         table.to_csv(tmp, index=False)
     write_json_atomic(record_path, {
         "profile": profile.name,

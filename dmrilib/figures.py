@@ -18,6 +18,7 @@ from matplotlib.figure import Figure
 from dmrilib._atomic import atomic_path
 from dmrilib.config import Profile
 from dmrilib.integrity import load_npy
+from dmrilib.layout import ResultsLayout
 
 __all__ = ["render_all", "FIGURES", "COHORT_QC_FILE", "qualitative_cases"]
 
@@ -56,10 +57,10 @@ class _Results:
 
         self.profile = profile
         self.root = root
-        self.prepared = load_prepared(root / "prepared")
-        tables = root / "tables"
-        self.dice = pd.read_csv(tables / "dice_all.csv")
-        self.auroc = pd.read_csv(tables / "auroc_all.csv")
+        self.layout = ResultsLayout(root)
+        self.prepared = load_prepared(self.layout.prepared)
+        self.dice = pd.read_csv(self.layout.table("dice_all"))
+        self.auroc = pd.read_csv(self.layout.table("auroc_all"))
         self.patients = self.prepared.patient_ids()
         self._maps: dict[tuple[str, str, int], np.ndarray] = {}
 
@@ -74,10 +75,10 @@ class _Results:
         fold = self.profile.folds[0] if fold is None else fold
         key = (model, variant, fold)
         if key not in self._maps:
-            run = self.root / "runs" / model / variant / f"fold-{fold}"
-            self._maps[key] = load_npy(run / "maps-test.npy", what_to_do=(
-                f"Delete {run / 'maps*'} and run the {'baseline' if model == 'baseline' else 'evaluate'} job of "
-                f"{model}/{variant} fold {fold} again."
+            files = self.layout.run_files(model, variant, fold)
+            job = "baseline" if model == "baseline" else "evaluate"
+            self._maps[key] = load_npy(files.maps_test, what_to_do=(
+                f"Delete {files.folder / 'maps*'} and run the {job} job of {model}/{variant} fold {fold} again."
             )).astype(np.float32)
         return self._maps[key]
 
@@ -208,7 +209,7 @@ def _fig_qualitative(r: _Results, model: str, rule: str) -> Figure:
 def _fig_followup(r: _Results) -> Figure:
     from dmrilib.plotting.results import plot_followup
 
-    fu = pd.read_csv(r.root / "tables" / "followup.csv")
+    fu = pd.read_csv(r.layout.table("followup"))
     if fu.empty:
         raise ValueError("no patient with a follow-up in this cohort")
     row = fu.sort_values(["mismatch_in_followup", "flagged_outside"], ascending=False).iloc[0]
@@ -224,16 +225,15 @@ def _fig_followup(r: _Results) -> Figure:
 
 
 def _fig_groundtruth(r: _Results) -> Figure:
-    from dmrilib.pipeline import pipeline_lesions
     from dmrilib.plotting.results import plot_groundtruth
 
     cases = []
     for label, subject in qualitative_cases(r.prepared.participants, r.patients):
         j = r.prepared.index([subject])[0]
-        piped = pipeline_lesions(r.profile, r.root.parent, [subject])[0]
+        piped = r.layout.read_pipeline_masks([subject])[0]
         cases.append({"label": f"{label} ({subject})", "md": np.asarray(r.prepared.md[j]),
                       "exact": np.asarray(r.prepared.lesion[j]), "pipeline": piped})
-    return plot_groundtruth(cases, pd.read_csv(r.root / "groundtruth" / "subjects.csv"))
+    return plot_groundtruth(cases, pd.read_csv(r.layout.groundtruth_subjects))
 
 
 def _drawn(plan) -> dict[str, Any]:
@@ -273,11 +273,12 @@ def _cohort_subjects(profile: Profile) -> tuple[dict[str, Any], list[Any]]:
     return shown, [s for k, s in shown.items() if k.startswith("healthy")] + extra
 
 
-#: The cohort QC table (:func:`dmrilib.simulate.qc.cohort_qc`) the figures stage writes beside the figures.
-COHORT_QC_FILE = "cohort_qc.csv"
+#: File name of the cohort QC table (:func:`dmrilib.simulate.qc.cohort_qc`) the figures stage writes
+#: beside the figures (:attr:`dmrilib.layout.ResultsLayout.cohort_qc`).
+COHORT_QC_FILE = ResultsLayout(Path()).cohort_qc.name
 
 
-def _cohort_qc(profile: Profile, root: Path) -> pd.DataFrame:
+def _cohort_qc(profile: Profile, layout: ResultsLayout) -> pd.DataFrame:
     """QC of the written cohort (:func:`dmrilib.simulate.qc.cohort_qc`), saved as ``figures/cohort_qc.csv``.
 
     About 0.4 s of CPU per subject at 4.8 mm (dipy WLS tensor fit), two
@@ -285,13 +286,13 @@ def _cohort_qc(profile: Profile, root: Path) -> pd.DataFrame:
     """
     from dmrilib.simulate.qc import cohort_qc
 
-    qc = cohort_qc(root / "cohort", n_jobs=None)
-    with atomic_path(root / "figures" / COHORT_QC_FILE) as tmp:
+    qc = cohort_qc(layout.cohort, n_jobs=None)
+    with atomic_path(layout.cohort_qc) as tmp:
         qc.to_csv(tmp, index=False)
     return qc
 
 
-def _fig_artefacts(profile: Profile, root: Path, qc: pd.DataFrame) -> Figure:
+def _fig_artefacts(profile: Profile, layout: ResultsLayout, qc: pd.DataFrame) -> Figure:
     """Artefacts of one subject, from its written DWI.
 
     The subject is one the simulator recorded with table vibration, when any
@@ -304,7 +305,7 @@ def _fig_artefacts(profile: Profile, root: Path, qc: pd.DataFrame) -> Figure:
     vibration = qc["vibration_recorded"].astype(float).fillna(0) if "vibration_recorded" in qc else 0.0
     row = (qc.assign(_vibration=vibration)
            .sort_values(["_vibration", "outlier_slice_fraction", "subject"], ascending=[False, False, True]).iloc[0])
-    entry = next(e for e in find_bids_dwi(root / "cohort") if e.subject == row["subject"])
+    entry = next(e for e in find_bids_dwi(layout.cohort) if e.subject == row["subject"])
     dwi = load_dwi(entry.dwi, bval=entry.bval, bvec=entry.bvec)
     mask = load_mask(entry.derivatives["brain"], dwi)
     return plot_artefact_examples(dwi.data, dwi.bvals, dwi.bvecs, mask, sigma=float(row["noise_sigma"]),
@@ -314,8 +315,8 @@ def _fig_artefacts(profile: Profile, root: Path, qc: pd.DataFrame) -> Figure:
 def _cohort_figures(r: _Results) -> dict[str, Callable[[], Figure]]:
     from dmrilib.plotting import cohort
 
-    if not (r.root / "cohort" / "participants.tsv").is_file() or "simulat" not in (
-            r.root / "cohort" / "dataset_description.json").read_text().lower():
+    layout = ResultsLayout(r.root)
+    if not layout.participants.is_file() or "simulat" not in layout.cohort_description.read_text().lower():
         return {}  # a real dataset: nothing simulated to show
     cache: dict[str, Any] = {}
 
@@ -326,7 +327,7 @@ def _cohort_figures(r: _Results) -> dict[str, Callable[[], Figure]]:
 
     def qc() -> pd.DataFrame:
         if "qc" not in cache:
-            cache["qc"] = _cohort_qc(r.profile, r.root)
+            cache["qc"] = _cohort_qc(r.profile, layout)
         return cache["qc"]
 
     makers = {
@@ -335,7 +336,7 @@ def _cohort_figures(r: _Results) -> dict[str, Callable[[], Figure]]:
         "cohort_spread": lambda: cohort.plot_cohort_spread(qc(), groups=r.profile.cohort.groups),
     }
     if "acquisition" in r.profile.cohort.groups:
-        makers["cohort_artefacts"] = lambda: _fig_artefacts(r.profile, r.root, qc())
+        makers["cohort_artefacts"] = lambda: _fig_artefacts(r.profile, layout, qc())
     return makers
 
 
@@ -357,15 +358,14 @@ def render_all(profile: Profile, root: Path, *, dpi: int = 110) -> list[dict[str
         **{name: (lambda m=m, rule=rule: _fig_qualitative(r, m, rule)) for name, (m, rule) in _QUALITATIVE.items()},
         "fig9_followup": lambda: _fig_followup(r),
     }
-    if (r.root / "groundtruth" / "groundtruth.json").is_file():
+    if r.layout.groundtruth_record.is_file():
         makers["groundtruth"] = lambda: _fig_groundtruth(r)
-    out_dir = Path(root) / "figures"
     records = []
     for name in FIGURES:
         if name not in makers:
             continue
         fig = makers[name]()
-        path = out_dir / f"{name}.png"
+        path = r.layout.figure(name)
         with atomic_path(path) as tmp:
             fig.savefig(tmp, dpi=dpi, format="png")
         records.append({"name": name, "file": path.name, "caption": FIGURES[name]})

@@ -84,6 +84,7 @@ __all__ = [
     "bootstrap_ci",
     "summarise",
     "best_variants",
+    "best_auroc_variant",
     "table_auroc",
     "table_dice",
     "summarise_by_group",
@@ -1114,6 +1115,24 @@ def best_variants(dice_df: pd.DataFrame, rule: str, config: EvalConfig | None = 
     means = _group_means(sub, ["model", "variant"], config.best_by, config.aggregate).reset_index()
     means = means.sort_values(["model", config.best_by, "variant"], ascending=[True, False, True])
     return dict(means.groupby("model", sort=True)["variant"].first())
+
+
+def best_auroc_variant(det_df: pd.DataFrame, model: str) -> str:
+    """The variant of ``model`` with the highest mean AUROC over its rows (the paper's choice for follow-up).
+
+    Parameters
+    ----------
+    det_df : DataFrame
+        Columns ``model, variant, auroc`` (e.g. ``tables/auroc_all.csv``).
+    model : str
+
+    Raises
+    ------
+    ValueError
+        If ``det_df`` has no row of ``model``.
+    """
+    det = det_df[det_df["model"] == model]
+    return str(det.groupby("variant")["auroc"].mean().idxmax())
 
 
 def table_dice(dice_df: pd.DataFrame, rule: str, config: EvalConfig | None = None) -> pd.DataFrame:

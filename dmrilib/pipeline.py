@@ -1,9 +1,10 @@
 """Job-level functions: one per notebook of the workflow.
 
 Each function reads its inputs from and writes its outputs under
-``<results>/<profile>/`` (see ``ARCHITECTURE.md``), records the config hash,
-seed and package versions, and writes every file atomically. Notebooks call
-exactly one of these and plot; the logic lives here so it is tested.
+``<results>/<profile>/`` (every path from :class:`dmrilib.layout.ResultsLayout`;
+see ``ARCHITECTURE.md``), records the config hash, seed and package
+versions, and writes every file atomically. Notebooks call exactly one of
+these and plot; the logic lives here so it is tested.
 """
 from __future__ import annotations
 
@@ -19,7 +20,8 @@ import pandas as pd
 
 from dmrilib._atomic import atomic_path, write_json_atomic
 from dmrilib.config import Profile, config_hash, provenance
-from dmrilib.integrity import check_finite, load_npy, save_npy, sha256_file
+from dmrilib.integrity import check_finite, load_npy, save_npy, sha256_file, sidecar_path
+from dmrilib.layout import ResultsLayout, RunFiles
 
 __all__ = [
     "results_root",
@@ -45,13 +47,13 @@ DICE_RULE_TABLES = {"table3": "fixed", "table4": "otsu", "table5": "pool_max", "
 
 
 def results_root(profile: Profile, results: str | Path = "results") -> Path:
-    """``<results>/<profile name>``: where every output of a profile goes."""
-    return Path(results) / profile.name
+    """``<results>/<profile name>``: where every output of a profile goes (:attr:`ResultsLayout.root`)."""
+    return ResultsLayout.of(profile, results).root
 
 
 def run_dir(profile: Profile, model: str, variant: str, fold: int, results: str | Path = "results") -> Path:
-    """Folder of one (model, variant, fold) run."""
-    return results_root(profile, results) / "runs" / model / variant / f"fold-{int(fold)}"
+    """Folder of one (model, variant, fold) run (:meth:`ResultsLayout.run`)."""
+    return ResultsLayout.of(profile, results).run(model, variant, int(fold))
 
 
 # --------------------------------------------------------------------------- cohort
@@ -82,9 +84,9 @@ def run_cohort(profile: Profile, results: str | Path = "results", *, bids_root: 
     """
     from dmrilib.dataset import prepare_cohort
 
-    root = results_root(profile, results)
-    cohort_dir = root / "cohort"
-    for folder in (cohort_dir, root / "prepared"):
+    layout = ResultsLayout.of(profile, results)
+    cohort_dir = layout.cohort
+    for folder in (cohort_dir, layout.prepared):
         # Workflow managers create output folders before the job runs; an
         # empty one is not a previous result.
         if folder.is_dir() and not any(folder.iterdir()):
@@ -94,7 +96,7 @@ def run_cohort(profile: Profile, results: str | Path = "results", *, bids_root: 
         from dmrilib.simulate import simulate_cohort
         from dmrilib.study import is_bids_study
 
-        _forget_external(cohort_dir)
+        _forget_external(layout)
         if is_bids_study(cohort_dir):
             # a BIDS dataset staged here by an earlier run: symbolic links and derived masks only
             shutil.rmtree(cohort_dir)
@@ -105,15 +107,15 @@ def run_cohort(profile: Profile, results: str | Path = "results", *, bids_root: 
 
         # Every check first (dmri info prints the same plan): nothing is written for a bad dataset.
         plan = plan_bids(bids_root, profile)
-        source = stage_bids(plan, profile, cohort_dir, progress=progress)
+        source = stage_bids(plan, profile, cohort_dir, segmentation_dir=layout.segmentation, progress=progress)
         prepare = dataclasses.replace(prepare, pipeline=STAGED_PIPELINE)
-    prepared_dir = prepare_cohort(source, prepare, root / "prepared", progress=progress, n_jobs=n_jobs)
+    prepared_dir = prepare_cohort(source, prepare, layout.prepared, progress=progress, n_jobs=n_jobs)
     return cohort_dir, Path(prepared_dir)
 
 
-def _forget_external(cohort_dir: Path) -> None:
+def _forget_external(layout: ResultsLayout) -> None:
     """Remove the record of an external dataset that a previous run wrote (its only file)."""
-    desc = cohort_dir / "dataset_description.json"
+    cohort_dir, desc = layout.cohort, layout.cohort_description
     if cohort_dir.is_dir() and [p.name for p in cohort_dir.iterdir()] == [desc.name]:
         try:
             external = "SourceDatasets" in json.loads(desc.read_text())
@@ -128,7 +130,7 @@ def cohort_overview(profile: Profile, results: str | Path = "results") -> pd.Dat
     """Participants of the prepared cohort with their lesion volumes (voxels on the network grid)."""
     from dmrilib.dataset import load_prepared
 
-    prepared = load_prepared(results_root(profile, results) / "prepared")
+    prepared = load_prepared(ResultsLayout.of(profile, results).prepared)
     table = prepared.participants.copy()
     table["lesion_voxels"] = prepared.lesion.reshape(len(prepared.subjects), -1).sum(axis=1)
     table["infiltration_voxels"] = prepared.infiltration.reshape(len(prepared.subjects), -1).sum(axis=1)
@@ -142,8 +144,7 @@ def _folds(profile: Profile, prepared, results: str | Path):
 
     split = profile.train.fold_split
     folds = make_folds(prepared.healthy_ids(), profile.train.n_folds, seed=profile.seed, split=split)
-    path = results_root(profile, results) / "folds.json"
-    write_folds(folds, path, split=split, seed=profile.seed)
+    write_folds(folds, ResultsLayout.of(profile, results).folds_file, split=split, seed=profile.seed)
     return folds
 
 
@@ -179,7 +180,8 @@ def run_train(profile: Profile, model: str, variant: str, fold: int, results: st
 
     _set_threads(threads)
     _check_variant(profile, model, variant)
-    prepared = load_prepared(results_root(profile, results) / "prepared")
+    layout = ResultsLayout.of(profile, results)
+    prepared = load_prepared(layout.prepared)
     f = _fold(profile, prepared, fold, results)
     ids = list(f.train) + list(f.val)
     idx = prepared.index(ids)
@@ -197,7 +199,7 @@ def run_train(profile: Profile, model: str, variant: str, fold: int, results: st
         variant=variant,
         model_config=profile.model,
         train_config=profile.train,
-        out_dir=run_dir(profile, model, variant, fold, results),
+        out_dir=layout.run(model, variant, int(fold)),
         acquisition=prepared.acquisition(ids),  # lets dmri predict refuse data unlike the training data
         jood_regions=regions,
         progress=progress,
@@ -219,7 +221,7 @@ def plot_training_log(profile: Profile, model: str, variant: str, fold: int, res
     """Training and validation loss per epoch of one run (a matplotlib Figure)."""
     import matplotlib.pyplot as plt
 
-    log = pd.read_csv(run_dir(profile, model, variant, fold, results) / "log.csv")
+    log = pd.read_csv(ResultsLayout.of(profile, results).run_files(model, variant, int(fold)).train_log)
     fig, ax = plt.subplots(figsize=(5, 3.2), layout="constrained")
     for col in ("train_loss", "val_loss"):
         if col in log:
@@ -273,8 +275,9 @@ def _evaluate_maps(profile: Profile, prepared, *, model: str, variant: str, fold
     from dmrilib import metrics
 
     cfg = profile.evaluate
-    for name, maps in (("maps-test.npy", maps_test), ("maps-val.npy", maps_val)):
-        check_finite(out_dir / name, maps)  # NaN would give AUROC/Dice numbers that mean nothing
+    files = RunFiles(out_dir)
+    for path, maps in ((files.maps_test, maps_test), (files.maps_val, maps_val)):
+        check_finite(path, maps)  # NaN would give AUROC/Dice numbers that mean nothing
     # healthy-FPR thresholds flag a fraction of the validation subjects' voxels of the same evaluation mask
     val_masks = np.stack([metrics.evaluation_regions(prepared.brain_mask[j], prepared.eval_mask[j],
                                                      cfg.threshold_region)[0] for j in prepared.index(val_ids)])
@@ -289,8 +292,8 @@ def _evaluate_maps(profile: Profile, prepared, *, model: str, variant: str, fold
         dice, det = _score_maps(profile, prepared, maps_test, test_ids, **common)
     else:
         dice, det = pd.DataFrame(columns=["rule", "dice_post"]), pd.DataFrame(columns=["auroc"])
-    _write_csv(out_dir / "eval-dice.csv", dice)
-    _write_csv(out_dir / "eval-auroc.csv", det)
+    _write_csv(files.eval_dice, dice)
+    _write_csv(files.eval_auroc, det)
     summary = {
         **key,
         "n_test": len(test_ids),
@@ -303,18 +306,19 @@ def _evaluate_maps(profile: Profile, prepared, *, model: str, variant: str, fold
         "provenance": provenance(),
         **extra,
     }
-    groundtruth = _groundtruth_record(profile, results)
+    layout = ResultsLayout.of(profile, results)
+    groundtruth = layout.read_groundtruth_record()
     if groundtruth is not None and scored:
-        pipeline_masks = _pipeline_masks(profile, results, groundtruth, test_ids)
+        pipeline_masks = layout.read_pipeline_masks(test_ids, groundtruth)
         dice_p, det_p = _score_maps(profile, prepared, maps_test, test_ids, lesions=pipeline_masks, **common)
-        _write_csv(out_dir / "eval-dice-pipeline.csv", dice_p)
-        _write_csv(out_dir / "eval-auroc-pipeline.csv", det_p)
+        _write_csv(files.eval_dice_pipeline, dice_p)
+        _write_csv(files.eval_auroc_pipeline, det_p)
         summary["truth_pipeline"] = {
             "auroc_mean": float(det_p["auroc"].mean()),
             "dice_post_mean_by_rule": dice_p.groupby("rule")["dice_post"].mean().round(4).to_dict(),
             "groundtruth_hash": groundtruth["config_hash"],
         }
-    write_json_atomic(out_dir / "eval.json", summary)
+    write_json_atomic(files.eval_record, summary)
     return summary
 
 
@@ -376,18 +380,19 @@ def predict_run(profile: Profile, model: str, variant: str, fold: int, results: 
     """
     from dmrilib.dataset import load_prepared
 
+    layout = ResultsLayout.of(profile, results)
     if prepared is None:
-        prepared = load_prepared(results_root(profile, results) / "prepared")
+        prepared = load_prepared(layout.prepared)
     f = _fold(profile, prepared, fold, results)
-    out = run_dir(profile, model, variant, fold, results)
-    ckpt = out / "checkpoint-best.pt"
+    files = layout.run_files(model, variant, int(fold))
+    out, ckpt = files.folder, files.checkpoint_best
     if not ckpt.is_file():
         raise FileNotFoundError(f"{ckpt}: no trained checkpoint; run the train job for {model}/{variant} fold {fold} first.")
     test_ids, val_ids = prepared.patient_ids(), list(f.val)
     ident = {"run": _run_identity(profile, prepared, model, variant, fold, f), "checkpoint": _checkpoint_id(ckpt),
              "test_ids": test_ids, "val_ids": val_ids}
-    record_path = out / "maps.json"
-    paths = (out / "maps-test.npy", out / "maps-val.npy")
+    record_path = files.maps_record
+    paths = (files.maps_test, files.maps_val)
     remedy = f"Delete {out / 'maps*'} and run the evaluate job again to predict them anew."
     if record_path.is_file() and all(p.is_file() for p in paths):
         record = json.loads(record_path.read_text())
@@ -429,16 +434,17 @@ def run_evaluate(profile: Profile, model: str, variant: str, fold: int, results:
     from dmrilib.dataset import load_prepared
 
     _check_variant(profile, model, variant)
-    prepared = load_prepared(results_root(profile, results) / "prepared")
+    layout = ResultsLayout.of(profile, results)
+    prepared = load_prepared(layout.prepared)
     maps_test, test_ids, maps_val, val_ids = predict_run(profile, model, variant, fold, results,
                                                          prepared=prepared, device=device, threads=threads)
-    out = run_dir(profile, model, variant, fold, results)
-    run = json.loads((out / "run.json").read_text())
+    files = layout.run_files(model, variant, int(fold))
+    run = json.loads(files.run_record.read_text())
     return _evaluate_maps(profile, prepared, model=model, variant=variant, fold=fold,
                           maps_test=maps_test, test_ids=test_ids, maps_val=maps_val, val_ids=val_ids,
-                          out_dir=out, threshold_model=model, results=results,
+                          out_dir=files.folder, threshold_model=model, results=results,
                           extra={"train_config_hash": run.get("config_hash"),
-                                 "predict_time_s": json.loads((out / "maps.json").read_text()).get("predict_time_s")})
+                                 "predict_time_s": json.loads(files.maps_record.read_text()).get("predict_time_s")})
 
 
 def run_baseline(profile: Profile, fold: int, results: str | Path = "results") -> dict[str, Any]:
@@ -446,7 +452,8 @@ def run_baseline(profile: Profile, fold: int, results: str | Path = "results") -
     from dmrilib.baselines import NormativeBaseline
     from dmrilib.dataset import load_prepared
 
-    prepared = load_prepared(results_root(profile, results) / "prepared")
+    layout = ResultsLayout.of(profile, results)
+    prepared = load_prepared(layout.prepared)
     f = _fold(profile, prepared, fold, results)
     t0 = time.perf_counter()
     train_idx = prepared.index(list(f.train))
@@ -460,21 +467,17 @@ def run_baseline(profile: Profile, fold: int, results: str | Path = "results") -
 
     # Stored as float16 like the model maps; evaluate exactly what is stored.
     maps_test, maps_val = (score(ids).astype(np.float16) for ids in (test_ids, val_ids))
-    out = run_dir(profile, "baseline", "normative", fold, results)
-    save_npy(out / "maps-test.npy", maps_test)
-    save_npy(out / "maps-val.npy", maps_val)
+    files = layout.run_files("baseline", "normative", int(fold))
+    save_npy(files.maps_test, maps_test)
+    save_npy(files.maps_val, maps_val)
     maps_test, maps_val = maps_test.astype(np.float32), maps_val.astype(np.float32)
     return _evaluate_maps(profile, prepared, model="baseline", variant="normative", fold=fold,
                           maps_test=maps_test, test_ids=test_ids, maps_val=maps_val, val_ids=val_ids,
-                          out_dir=out, threshold_model="normative", results=results,
+                          out_dir=files.folder, threshold_model="normative", results=results,
                           extra={"fit_time_s": round(time.perf_counter() - t0, 2)})
 
 
 # --------------------------------------------------------------------------- ground truth
-
-def _groundtruth_dir(profile: Profile, results: str | Path) -> Path:
-    return results_root(profile, results) / "groundtruth"
-
 
 def run_groundtruth(profile: Profile, results: str | Path = "results", *, bids_root: str | Path | None = None,
                     threads: int = 0, progress: bool = True) -> pd.DataFrame:
@@ -509,33 +512,32 @@ def run_groundtruth(profile: Profile, results: str | Path = "results", *, bids_r
 
     from dmrilib.study import read_study
 
-    root = results_root(profile, results)
-    out = _groundtruth_dir(profile, results)
-    study = read_study(root / "cohort")
+    layout = ResultsLayout.of(profile, results)
+    study = read_study(layout.cohort)
     if study is not None:
-        return _groundtruth_of_study(profile, out, study)
+        return _groundtruth_of_study(profile, layout, study)
     seg_cfg, reg_cfg = profile.groundtruth, profile.registration
     workers = max(int(threads), 1)
     _set_threads(threads)
     t0 = time.perf_counter()
     training = simulate_training_set(profile.cohort, seg_cfg, n_jobs=workers, progress=progress)
     t_sim = time.perf_counter() - t0
-    seg_run = train_segmentation(training.images, training.targets, config=seg_cfg, out_dir=out / "segmentation",
+    seg_run = train_segmentation(training.images, training.targets, config=seg_cfg, out_dir=layout.segmentation,
                                  subject_ids=training.subject_ids, progress=progress)
     t_train = time.perf_counter() - t0 - t_sim
-    prepared = load_prepared(root / "prepared")
+    prepared = load_prepared(layout.prepared)
     patients = prepared.patient_ids()
-    source = Path(bids_root) if bids_root else root / "cohort"
-    result = run_groundtruth_cohort(inputs_from_bids(source, patients), out / "segmentation",
+    source = Path(bids_root) if bids_root else layout.cohort
+    result = run_groundtruth_cohort(inputs_from_bids(source, patients), layout.segmentation,
                                     seg_config=seg_cfg, reg_config=reg_cfg, n_jobs=workers, progress=progress)
     t_cohort = time.perf_counter() - t0 - t_sim - t_train
     idx = prepared.index(patients)
     on_grid = np.stack([prepared.crops[j].to_grid(result.masks[s]) for s, j in zip(patients, idx)]).astype(np.uint8)
-    save_npy(out / "lesion-pipeline.npy", on_grid)
+    save_npy(layout.groundtruth_masks, on_grid)
     table = result.table
-    _write_csv(out / "subjects.csv", table)
-    _write_csv(out / "timings.csv", result.timings)
-    write_json_atomic(out / "groundtruth.json", {
+    _write_csv(layout.groundtruth_subjects, table)
+    _write_csv(layout.groundtruth_timings, result.timings)
+    write_json_atomic(layout.groundtruth_record, {
         "subjects": patients,
         "config_hash": config_hash(seg_cfg, reg_cfg, profile.sections["cohort"], profile.sections["prepare"]),
         "segmentation_config_hash": seg_run.get("config_hash"),
@@ -549,7 +551,7 @@ def run_groundtruth(profile: Profile, results: str | Path = "results", *, bids_r
     return table
 
 
-def _groundtruth_of_study(profile: Profile, out: Path, study: dict[str, Any]) -> pd.DataFrame:
+def _groundtruth_of_study(profile: Profile, layout: ResultsLayout, study: dict[str, Any]) -> pd.DataFrame:
     """On a BIDS dataset there is no exact truth to score a mask pipeline against.
 
     The lesion masks are the dataset's own (or, where it has none, the
@@ -557,12 +559,12 @@ def _groundtruth_of_study(profile: Profile, out: Path, study: dict[str, Any]) ->
     which). The record lists where each patient's mask came from and holds no
     pipeline masks, so evaluation scores against those masks only.
     """
-    for stale in ("lesion-pipeline.npy", "lesion-pipeline.npy.sha256"):  # of an earlier simulated run here
-        (out / stale).unlink(missing_ok=True)
+    for stale in (layout.groundtruth_masks, sidecar_path(layout.groundtruth_masks)):  # of an earlier simulated run
+        stale.unlink(missing_ok=True)
     table = pd.DataFrame([{k: r.get(k) for k in ("subject", "lesion_source", "lesion_file", "lesion_voxels")}
                           for r in study["subjects"] if r["group"] == "patient"])
-    _write_csv(out / "subjects.csv", table)
-    write_json_atomic(out / "groundtruth.json", {
+    _write_csv(layout.groundtruth_subjects, table)
+    write_json_atomic(layout.groundtruth_record, {
         "mode": "bids",
         "subjects": table["subject"].tolist(),
         "lesion_sources": dict(zip(table["subject"], table["lesion_source"])),
@@ -574,47 +576,28 @@ def _groundtruth_of_study(profile: Profile, out: Path, study: dict[str, Any]) ->
 
 
 def pipeline_lesions(profile: Profile, results: str | Path, subjects: list[str]) -> np.ndarray | None:
-    """The ground-truth pipeline's masks (network grid) of ``subjects``, or None before that job has run."""
-    record = _groundtruth_record(profile, results)
-    return None if record is None else _pipeline_masks(profile, results, record, subjects)
+    """The ground-truth pipeline's masks (network grid) of ``subjects``, or None before that job has run.
 
-
-def _groundtruth_record(profile: Profile, results: str | Path) -> dict[str, Any] | None:
-    """``groundtruth.json``, or None before the ground-truth job has run (no record or no masks)."""
-    out = _groundtruth_dir(profile, results)
-    record, masks = out / "groundtruth.json", out / "lesion-pipeline.npy"
-    if not (record.is_file() and masks.is_file()):
-        return None
-    return json.loads(record.read_text())
-
-
-def _pipeline_masks(profile: Profile, results: str | Path, record: dict[str, Any],
-                    subjects: list[str]) -> np.ndarray:
-    """The masks of ``subjects`` from ``lesion-pipeline.npy``, ordered as in ``record`` (``groundtruth.json``)."""
-    out = _groundtruth_dir(profile, results)
-    order = record["subjects"]
-    missing = sorted(set(subjects) - set(order))
-    if missing:
-        raise ValueError(f"{out / 'groundtruth.json'}: no pipeline mask for {missing}; re-run the ground-truth job.")
-    # Checked like every stored result (sha256 sidecar); the stack is small
-    # (uint8 masks of the patients), so reading it whole costs nothing.
-    stack = load_npy(out / "lesion-pipeline.npy", what_to_do="Delete it and run the ground-truth job again.")
-    return np.stack([np.asarray(stack[order.index(s)], dtype=bool) for s in subjects])
+    See :meth:`dmrilib.layout.ResultsLayout.read_pipeline_masks`.
+    """
+    return ResultsLayout.of(profile, results).read_pipeline_masks(subjects)
 
 
 # --------------------------------------------------------------------------- aggregation
 
 def _collect(profile: Profile, results: str | Path, name: str, *, required: bool = True) -> pd.DataFrame | None:
-    root = results_root(profile, results) / "runs"
+    """Every run's table ``name`` (a :class:`RunFiles` attribute, e.g. ``eval_dice``), concatenated."""
+    layout = ResultsLayout.of(profile, results)
     # Only the profile's runs: after a variant or fold is removed from the
     # profile, its old run folder must not reach the tables.
     runs = [*profile.runs(), *(("baseline", "normative", f) for f in profile.folds)]
-    paths = [run_dir(profile, m, v, f, results) / name for m, v, f in runs]
+    paths = [getattr(layout.run_files(m, v, int(f)), name) for m, v, f in runs]
     frames = [pd.read_csv(p) for p in sorted(paths) if p.is_file()]
     if not frames:
         if not required:
             return None
-        raise FileNotFoundError(f"{root}: no {name} files; run the evaluate jobs first.")
+        raise FileNotFoundError(f"{layout.runs}: no {paths[0].name if paths else name} files; "
+                                "run the evaluate jobs first.")
     return pd.concat(frames, ignore_index=True)
 
 
@@ -646,10 +629,10 @@ def run_aggregate(profile: Profile, results: str | Path = "results") -> dict[str
     """
     from dmrilib import metrics
 
-    root = results_root(profile, results)
+    layout = ResultsLayout.of(profile, results)
     cfg = profile.evaluate
-    dice = _collect(profile, results, "eval-dice.csv")
-    det = _collect(profile, results, "eval-auroc.csv")
+    dice = _collect(profile, results, "eval_dice")
+    det = _collect(profile, results, "eval_auroc")
     models = dice[dice["model"].isin(["dae", "recdisc"])]
     tables: dict[str, pd.DataFrame] = {
         "dice_all": dice,
@@ -668,22 +651,21 @@ def run_aggregate(profile: Profile, results: str | Path = "results") -> dict[str
     tables["dice_extra_rules"] = per_rule(models, extra_rules)
     tables["dice_baseline"] = per_rule(dice[dice["model"] == "baseline"], sorted(set(dice["rule"])))
     tables["runs"] = _runs_table(profile, results)
-    dice_p = _collect(profile, results, "eval-dice-pipeline.csv", required=False)
-    det_p = _collect(profile, results, "eval-auroc-pipeline.csv", required=False)
+    dice_p = _collect(profile, results, "eval_dice_pipeline", required=False)
+    det_p = _collect(profile, results, "eval_auroc_pipeline", required=False)
     if dice_p is not None and det_p is not None:
         tables["truth_comparison"] = _truth_comparison(dice, det, dice_p, det_p)
-    gt_table = _groundtruth_dir(profile, results) / "subjects.csv"
+    gt_table = layout.groundtruth_subjects
     if gt_table.is_file():
         gt = pd.read_csv(gt_table)
         # Wall times (written here by older ground-truth jobs) differ between
         # identical runs; they live in groundtruth/timings.csv.
         tables["groundtruth"] = gt.drop(columns=[c for c in gt.columns if c.startswith("seconds_")])
-    out = root / "tables"
     for name, table in tables.items():
-        with atomic_path(out / f"{name}.csv") as tmp:
+        with atomic_path(layout.table(name)) as tmp:
             table.to_csv(tmp, index=False)
     wilcoxon = {rule: metrics.paired_wilcoxon(models, rule, config=cfg) for rule in DICE_RULE_TABLES.values()}
-    write_json_atomic(out / "summary.json", {
+    write_json_atomic(layout.summary, {
         "profile": profile.name,
         "profile_hash": profile.hash(),
         "seed": profile.seed,
@@ -715,11 +697,12 @@ def _profile_argument(profile: Profile) -> str:
 
 
 def _runs_table(profile: Profile, results: str | Path) -> pd.DataFrame:
+    layout = ResultsLayout.of(profile, results)
     rows = []
     for model, variant, fold in profile.runs():
-        d = run_dir(profile, model, variant, fold, results)
-        run = json.loads((d / "run.json").read_text()) if (d / "run.json").is_file() else {}
-        ev = json.loads((d / "eval.json").read_text()) if (d / "eval.json").is_file() else {}
+        files = layout.run_files(model, variant, int(fold))
+        run = json.loads(files.run_record.read_text()) if files.run_record.is_file() else {}
+        ev = json.loads(files.eval_record.read_text()) if files.eval_record.is_file() else {}
         rows.append({
             "model": model, "variant": variant, "fold": fold,
             **{column: run.get(key) for column, key in _RUN_TABLE_KEYS.items()},
@@ -733,7 +716,7 @@ def _runs_table(profile: Profile, results: str | Path) -> pd.DataFrame:
 def load_tables(profile: Profile | str, results: str | Path = "results") -> dict[str, pd.DataFrame]:
     """Read every table written by :func:`run_aggregate` / :func:`run_followup`."""
     name = profile if isinstance(profile, str) else profile.name
-    folder = Path(results) / name / "tables"
+    folder = ResultsLayout.of(name, results).tables
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder}: no tables; run the workflow for profile {name!r} first (make book PROFILE={name}).")
     out = {}
@@ -749,9 +732,9 @@ def load_tables(profile: Profile | str, results: str | Path = "results") -> dict
 
 def best_variant(profile: Profile, model: str, results: str | Path = "results") -> str:
     """The variant of ``model`` with the highest mean AUROC (the paper's choice for follow-up)."""
-    det = pd.read_csv(results_root(profile, results) / "tables" / "auroc_all.csv")
-    det = det[det["model"] == model]
-    return str(det.groupby("variant")["auroc"].mean().idxmax())
+    from dmrilib.metrics import best_auroc_variant
+
+    return best_auroc_variant(pd.read_csv(ResultsLayout.of(profile, results).table("auroc_all")), model)
 
 
 def run_followup(profile: Profile, results: str | Path = "results", *, model: str = "dae",
@@ -766,17 +749,17 @@ def run_followup(profile: Profile, results: str | Path = "results", *, model: st
     from dmrilib import metrics
     from dmrilib.dataset import load_prepared
 
-    root = results_root(profile, results)
-    prepared = load_prepared(root / "prepared")
+    layout = ResultsLayout.of(profile, results)
+    prepared = load_prepared(layout.prepared)
     variant = best_variant(profile, model, results)
     rows = []
     for fold in profile.folds:
-        d = run_dir(profile, model, variant, fold, results)
+        files = layout.run_files(model, variant, int(fold))
         # sha256 and finiteness checked: a corrupted map would give wrong colocalisation silently.
         job = "baseline" if model == "baseline" else "evaluate"
-        maps = load_npy(d / "maps-test.npy", what_to_do=f"Delete {d / 'maps*'} and run the {job} job of "
+        maps = load_npy(files.maps_test, what_to_do=f"Delete {files.folder / 'maps*'} and run the {job} job of "
                         f"{model}/{variant} fold {fold} again.").astype(np.float32)
-        dice = pd.read_csv(d / "eval-dice.csv")
+        dice = pd.read_csv(files.eval_dice)
         thr = dice[dice["rule"] == rule].set_index("subject")["threshold"]
         for i, subject in enumerate(prepared.patient_ids()):
             j = prepared.index([subject])[0]
@@ -793,7 +776,7 @@ def run_followup(profile: Profile, results: str | Path = "results", *, model: st
             rows.append({"model": model, "variant": variant, "fold": fold, "rule": rule, "subject": subject,
                          "grade": info.get("grade"), "size_class": info.get("size_class"), **res})
     table = pd.DataFrame(rows)
-    with atomic_path(root / "tables" / "followup.csv") as tmp:
+    with atomic_path(layout.table("followup")) as tmp:
         table.to_csv(tmp, index=False)
     return table
 
@@ -804,9 +787,9 @@ def run_figures(profile: Profile, results: str | Path = "results") -> pd.DataFra
     """Render every figure to ``figures/*.png`` and list them in ``figures/figures.json``."""
     from dmrilib import figures
 
-    root = results_root(profile, results)
-    records = figures.render_all(profile, root)
-    write_json_atomic(root / "figures" / "figures.json", {
+    layout = ResultsLayout.of(profile, results)
+    records = figures.render_all(profile, layout.root)
+    write_json_atomic(layout.figures_record, {
         "profile": profile.name, "profile_hash": profile.hash(), "figures": records, "provenance": provenance(),
     })
     return pd.DataFrame(records)

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Mapping
 import pandas as pd
 
 from dmrilib.config import Profile, load_profile
+from dmrilib.layout import RESULTS, ResultsLayout
 from dmrilib.published import DAE_INDEX, FOLLOWUP_MISMATCHES, RECDISC_INDEX, paper_table
 
 if TYPE_CHECKING:
@@ -69,15 +70,20 @@ class BookContext:
     root: Path  # results/<profile>
 
     @property
+    def layout(self) -> ResultsLayout:
+        """Every path of the build (:class:`dmrilib.layout.ResultsLayout` of :attr:`root`)."""
+        return ResultsLayout(self.root)
+
+    @property
     def tables_dir(self) -> Path:
-        return self.root / "tables"
+        return self.layout.tables
 
     @property
     def figures_dir(self) -> Path:
-        return self.root / "figures"
+        return self.layout.figures
 
     def table(self, name: str) -> pd.DataFrame:
-        path = self.tables_dir / f"{name}.csv"
+        path = self.layout.table(name)
         if not path.is_file():
             raise FileNotFoundError(f"{path}: missing; run `make book PROFILE={self.profile.name}` to compute it.")
         try:
@@ -91,7 +97,8 @@ class BookContext:
 
         return load_tables(self.profile, self.root.parent)
 
-    def json(self, relpath: str) -> dict:
+    def json(self, relpath: str | os.PathLike) -> dict:
+        """A JSON file of the build: a path relative to :attr:`root`, or one of :attr:`layout`'s."""
         return json.loads((self.root / relpath).read_text())
 
     @property
@@ -99,10 +106,10 @@ class BookContext:
         """``cohort/study.json`` when the build ran on the user's BIDS dataset, else None (simulated)."""
         from dmrilib.study import read_study
 
-        return read_study(self.root / "cohort")
+        return read_study(self.layout.cohort)
 
     def figure_path(self, name: str) -> Path:
-        path = self.figures_dir / f"{name}.png"
+        path = self.layout.figure(name)
         if not path.is_file():
             raise FileNotFoundError(f"{path}: missing; run the figures job of profile {self.profile.name!r}.")
         return path
@@ -122,14 +129,14 @@ def book_context(profile: str | None = None, results: str | Path | None = None) 
     if results is None:
         here = Path.cwd().resolve()
         for folder in (here, *here.parents):
-            if (folder / "results" / prof.name).is_dir():
-                results = folder / "results"
+            if ResultsLayout.of(prof, folder / RESULTS).root.is_dir():
+                results = folder / RESULTS
                 break
         else:
             raise FileNotFoundError(
                 f"no results/{prof.name} folder above {here}; run `make book PROFILE={prof.name}` first."
             )
-    root = Path(results) / prof.name
+    root = ResultsLayout.of(prof, results).root
     if not root.is_dir():
         raise FileNotFoundError(f"{root}: no results for profile {prof.name!r}; run `make book PROFILE={prof.name}`.")
     return BookContext(prof, root)
@@ -815,7 +822,7 @@ def study_subjects(ctx: BookContext, *, files: bool = False) -> pd.DataFrame:
     """
     study = ctx.study
     if study is None:
-        raise ValueError(f"{ctx.root / 'cohort'}: not a BIDS build (no study.json).")
+        raise ValueError(f"{ctx.layout.cohort}: not a BIDS build (no {ctx.layout.study_file.name}).")
     rows = []
     for s in study["subjects"]:
         if files:

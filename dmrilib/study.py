@@ -54,6 +54,7 @@ import numpy as np
 from dmrilib._atomic import atomic_dir, remove_stale_temp, write_json_atomic, write_text_atomic
 from dmrilib.io import (BidsDwi, DwiInputError, _nifti_files, find_bids_dwi, inspect_dwi, read_participants,
                         select_shell, shells)
+from dmrilib.layout import ResultsLayout
 
 __all__ = [
     "BidsConfig",
@@ -638,7 +639,7 @@ def stage_bids(plan: StudyPlan, profile, out_dir: str | os.PathLike, *, segmenta
                 rec["registration_seconds"] = round(registrations[s.subject], 1)
         if to_segment:
             carried = _segment(to_segment, profile, Path(segmentation_dir) if segmentation_dir else
-                               out_dir.parent / "groundtruth" / "segmentation", progress)
+                               ResultsLayout(out_dir.parent).segmentation, progress)
             by_subject = {r["subject"]: r for r in record["subjects"]}
             for s, _, affine in to_segment:
                 session = (s.session,) if s.session else ()

@@ -84,6 +84,7 @@ import pandas as pd
 
 from dmrilib._atomic import atomic_path, write_json_atomic
 from dmrilib.config import Profile, config_hash, load_profile, provenance
+from dmrilib.layout import ResultsLayout, RunFiles
 
 __all__ = [
     "CONDITIONS",
@@ -186,10 +187,8 @@ class SweepItem:
 
 
 def sweep_dir(profile: Profile, results: str | Path = "results") -> Path:
-    """``<results>/<profile>/sweep``."""
-    from dmrilib.pipeline import results_root
-
-    return results_root(profile, results) / "sweep"
+    """``<results>/<profile>/sweep`` (:attr:`dmrilib.layout.ResultsLayout.sweep`)."""
+    return ResultsLayout.of(profile, results).sweep
 
 
 def _item_name(condition: str, seed: int) -> str:
@@ -277,12 +276,12 @@ def _raw_md_rows(item: SweepItem, root: Path, fold: int) -> pd.DataFrame:
     from dmrilib import metrics
     from dmrilib.crossval import read_folds
     from dmrilib.dataset import load_prepared
-    from dmrilib.pipeline import results_root
 
     profile, cfg = item.profile, item.profile.evaluate
-    prepared = load_prepared(results_root(profile, root) / "prepared")
+    layout = ResultsLayout.of(profile, root)
+    prepared = load_prepared(layout.prepared)
     # written by the training job of this fold (dmrilib.pipeline.run_train)
-    val_ids = list(read_folds(results_root(profile, root) / "folds.json")[fold].val)
+    val_ids = list(read_folds(layout.folds_file)[fold].val)
 
     def regions(j):
         return metrics.evaluation_regions(prepared.brain_mask[j], prepared.eval_mask[j], cfg.threshold_region)
@@ -309,8 +308,9 @@ def _raw_md_rows(item: SweepItem, root: Path, fold: int) -> pd.DataFrame:
 
 def _run_rows(run: Path, method: str) -> pd.DataFrame:
     """Per-patient AUROC and the method's rule Dice (after the opening) of an evaluated run."""
-    det = pd.read_csv(run / "eval-auroc.csv")[["subject", "auroc"]]
-    dice = pd.read_csv(run / "eval-dice.csv")
+    files = RunFiles(run)
+    det = pd.read_csv(files.eval_auroc)[["subject", "auroc"]]
+    dice = pd.read_csv(files.eval_dice)
     dice = dice[dice["rule"] == RULES[method]][["subject", "dice_post"]]
     out = det.merge(dice, on="subject", how="left")
     return out.rename(columns={"subject": "patient", "dice_post": "dice"})
@@ -321,6 +321,7 @@ def _run_item(item: SweepItem, root: Path, *, threads: int, progress: bool) -> t
     from dmrilib import pipeline
 
     profile, fold = item.profile, item.profile.folds[0]
+    layout = ResultsLayout.of(profile, root)
     seconds: dict[str, float] = {}
     t0 = time.perf_counter()
     pipeline.run_cohort(profile, root, progress=progress, n_jobs=int(threads) or None)
@@ -331,11 +332,11 @@ def _run_item(item: SweepItem, root: Path, *, threads: int, progress: bool) -> t
         pipeline.run_train(profile, model, variant, fold, root, threads=threads, progress=progress)
         pipeline.run_evaluate(profile, model, variant, fold, root, threads=threads)
         seconds[model] = time.perf_counter() - t0
-        frames.append(_run_rows(pipeline.run_dir(profile, model, variant, fold, root), model)
+        frames.append(_run_rows(layout.run(model, variant, fold), model)
                       .assign(method=model, variant=variant))
     t0 = time.perf_counter()
     pipeline.run_baseline(profile, fold, root)
-    frames.append(_run_rows(pipeline.run_dir(profile, "baseline", "normative", fold, root), "baseline")
+    frames.append(_run_rows(layout.run("baseline", "normative", fold), "baseline")
                   .assign(method="baseline", variant="normative"))
     frames.append(_raw_md_rows(item, root, fold).assign(method="md", variant="md"))
     seconds["baseline_md"] = time.perf_counter() - t0
@@ -429,8 +430,9 @@ def run_sweep(profile: Profile, results: str | Path = "results", *, conditions: 
             "provenance": provenance(),
         })
         if not keep_data:
-            for data in ("cohort", "prepared"):
-                shutil.rmtree(folder / data, ignore_errors=True)
+            data = ResultsLayout.of(item.profile, root)  # == folder
+            for bulky in (data.cohort, data.prepared):
+                shutil.rmtree(bulky, ignore_errors=True)
         print(f"{head}: done in {time.perf_counter() - t0:.0f} s", flush=True)
     return _write_sweep(profile, results, items)
 

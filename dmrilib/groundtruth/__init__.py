@@ -39,8 +39,9 @@ _API = {
     "dmrilib.groundtruth.bids": ("inputs_from_bids", "structural_files"),
     "dmrilib.groundtruth.cohort": (
         "GroundTruthInput", "GroundTruthResult", "TABLE_COLUMNS", "inputs_from_simulation", "run_groundtruth_cohort",
-        "structural_lesion_of",
     ),
+    # the simulator's own accessor (here too for the ground-truth training set and truth)
+    "dmrilib.simulate.subject": ("structural_lesion_of",),
 }
 _WHERE = {name: module for module, names in _API.items() for name in names}
 

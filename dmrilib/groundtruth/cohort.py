@@ -46,7 +46,7 @@ from dmrilib.metrics import dice
 # registration worker processes start without it.
 
 __all__ = ["GroundTruthInput", "GroundTruthResult", "inputs_from_simulation", "run_groundtruth_cohort",
-           "structural_lesion_of", "TABLE_COLUMNS", "TIMING_COLUMNS"]
+           "TABLE_COLUMNS", "TIMING_COLUMNS"]
 
 #: Columns of :attr:`GroundTruthResult.table`, in order.
 TABLE_COLUMNS = ("subject", "dice_segmentation", "reg_error_mean_mm", "reg_error_median_mm", "reg_error_p95_mm",
@@ -94,23 +94,13 @@ class GroundTruthInput:
     dwi_to_structural: np.ndarray | None = None
 
 
-def structural_lesion_of(subject) -> np.ndarray:
-    """The visible lesion of a :class:`~dmrilib.simulate.SimulatedSubject` on its structural grid."""
-    lesion = getattr(subject, "structural_lesion", None)
-    if lesion is not None:
-        return np.asarray(lesion, bool)
-    if subject.t1w is not None and subject.t1w.shape == subject.lesion.shape:
-        # No separate structural grid: structural and diffusion grids coincide.
-        return np.asarray(subject.lesion, bool)
-    raise ValueError("simulated subject has no structural_lesion and its structural grid differs from the "
-                     "diffusion grid; update dmrilib.simulate.")
-
-
 def inputs_from_simulation(subject, label: str, *, b0_threshold: float = 50.0) -> GroundTruthInput:
     """A :class:`GroundTruthInput` (with truth) from a :class:`~dmrilib.simulate.SimulatedSubject`.
 
     The mean b0 averages the volumes with ``b <= b0_threshold``.
     """
+    from dmrilib.simulate.subject import structural_lesion_of
+
     if subject.t1w is None or subject.flair is None:
         raise ValueError(f"{label}: the simulated subject has no structural images (simulate with structural=True).")
     is_b0 = np.asarray(subject.bvals) <= b0_threshold

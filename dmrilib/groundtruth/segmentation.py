@@ -34,7 +34,6 @@ from scipy import ndimage
 
 from dmrilib._atomic import write_csv_atomic, write_json_atomic
 from dmrilib.config import config_hash
-from dmrilib.groundtruth.cohort import structural_lesion_of
 from dmrilib.groundtruth.config import SegConfig
 from dmrilib.groundtruth.unet import IN_CHANNELS, SegUNet, seg_loss
 # Checkpoint plumbing is shared with the anomaly-model training (one format
@@ -155,6 +154,7 @@ class TrainingSet:
 
 def _simulate_training_subject(cohort_config, subject: TrainingSubject):
     from dmrilib.simulate import simulate_subject
+    from dmrilib.simulate.subject import structural_lesion_of
 
     sim = simulate_subject(cohort_config, subject.seed, grade=subject.grade, size_class=subject.size_class,
                            structural=True)

@@ -46,7 +46,8 @@ from dmrilib.simulate.variability import (
     smooth_field,
 )
 
-__all__ = ["SimulatedSubject", "simulate_subject", "TISSUE_PARAMS", "EpiDistortion", "DwiToStructural"]
+__all__ = ["SimulatedSubject", "simulate_subject", "structural_lesion_of", "TISSUE_PARAMS", "EpiDistortion",
+           "DwiToStructural"]
 
 #: Compartment parameters: diffusivities (mm^2/s) and relative b0 / T1w / FLAIR intensities.
 TISSUE_PARAMS = {
@@ -266,6 +267,18 @@ class SimulatedSubject:
     snr: float
     sigma: float
     info: dict = field(default_factory=dict)
+
+
+def structural_lesion_of(subject) -> np.ndarray:
+    """The visible lesion of a :class:`SimulatedSubject` on its structural grid."""
+    lesion = getattr(subject, "structural_lesion", None)
+    if lesion is not None:
+        return np.asarray(lesion, bool)
+    if subject.t1w is not None and subject.t1w.shape == subject.lesion.shape:
+        # No separate structural grid: structural and diffusion grids coincide.
+        return np.asarray(subject.lesion, bool)
+    raise ValueError("simulated subject has no structural_lesion and its structural grid differs from the "
+                     "diffusion grid; update dmrilib.simulate.")
 
 
 @dataclass(frozen=True)

@@ -44,6 +44,7 @@ from dmrilib._atomic import atomic_path, write_json_atomic
 from dmrilib.config import Profile, config_hash, load_profile, provenance
 from dmrilib.fidelity import DIFFERENCES, Difference, ablation_rows
 from dmrilib.layout import ResultsLayout, RunFiles
+from dmrilib.variants import MODELS
 
 __all__ = ["AblationRun", "plan_ablation", "run_ablation", "ablation_table", "ablation_dir", "RULES", "METRICS"]
 
@@ -193,7 +194,7 @@ def plan_ablation(profile: Profile, results: str | Path = "results",
                 kept.append(r.setting)
             else:
                 changes[r.setting] = flip
-        runs = tuple((m, v) for m in ("dae", "recdisc") for v in _variants_for(first, m, profile, means))
+        runs = tuple((m, v) for m in MODELS for v in _variants_for(first, m, profile, means))
         if not changes or not runs:
             continue
         data: dict[str, Any] = {
@@ -203,7 +204,7 @@ def plan_ablation(profile: Profile, results: str | Path = "results",
             "description": f"{profile.name} with row {number} ({first.item}) flipped: "
                            + ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changes.items()),
             "folds": list(profile.folds),
-            "variants": {m: [v for mm, v in runs if mm == m] for m in ("dae", "recdisc")},
+            "variants": {m: [v for mm, v in runs if mm == m] for m in MODELS},
         }
         for section, values in profile.sections.items():
             data[section] = copy.deepcopy(dict(values))

@@ -27,6 +27,8 @@ import sys
 import traceback
 from pathlib import Path
 
+from dmrilib.variants import MODELS
+
 __all__ = ["main", "build_parser"]
 
 
@@ -130,7 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", parents=[common], help="train one (model, configuration, fold) of a profile")
     p.add_argument("--config", default="quick", help="profile name or YAML path (default: quick)")
-    p.add_argument("--model", choices=("dae", "recdisc"), required=True)
+    p.add_argument("--model", choices=MODELS, required=True)
     p.add_argument("--variant", required=True, help="e.g. lsd512-sigmoid or mix-mix-half")
     p.add_argument("--fold", type=int, default=0)
     p.add_argument("--results", type=Path, default=Path("results"),
@@ -149,7 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", parents=[common], help="evaluate NIfTI anomaly maps against BIDS ground truth")
     p.add_argument("--maps", type=Path, required=True, help="folder of sub-*_anomaly.nii.gz maps")
     p.add_argument("--truth", type=Path, required=True, help="BIDS root with derivatives masks")
-    p.add_argument("--model", choices=("dae", "recdisc"), required=True,
+    p.add_argument("--model", choices=MODELS, required=True,
                    help="which model made the maps (sets the fixed threshold)")
     p.add_argument("--config", default="quick", help="profile whose evaluation settings to use")
     p.add_argument("--out", type=Path, required=True, help="output CSV")

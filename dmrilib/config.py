@@ -50,6 +50,8 @@ from typing import Any, Literal, Mapping, Union
 
 import yaml
 
+from dmrilib.variants import DAE, MODELS, RECDISC, did_you_mean, parse_dae_variant, parse_recdisc_variant
+
 __all__ = [
     "ConfigError",
     "Profile",
@@ -401,14 +403,13 @@ def _build_section(name: str, values: Any, source: str):
 def _check_variants(variants: Any, source: str) -> dict[str, tuple[str, ...]]:
     """Parse ``variants`` with the models' own grammar (:mod:`dmrilib.variants`)."""
     if not isinstance(variants, Mapping):
-        raise ConfigError(f"{source}: variants: expected a mapping of 'dae'/'recdisc' to lists of variant ids, "
+        raise ConfigError(f"{source}: variants: expected a mapping of {DAE!r}/{RECDISC!r} to lists of variant ids, "
                           f"got {_show(variants)}.")
-    unknown = sorted(str(k) for k in set(variants) - {"dae", "recdisc"})
+    unknown = sorted(str(k) for k in set(variants) - set(MODELS))
     if unknown:
-        raise ConfigError(f"{source}: variants: unknown model(s) {unknown}; the models are 'dae' and 'recdisc'.")
-    from dmrilib.variants import parse_dae_variant, parse_recdisc_variant
-
-    parse = {"dae": parse_dae_variant, "recdisc": parse_recdisc_variant}
+        raise ConfigError(f"{source}: variants: unknown model(s) {unknown}; the models are {DAE!r} and {RECDISC!r}."
+                          + (did_you_mean(unknown[0], MODELS) if len(unknown) == 1 else ""))
+    parse = {DAE: parse_dae_variant, RECDISC: parse_recdisc_variant}
     out = {}
     for model, ids in variants.items():
         ids = [] if ids is None else ids  # `recdisc:` with every entry commented out
@@ -594,7 +595,7 @@ class Profile:
 
     def runs(self) -> list[tuple[str, str, int]]:
         """Every (model, variant, fold) training job of this profile."""
-        return [(m, v, f) for m in ("dae", "recdisc") for v in self.variants.get(m, ()) for f in self.folds]
+        return [(m, v, f) for m in MODELS for v in self.variants.get(m, ()) for f in self.folds]
 
     def stage_hash(self, stage: str) -> str:
         """Hash of the settings a workflow stage depends on (:data:`STAGE_SECTIONS`).

@@ -35,13 +35,13 @@ from dmrilib._atomic import atomic_path, write_json_atomic
 from dmrilib.config import Profile, config_hash, provenance
 from dmrilib.integrity import load_npy
 from dmrilib.layout import ResultsLayout
+from dmrilib.variants import BASELINE, BASELINE_VARIANT, DISPLAY_NAMES, MODELS
 
 __all__ = ["export_anomaly_maps"]
 
 #: What the values of every exported map mean (written into each sidecar).
 MEANING = "anomaly score, higher = more anomalous; not calibrated across models"
-_MODEL_NAMES = {"dae": "DAE", "recdisc": "RecDiscNet", "baseline": "baseline"}
-_BASELINE = ("baseline", "normative")
+_BASELINE = (BASELINE, BASELINE_VARIANT)
 
 
 def _desc(model: str, variant: str) -> str:
@@ -147,7 +147,7 @@ def _overlay_rows(profile: Profile, results: str | Path) -> list[tuple[str, str]
 
     auroc_all = ResultsLayout.of(profile, results).table("auroc_all")
     rows = []
-    for model in ("dae", "recdisc"):
+    for model in MODELS:
         variants = list(profile.variants.get(model, ()))
         if not variants:
             continue
@@ -213,7 +213,7 @@ def _to_native(image, shape: tuple[int, ...], affine: np.ndarray):
 
 
 def _label(model: str, variant: str) -> str:
-    return "normative baseline" if (model, variant) == _BASELINE else f"{_MODEL_NAMES[model]} {variant}"
+    return "normative baseline" if (model, variant) == _BASELINE else f"{DISPLAY_NAMES[model]} {variant}"
 
 
 def export_anomaly_maps(profile: Profile, results: str | Path = "results", *, progress: bool = True) -> pd.DataFrame:
@@ -277,7 +277,7 @@ def export_anomaly_maps(profile: Profile, results: str | Path = "results", *, pr
     previous = json.loads(record_path.read_text()).get("files", []) if record_path.is_file() else []
     prov = provenance()
 
-    configurations = [(m, v) for m in ("dae", "recdisc") for v in profile.variants.get(m, ())] + [_BASELINE]
+    configurations = [(m, v) for m in MODELS for v in profile.variants.get(m, ())] + [_BASELINE]
     descs = [_desc(m, v) for m, v in configurations]
     if len(set(descs)) != len(descs):  # cannot happen with the variant grammar; guards the file names
         raise ValueError(f"two configurations of profile {profile.name!r} give the same BIDS desc label: {descs}.")

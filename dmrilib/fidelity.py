@@ -23,6 +23,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+from dmrilib.variants import DAE, MODELS, RECDISC
+
 __all__ = ["FIDELITIES", "Difference", "DIFFERENCES", "defaults", "resolve", "difference", "ablation_rows"]
 
 #: The two sides. ``code`` is the default of every profile.
@@ -67,7 +69,7 @@ class Difference:
     paper_says: str
     ablate: bool = False
     scale: bool = False
-    models: tuple[str, ...] = ("dae", "recdisc")
+    models: tuple[str, ...] = MODELS
 
     @property
     def setting(self) -> str:
@@ -88,32 +90,32 @@ DIFFERENCES: tuple[Difference, ...] = (
     Difference(3, "isotropic disturbance", "train", "jood_isotropic", "per_patch", "per_voxel",
                "one uniform value per patch, the same in every voxel and direction "
                "(DataProcessing/anomaly_generation.py)",
-               "one value per voxel, the same in every direction", ablate=True, models=('recdisc',)),
+               "one value per voxel, the same in every direction", ablate=True, models=(RECDISC,)),
     Difference(4, "disturbed copies", "train", "jood_copies", "fixed", "fresh",
                "copies_per_subject disturbed copies of each training subject made once per run and reused "
                "every epoch (Dataset.py)",
                "the data \"expanded to four input images\"; silent on when they are drawn (this package drew "
-               "fresh ones every epoch)", ablate=True, models=('recdisc',)),
+               "fresh ones every epoch)", ablate=True, models=(RECDISC,)),
     Difference(4, "validation copies", "train", "val_copies", 4, 1,
                "4 fixed disturbed copies per validation subject (Dataset.py)",
-               "not stated (this package used 1)", models=('recdisc',)),
+               "not stated (this package used 1)", models=(RECDISC,)),
     Difference(5, "patch geometry", "train", "jood_geometry", "centred", "anywhere",
                "integer half-size r in the radius range, semi-axes r x U(0.5, 1), axis-aligned; centre at the "
                "grid centre + an offset of jood_centre_offset voxels per axis whose signs are drawn once per "
                "patch (one octant), accepted inside the eroded brain without CSF "
                "(DataProcessing/anomaly_generation.py)",
                "ellipsoids \"varied in size\" inside the brain (this package: semi-axes U(radius), rotated, "
-               "centre anywhere in the brain incl. CSF)", ablate=True, models=('recdisc',)),
+               "centre anywhere in the brain incl. CSF)", ablate=True, models=(RECDISC,)),
     Difference(6, "uniform disturbance range", "train", "jood_uniform_width", 0.24, 0.12,
                "U(mean - sd, mean + sd): width 2 x 0.12 (DataProcessing/anomaly_generation.py)",
-               "range chosen as the standard deviation: width 0.12", models=('recdisc',)),
+               "range chosen as the standard deviation: width 0.12", models=(RECDISC,)),
     Difference(7, "Mix configuration", "train", "jood_mix", "weighted", "thirds",
                "isotropic (uniform) 34 %, random 33 %, directional 33 % (DataProcessing/anomaly_generation.py)",
-               "not detailed (this package: appearance in thirds, normal or uniform in halves)", models=('recdisc',)),
+               "not detailed (this package: appearance in thirds, normal or uniform in halves)", models=(RECDISC,)),
     Difference(8, "DAE anomaly map", "model", "dae_map", "mean_normalised", "abs_sum",
                "|mean over channels of (x - x_hat / max x_hat)| (postprocessing.py); the fixed 0.3 threshold "
                "is on this scale",
-               "the absolute reconstruction error summed over channels", ablate=True, models=('dae',)),
+               "the absolute reconstruction error summed over channels", ablate=True, models=(DAE,)),
     Difference(9, "region of the threshold rules", "evaluate", "threshold_region", "eroded_brain_no_csf", "brain",
                "map zeroed outside the 3^3-eroded brain without CSF before Otsu, pooling and opening "
                "(quantitative_analysis.py)",
@@ -124,22 +126,22 @@ DIFFERENCES: tuple[Difference, ...] = (
                "T = max(I * f_local): a sliding window", ablate=True),
     Difference(11, "KL term", "train", "kl_reduction", "sum", "mean",
                "summed over latent dimensions, averaged over the batch (VanillaVAE loss)",
-               "1/2 1/n sum_j (...): read by this package as a mean over dimensions", ablate=True, models=('dae',)),
+               "1/2 1/n sum_j (...): read by this package as a mean over dimensions", ablate=True, models=(DAE,)),
     Difference(12, "DAE latent at test time", "model", "dae_test_latent", "sample", "mean",
-               "z sampled from the posterior also when predicting", "not stated (this package used the mean)", models=('dae',)),
+               "z sampled from the posterior also when predicting", "not stated (this package used the mean)", models=(DAE,)),
     Difference(13, "DAE architecture", "model", "dae_architecture", "code", "paper",
                "fc 40960->512 then mu/logvar 512->LSD; decoder ConvT k3 s2 p1 op1; head ConvT + BN + "
                "LeakyReLU + 1x1 conv (+ sigmoid): 52,029,312 parameters at LSD 512",
                "encoder/decoder of the stated widths (this package: two 40960->LSD maps, ConvT k4, no head: "
-               "78,987,072 parameters)", ablate=True, models=('dae',)),
+               "78,987,072 parameters)", ablate=True, models=(DAE,)),
     Difference(14, "RecDiscNet architecture", "model", "recdisc_architecture", "code", "paper",
                "upsampling ConvT k3 s2 p1 op1 at the same width + InstanceNorm + ReLU, then a double conv "
                "halving the width; InstanceNorm without affine; ReLU: 123,540,977 parameters",
                "widths as stated, LeakyReLU stated for the DAE only (this package: ConvT k2 halving the width, "
-               "affine InstanceNorm, LeakyReLU: 86,208,065 parameters)", ablate=True, models=('recdisc',)),
+               "affine InstanceNorm, LeakyReLU: 86,208,065 parameters)", ablate=True, models=(RECDISC,)),
     Difference(14, "RecDiscNet discriminator depth", "model", "disc_depth", 3, 4,
                "discriminative U-Net 16-32-64-128: 3 poolings",
-               "not stated (this package used 4 poolings)", models=('recdisc',)),
+               "not stated (this package used 4 poolings)", models=(RECDISC,)),
     Difference(15, "input brain mask", "prepare", "input_mask_erosion", 1, 0,
                "brain mask eroded by a 3^3 cube, input zeroed outside it (processing_data.py)",
                "not stated (this package zeroed the input outside the brain mask, no erosion)"),
@@ -153,7 +155,7 @@ DIFFERENCES: tuple[Difference, ...] = (
                "replaces, negative noise is added, nothing is clipped; the target is the whole ellipsoid "
                "(DataProcessing/anomaly_generation.py)",
                "not stated (this package replaced the patch, clipped to [0, 1], and marked the voxels that "
-               "changed)", models=('recdisc',)),
+               "changed)", models=(RECDISC,)),
     Difference(19, "training visiting order", "train", "shuffle", "fixed", "every_epoch",
                "the same order every epoch (Dataloader.py: shuffle=False): the DAE visits the sorted subject "
                "list (config.py); RecDiscNet's copies follow one shuffle (Dataset.py, row 4), which this "

@@ -19,6 +19,7 @@ from dmrilib._atomic import atomic_path
 from dmrilib.config import Profile
 from dmrilib.integrity import load_npy
 from dmrilib.layout import ResultsLayout
+from dmrilib.variants import BASELINE, BASELINE_VARIANT, DAE, MODELS, RECDISC
 
 __all__ = ["render_all", "FIGURES", "COHORT_QC_FILE", "qualitative_cases"]
 
@@ -42,10 +43,10 @@ FIGURES = {
 }
 
 _QUALITATIVE = {
-    "fig5_dae_unsupervised": ("dae", "otsu"),
-    "fig6_dae_optimal": ("dae", "dice_optimal"),
-    "fig7_recdisc_unsupervised": ("recdisc", "pool_max"),
-    "fig8_recdisc_optimal": ("recdisc", "dice_optimal"),
+    "fig5_dae_unsupervised": (DAE, "otsu"),
+    "fig6_dae_optimal": (DAE, "dice_optimal"),
+    "fig7_recdisc_unsupervised": (RECDISC, "pool_max"),
+    "fig8_recdisc_optimal": (RECDISC, "dice_optimal"),
 }
 
 
@@ -76,7 +77,7 @@ class _Results:
         key = (model, variant, fold)
         if key not in self._maps:
             files = self.layout.run_files(model, variant, fold)
-            job = "baseline" if model == "baseline" else "evaluate"
+            job = "baseline" if model == BASELINE else "evaluate"
             self._maps[key] = load_npy(files.maps_test, what_to_do=(
                 f"Delete {files.folder / 'maps*'} and run the {job} job of {model}/{variant} fold {fold} again."
             )).astype(np.float32)
@@ -141,11 +142,11 @@ def _fig_roc(r: _Results) -> Figure:
     mask = r.regions(r.patients)
     curves, aurocs = {}, {}
     picks = []
-    for model in ("dae", "recdisc"):
+    for model in MODELS:
         ranked = r.ranked(model)
         if ranked:
             picks += [(model, ranked[0], "best"), (model, ranked[-1], "worst")]
-    picks += [("baseline", "normative", "")]
+    picks += [(BASELINE, BASELINE_VARIANT, "")]
     for model, variant, tag in dict.fromkeys(picks):
         maps = r.maps(model, variant)
         label = f"{model} {variant}" + (f" ({tag})" if tag else "")
@@ -160,7 +161,7 @@ def _fig_densities(r: _Results) -> Figure:
 
     truth = r.arrays("lesion", r.patients).astype(bool)
     mask = r.regions(r.patients)
-    ranked = r.ranked("recdisc")
+    ranked = r.ranked(RECDISC)
     panels = {}
     for rank, pick in (("best", 0), ("worst", -1)):
         for mean in ("half", "full"):
@@ -169,7 +170,7 @@ def _fig_densities(r: _Results) -> Figure:
                 continue
             variant = group[pick]
             panels[f"{rank} μ{mean.title()}: {variant}"] = metrics.score_densities(
-                r.maps("recdisc", variant), truth, mask, bins=60, value_range=(0.0, 1.0))
+                r.maps(RECDISC, variant), truth, mask, bins=60, value_range=(0.0, 1.0))
     return plot_score_densities(panels, ncols=2, log_density=True)
 
 

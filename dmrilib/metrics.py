@@ -61,6 +61,7 @@ from scipy import ndimage
 
 from dmrilib._atomic import atomic_path
 from dmrilib.fidelity import resolve as resolve_fidelity
+from dmrilib.variants import BASELINE_VARIANT, DAE, MODELS, RECDISC
 
 __all__ = [
     "EvalConfig",
@@ -92,7 +93,7 @@ __all__ = [
     "evaluate_nifti_maps",
 ]
 
-_DEFAULT_FIXED = {"dae": 0.3, "recdisc": 0.5, "normative": 3.0}
+_DEFAULT_FIXED = {DAE: 0.3, RECDISC: 0.5, BASELINE_VARIANT: 3.0}
 
 #: Values of ``EvalConfig.threshold_region`` (see :func:`evaluation_regions`).
 THRESHOLD_REGIONS = ("eroded_brain_no_csf", "wmgm", "brain")
@@ -650,7 +651,7 @@ class ThresholdRule:
     compute: Callable[["_MapStats", EvalConfig, str], tuple[float, str]] = field(repr=False)
 
     def __call__(self, score_map: ArrayLike, truth: ArrayLike | None = None, mask: ArrayLike | None = None, *,
-                 model: str = "dae", config: EvalConfig | None = None,
+                 model: str = DAE, config: EvalConfig | None = None,
                  brain_mask: ArrayLike | None = None) -> Threshold:
         if mask is None:
             raise ValueError(f"threshold rule {self.name!r} needs an evaluation mask (mask=...).")
@@ -1089,7 +1090,7 @@ def table_auroc(auroc_df: pd.DataFrame, model: str, config: EvalConfig | None = 
         present = sorted(auroc_df["model"].unique())
         raise ValueError(f"table_auroc: no rows for model {model!r}; models present: {present}.")
     s = summarise(sub, ["variant"], ["auroc"], config).sort_values("mean", kind="stable").reset_index(drop=True)
-    pattern = {"dae": _DAE_RE, "recdisc": _REC_RE}.get(model)
+    pattern = {DAE: _DAE_RE, RECDISC: _REC_RE}.get(model)
     parts = pd.DataFrame([(m.groupdict() if pattern and (m := pattern.match(v)) else {}) for v in s["variant"]],
                          index=s.index)
     out = pd.concat([s[["variant"]], parts], axis=1)
@@ -1208,7 +1209,7 @@ def summarise_by_group(dice_df: pd.DataFrame, participants: pd.DataFrame, rule: 
 
 
 def paired_wilcoxon(dice_df: pd.DataFrame, rule: str, *, value: str = "dice_post",
-                    models: tuple[str, str] = ("dae", "recdisc"),
+                    models: tuple[str, str] = MODELS,
                     config: EvalConfig | None = None) -> dict[str, Any]:
     """Paired Wilcoxon signed-rank test between the best variants of two models.
 

@@ -22,6 +22,7 @@ from dmrilib._atomic import atomic_path, write_json_atomic
 from dmrilib.config import Profile, config_hash, provenance
 from dmrilib.integrity import check_finite, load_npy, save_npy, sha256_file, sidecar_path
 from dmrilib.layout import ResultsLayout, RunFiles
+from dmrilib.variants import BASELINE, BASELINE_VARIANT, DAE, MODELS, RECDISC, did_you_mean
 
 __all__ = [
     "results_root",
@@ -186,7 +187,7 @@ def run_train(profile: Profile, model: str, variant: str, fold: int, results: st
     ids = list(f.train) + list(f.val)
     idx = prepared.index(ids)
     regions = None
-    if model == "recdisc":
+    if model == RECDISC:
         regions = np.stack([metrics.evaluation_regions(prepared.brain_mask[j], prepared.eval_mask[j],
                                                        "eroded_brain_no_csf")[1] for j in idx])
     run = train_run(
@@ -210,11 +211,12 @@ def run_train(profile: Profile, model: str, variant: str, fold: int, results: st
 
 
 def _check_variant(profile: Profile, model: str, variant: str) -> None:
-    if model not in ("dae", "recdisc"):
-        raise ValueError(f"model must be 'dae' or 'recdisc', got {model!r}.")
+    if model not in MODELS:
+        raise ValueError(f"model must be {DAE!r} or {RECDISC!r}, got {model!r}.{did_you_mean(model, MODELS)}")
     known = profile.variants.get(model, ())
     if variant not in known:
-        raise ValueError(f"variant {variant!r} is not in profile {profile.name!r} for {model}; known: {list(known)}.")
+        raise ValueError(f"variant {variant!r} is not in profile {profile.name!r} for {model}; known: {list(known)}."
+                         f"{did_you_mean(variant, known)}")
 
 
 def plot_training_log(profile: Profile, model: str, variant: str, fold: int, results: str | Path = "results"):
@@ -467,13 +469,13 @@ def run_baseline(profile: Profile, fold: int, results: str | Path = "results") -
 
     # Stored as float16 like the model maps; evaluate exactly what is stored.
     maps_test, maps_val = (score(ids).astype(np.float16) for ids in (test_ids, val_ids))
-    files = layout.run_files("baseline", "normative", int(fold))
+    files = layout.run_files(BASELINE, BASELINE_VARIANT, int(fold))
     save_npy(files.maps_test, maps_test)
     save_npy(files.maps_val, maps_val)
     maps_test, maps_val = maps_test.astype(np.float32), maps_val.astype(np.float32)
-    return _evaluate_maps(profile, prepared, model="baseline", variant="normative", fold=fold,
+    return _evaluate_maps(profile, prepared, model=BASELINE, variant=BASELINE_VARIANT, fold=fold,
                           maps_test=maps_test, test_ids=test_ids, maps_val=maps_val, val_ids=val_ids,
-                          out_dir=files.folder, threshold_model="normative", results=results,
+                          out_dir=files.folder, threshold_model=BASELINE_VARIANT, results=results,
                           extra={"fit_time_s": round(time.perf_counter() - t0, 2)})
 
 
@@ -590,7 +592,7 @@ def _collect(profile: Profile, results: str | Path, name: str, *, required: bool
     layout = ResultsLayout.of(profile, results)
     # Only the profile's runs: after a variant or fold is removed from the
     # profile, its old run folder must not reach the tables.
-    runs = [*profile.runs(), *(("baseline", "normative", f) for f in profile.folds)]
+    runs = [*profile.runs(), *((BASELINE, BASELINE_VARIANT, f) for f in profile.folds)]
     paths = [getattr(layout.run_files(m, v, int(f)), name) for m, v, f in runs]
     frames = [pd.read_csv(p) for p in sorted(paths) if p.is_file()]
     if not frames:
@@ -633,13 +635,13 @@ def run_aggregate(profile: Profile, results: str | Path = "results") -> dict[str
     cfg = profile.evaluate
     dice = _collect(profile, results, "eval_dice")
     det = _collect(profile, results, "eval_auroc")
-    models = dice[dice["model"].isin(["dae", "recdisc"])]
+    models = dice[dice["model"].isin(list(MODELS))]
     tables: dict[str, pd.DataFrame] = {
         "dice_all": dice,
         "auroc_all": det,
-        "table1": metrics.table_auroc(det, "dae", config=cfg),
-        "table2": metrics.table_auroc(det, "recdisc", config=cfg),
-        "auroc_baseline": metrics.table_auroc(det, "baseline", config=cfg),
+        "table1": metrics.table_auroc(det, DAE, config=cfg),
+        "table2": metrics.table_auroc(det, RECDISC, config=cfg),
+        "auroc_baseline": metrics.table_auroc(det, BASELINE, config=cfg),
     }
     for name, rule in DICE_RULE_TABLES.items():
         tables[name] = metrics.table_dice(models, rule, config=cfg)
@@ -649,7 +651,7 @@ def run_aggregate(profile: Profile, results: str | Path = "results") -> dict[str
         return pd.concat(tables_, ignore_index=True) if tables_ else pd.DataFrame()
 
     tables["dice_extra_rules"] = per_rule(models, extra_rules)
-    tables["dice_baseline"] = per_rule(dice[dice["model"] == "baseline"], sorted(set(dice["rule"])))
+    tables["dice_baseline"] = per_rule(dice[dice["model"] == BASELINE], sorted(set(dice["rule"])))
     tables["runs"] = _runs_table(profile, results)
     dice_p = _collect(profile, results, "eval_dice_pipeline", required=False)
     det_p = _collect(profile, results, "eval_auroc_pipeline", required=False)
@@ -737,7 +739,7 @@ def best_variant(profile: Profile, model: str, results: str | Path = "results") 
     return best_auroc_variant(pd.read_csv(ResultsLayout.of(profile, results).table("auroc_all")), model)
 
 
-def run_followup(profile: Profile, results: str | Path = "results", *, model: str = "dae",
+def run_followup(profile: Profile, results: str | Path = "results", *, model: str = DAE,
                  rule: str = "healthy_fpr_05") -> pd.DataFrame:
     """Follow-up colocalisation per patient for the best ``model`` configuration.
 
@@ -756,7 +758,7 @@ def run_followup(profile: Profile, results: str | Path = "results", *, model: st
     for fold in profile.folds:
         files = layout.run_files(model, variant, int(fold))
         # sha256 and finiteness checked: a corrupted map would give wrong colocalisation silently.
-        job = "baseline" if model == "baseline" else "evaluate"
+        job = "baseline" if model == BASELINE else "evaluate"
         maps = load_npy(files.maps_test, what_to_do=f"Delete {files.folder / 'maps*'} and run the {job} job of "
                         f"{model}/{variant} fold {fold} again.").astype(np.float32)
         dice = pd.read_csv(files.eval_dice)

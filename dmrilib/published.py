@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import pandas as pd
 
+from dmrilib.variants import DAE, RECDISC
+
 __all__ = [
     "CITATION",
     "DOI",
@@ -73,19 +75,19 @@ RECDISC_INDEX = {v: i for i, v, _, _ in _TABLE2}
 # Tables 3-6: the best configuration per model under one threshold rule.
 # (table, rule, model, paper index, threshold, dice mean, sd, dice post mean, sd)
 _DICE_TABLES = [
-    (3, "fixed", "dae", 4, 0.30, 0.168, 0.11, 0.431, 0.19),
-    (3, "fixed", "recdisc", 10, 0.50, 0.603, 0.24, 0.599, 0.25),
-    (4, "otsu", "dae", 4, 0.18, 0.195, 0.13, 0.501, 0.20),
-    (4, "otsu", "recdisc", 10, 0.50, 0.603, 0.24, 0.598, 0.25),
-    (5, "pool_max", "dae", 11, 0.36, 0.230, 0.18, 0.483, 0.24),
-    (5, "pool_max", "recdisc", 10, 0.31, 0.616, 0.24, 0.624, 0.24),
-    (6, "dice_optimal", "dae", 12, 0.49, 0.375, 0.18, 0.519, 0.18),
-    (6, "dice_optimal", "recdisc", 12, 0.23, 0.657, 0.23, 0.660, 0.24),
+    (3, "fixed", DAE, 4, 0.30, 0.168, 0.11, 0.431, 0.19),
+    (3, "fixed", RECDISC, 10, 0.50, 0.603, 0.24, 0.599, 0.25),
+    (4, "otsu", DAE, 4, 0.18, 0.195, 0.13, 0.501, 0.20),
+    (4, "otsu", RECDISC, 10, 0.50, 0.603, 0.24, 0.598, 0.25),
+    (5, "pool_max", DAE, 11, 0.36, 0.230, 0.18, 0.483, 0.24),
+    (5, "pool_max", RECDISC, 10, 0.31, 0.616, 0.24, 0.624, 0.24),
+    (6, "dice_optimal", DAE, 12, 0.49, 0.375, 0.18, 0.519, 0.18),
+    (6, "dice_optimal", RECDISC, 12, 0.23, 0.657, 0.23, 0.660, 0.24),
 ]
 
 _INDEX_TO_VARIANT = {
-    "dae": {i: v for v, i in DAE_INDEX.items()},
-    "recdisc": {i: v for v, i in RECDISC_INDEX.items()},
+    DAE: {i: v for v, i in DAE_INDEX.items()},
+    RECDISC: {i: v for v, i in RECDISC_INDEX.items()},
 }
 
 #: Visual follow-up reading of the paper (Results, last section): per grade,
@@ -99,11 +101,11 @@ FOLLOWUP_MISMATCHES = {
 
 PAPER_TABLES = {
     "table1": [
-        {"model": "dae", "index": i, "variant": v, "auroc_mean": m, "auroc_sd": s}
+        {"model": DAE, "index": i, "variant": v, "auroc_mean": m, "auroc_sd": s}
         for i, v, m, s in _TABLE1
     ],
     "table2": [
-        {"model": "recdisc", "index": i, "variant": v, "auroc_mean": m, "auroc_sd": s}
+        {"model": RECDISC, "index": i, "variant": v, "auroc_mean": m, "auroc_sd": s}
         for i, v, m, s in _TABLE2
     ],
     **{

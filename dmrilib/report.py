@@ -21,6 +21,7 @@ import pandas as pd
 from dmrilib.config import Profile, load_profile
 from dmrilib.layout import RESULTS, ResultsLayout
 from dmrilib.published import DAE_INDEX, FOLLOWUP_MISMATCHES, RECDISC_INDEX, paper_table
+from dmrilib.variants import BASELINE, DAE, DISPLAY_NAMES, MODELS, RECDISC
 
 if TYPE_CHECKING:
     from pandas.io.formats.style import Styler
@@ -52,7 +53,8 @@ __all__ = [
     "RULE_NAMES",
 ]
 
-MODEL_NAMES = {"dae": "DAE", "recdisc": "RecDiscNet", "baseline": "Normative DTI baseline"}
+#: Display names per model (an alias of :data:`dmrilib.variants.DISPLAY_NAMES`).
+MODEL_NAMES = DISPLAY_NAMES
 RULE_NAMES = {
     "fixed": "fixed",
     "otsu": "Otsu",
@@ -202,9 +204,9 @@ def comparison_auroc(ours: pd.DataFrame, model: str) -> pd.DataFrame:
         variant, the paper's AUROC, ours (mean ± sd, 95% CI), and the
         difference ours − paper. Variants the profile did not run show blanks.
     """
-    paper = paper_table("table1" if model == "dae" else "table2")
+    paper = paper_table("table1" if model == DAE else "table2")
     merged = paper.merge(ours, on="variant", how="left", suffixes=("_paper", ""))
-    label = "m" if model == "dae" else "d"
+    label = "m" if model == DAE else "d"
     return pd.DataFrame({
         f"paper {label}": merged["index"],
         "configuration": merged["variant"],
@@ -230,12 +232,12 @@ def comparison_dice(ours: pd.DataFrame, table: str) -> pd.DataFrame:
     for _, p in paper.iterrows():
         o = ours[ours["model"] == p["model"]]
         o = o.iloc[0] if len(o) else None
-        index = (DAE_INDEX if p["model"] == "dae" else RECDISC_INDEX)
+        index = (DAE_INDEX if p["model"] == DAE else RECDISC_INDEX)
         rows.append({
             "network": MODEL_NAMES[p["model"]],
-            "configuration (paper)": f"{p['variant']} ({'m' if p['model'] == 'dae' else 'd'}={p['index']})",
+            "configuration (paper)": f"{p['variant']} ({'m' if p['model'] == DAE else 'd'}={p['index']})",
             "configuration (ours)": "" if o is None else (
-                f"{o['variant']} ({'m' if p['model'] == 'dae' else 'd'}={index.get(o['variant'], '?')})"),
+                f"{o['variant']} ({'m' if p['model'] == DAE else 'd'}={index.get(o['variant'], '?')})"),
             "threshold (paper)": f"{p['threshold']:.2f}",
             "threshold (ours)": "" if o is None else f"{o['threshold']:.2f}",
             "Dice (paper)": fmt_pm(p["dice_mean"], p["dice_sd"]),
@@ -457,7 +459,7 @@ def _claim_auroc_order(tables, level) -> list[dict]:
 
 def _claim_pairs(tables, level, *, model: str) -> list[dict]:
     """Claims 2 (sigmoid above linear per latent size) and 3 (half above full per disturbance)."""
-    if model == "dae":
+    if model == DAE:
         name, pattern, key, better, worse = "table1", _LSD_RE, "lsd", "sigmoid", "linear"
         title, each = "2. DAE: sigmoid above linear output", "LSD {}"
         what = "latent size with both output activations"
@@ -465,7 +467,7 @@ def _claim_pairs(tables, level, *, model: str) -> list[dict]:
         name, pattern, key, better, worse = "table2", _PAIR_RE, "pair", "half", "full"
         title, each = "3. RecDiscNet: half above full disturbance mean", "{}"
         what = "distribution/appearance pair with both means"
-    part = "activation" if model == "dae" else "mean"
+    part = "activation" if model == DAE else "mean"
 
     def by_key(t: pd.DataFrame) -> dict[str, dict[str, Mapping]]:
         out: dict[str, dict[str, Mapping]] = {}
@@ -501,15 +503,15 @@ def _claim_dice_order(tables, level, limits) -> list[dict]:
     rows = []
     for name in _DICE_TABLES:
         paper = _best_rows(paper_table(name))
-        rule = RULE_NAMES.get(paper["dae"]["rule"], paper["dae"]["rule"])
+        rule = RULE_NAMES.get(paper[DAE]["rule"], paper[DAE]["rule"])
         ours = _best_rows(_table(tables, name))
         for col, when in (("dice", "before the opening"), ("dice_post", "after the opening")):
             claim = f"4. RecDiscNet Dice above DAE's, {rule}, {when}"
-            paper_text = f"{paper['recdisc'][col + '_mean']:.3f} vs {paper['dae'][col + '_mean']:.3f}"
-            if "dae" not in ours or "recdisc" not in ours:
+            paper_text = f"{paper[RECDISC][col + '_mean']:.3f} vs {paper[DAE][col + '_mean']:.3f}"
+            if DAE not in ours or RECDISC not in ours:
                 rows.append(_row(claim, paper_text, "", "not testable", f"no {name} row of one of the models"))
                 continue
-            a, b = _estimate(ours["recdisc"], col), _estimate(ours["dae"], col)
+            a, b = _estimate(ours[RECDISC], col), _estimate(ours[DAE], col)
             row = _row(claim, paper_text, f"{a} vs {b}", *_order(a, b, level))
             if col == "dice_post" and "lesion" in limits:
                 row = _untestable(row, limits["lesion"])
@@ -534,19 +536,19 @@ def _claim_opening(tables, level, limits, config: "EvalConfig") -> list[dict]:
     rows = []
     for name in _DICE_TABLES:
         paper = _best_rows(paper_table(name))
-        rule_id = paper["dae"]["rule"]
+        rule_id = paper[DAE]["rule"]
         claim = f"5. The opening helps the DAE much more than RecDiscNet, {RULE_NAMES.get(rule_id, rule_id)}"
-        gain = {m: paper[m]["dice_post_mean"] - paper[m]["dice_mean"] for m in ("dae", "recdisc")}
-        paper_text = f"gain {gain['dae']:+.3f} vs {gain['recdisc']:+.3f}"
+        gain = {m: paper[m]["dice_post_mean"] - paper[m]["dice_mean"] for m in MODELS}
+        paper_text = f"gain {gain[DAE]:+.3f} vs {gain[RECDISC]:+.3f}"
         ours = _best_rows(_table(tables, name))
         if config.opening_size <= 1:
             rows.append(_row(claim, paper_text, "", "not testable",
                              "this profile switches the opening off (evaluate.opening_size)"))
             continue
-        if "dae" not in ours or "recdisc" not in ours or _table(tables, "dice_all").empty:
+        if DAE not in ours or RECDISC not in ours or _table(tables, "dice_all").empty:
             rows.append(_row(claim, paper_text, "", "not testable", f"no per-patient Dice of {name}'s rows"))
             continue
-        a, b = (_gain(tables, m, ours[m]["variant"], rule_id, config) for m in ("dae", "recdisc"))
+        a, b = (_gain(tables, m, ours[m]["variant"], rule_id, config) for m in MODELS)
         verdict, note = _order(a, b, level)
         row = _row(claim, paper_text, f"gain {a} vs {b}", verdict,
                    "; ".join(n for n in (note, "'much more': the DAE's interval lies above RecDiscNet's") if n))
@@ -658,8 +660,8 @@ def findings_scorecard(tables: Mapping[str, pd.DataFrame], *, voxel_mm: float | 
     limits = {key: short for key, (short, _) in checks.items()}
     rows = [
         *_claim_auroc_order(tables, level),
-        *_claim_pairs(tables, level, model="dae"),
-        *_claim_pairs(tables, level, model="recdisc"),
+        *_claim_pairs(tables, level, model=DAE),
+        *_claim_pairs(tables, level, model=RECDISC),
         *_claim_dice_order(tables, level, limits),
         *_claim_opening(tables, level, limits, config),
         *_claim_followup(tables, level, limits, config),
@@ -847,11 +849,11 @@ def study_scores(ctx: BookContext) -> pd.DataFrame:
     if det.empty:
         return pd.DataFrame()
     best = {}
-    for model, table in (("dae", "table1"), ("recdisc", "table2")):
+    for model, table in ((DAE, "table1"), (RECDISC, "table2")):
         t = ctx.table(table)
         if len(t):
             best[model] = t.sort_values("auroc_mean").iloc[-1]["variant"]
-    keep = det[[(m == "baseline") or (best.get(m) == v) for m, v in zip(det["model"], det["variant"])]]
+    keep = det[[(m == BASELINE) or (best.get(m) == v) for m, v in zip(det["model"], det["variant"])]]
     wide = keep.groupby(["subject", "model"])["auroc"].mean().unstack("model")
     wide = wide.rename(columns={m: f"{MODEL_NAMES[m]}" + (f" ({best[m]})" if m in best else "") for m in wide.columns})
     return wide.reset_index()

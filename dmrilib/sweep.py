@@ -85,6 +85,7 @@ import pandas as pd
 from dmrilib._atomic import atomic_path, write_json_atomic
 from dmrilib.config import Profile, config_hash, load_profile, provenance
 from dmrilib.layout import ResultsLayout, RunFiles
+from dmrilib.variants import BASELINE, BASELINE_VARIANT, DAE, RECDISC
 
 __all__ = [
     "CONDITIONS",
@@ -120,18 +121,18 @@ SEEDS = (0, 1, 2)
 #: highest mean lesion AUROC in the paper (Table 1: DAE lsd512-sigmoid, 0.820;
 #: Table 2: RecDiscNet mix-mix-half, 0.772). Chosen from the paper, not from
 #: this package's results, so that the sweep cannot pick a favourite per level.
-NETWORKS = (("dae", "lsd512-sigmoid"), ("recdisc", "mix-mix-half"))
+NETWORKS = ((DAE, "lsd512-sigmoid"), (RECDISC, "mix-mix-half"))
 #: Methods (the ``method`` column of ``sweep.csv``), in the order figures show them.
-METHODS = ("dae", "recdisc", "baseline", "md")
+METHODS = (DAE, RECDISC, BASELINE, "md")
 #: The threshold rule whose Dice (after the opening) the sweep keeps, per method,
 #: fixed beforehand. ``fixed`` is the paper's unsupervised per-model constant
 #: (Table 3: DAE 0.3, RecDiscNet 0.5; the normative baseline's z of 3). Raw MD
 #: has no published constant (and an absolute MD threshold would not transfer
 #: between scanners), so it is thresholded at the value that flags 5% of the
 #: fold's healthy validation voxels (``healthy_fpr_05``), unsupervised as well.
-RULES = {"dae": "fixed", "recdisc": "fixed", "baseline": "fixed", "md": "healthy_fpr_05"}
+RULES = {DAE: "fixed", RECDISC: "fixed", BASELINE: "fixed", "md": "healthy_fpr_05"}
 #: What each method is called in tables and figures.
-METHOD_NAMES = {"dae": "DAE", "recdisc": "RecDiscNet", "baseline": "normative baseline", "md": "raw MD"}
+METHOD_NAMES = {DAE: "DAE", RECDISC: "RecDiscNet", BASELINE: "normative baseline", "md": "raw MD"}
 
 #: Settings the sweep changes in a profile, by profile name: section -> key ->
 #: value (profiles not listed run as they are). Quick (the budget in the module
@@ -300,7 +301,7 @@ def _raw_md_rows(item: SweepItem, root: Path, fold: int) -> pd.DataFrame:
         truth = np.asarray(prepared.lesion[j], bool)
         mask, region = regions(j)
         det = metrics.detection_scores(score, truth, mask)
-        dice = metrics.evaluate_map(score, truth, mask, model="normative", config=cfg,
+        dice = metrics.evaluate_map(score, truth, mask, model=BASELINE_VARIANT, config=cfg,
                                     healthy_thresholds={rule: healthy[rule]}, brain_mask=region, rules=())
         rows.append({"patient": subject, "auroc": det["auroc"], "dice": dice[0]["dice_post"]})
     return pd.DataFrame(rows)
@@ -336,8 +337,8 @@ def _run_item(item: SweepItem, root: Path, *, threads: int, progress: bool) -> t
                       .assign(method=model, variant=variant))
     t0 = time.perf_counter()
     pipeline.run_baseline(profile, fold, root)
-    frames.append(_run_rows(layout.run("baseline", "normative", fold), "baseline")
-                  .assign(method="baseline", variant="normative"))
+    frames.append(_run_rows(layout.run(BASELINE, BASELINE_VARIANT, fold), BASELINE)
+                  .assign(method=BASELINE, variant=BASELINE_VARIANT))
     frames.append(_raw_md_rows(item, root, fold).assign(method="md", variant="md"))
     seconds["baseline_md"] = time.perf_counter() - t0
     rows = pd.concat(frames, ignore_index=True).assign(

@@ -38,6 +38,7 @@ from dmrilib.crossval import Fold, TrainConfig, make_folds, read_folds, write_fo
 from dmrilib.integrity import IntegrityError
 from dmrilib.models import MODELS, ModelConfig, build_model, dae_loss, recdisc_loss
 from dmrilib.noise import JoodConfig, add_jood
+from dmrilib.variants import DAE, RECDISC
 
 __all__ = [
     "TrainConfig",
@@ -380,7 +381,7 @@ class _Step:
              patch_mask: torch.Tensor | None = None, latent_noise: torch.Tensor | None = None) -> torch.Tensor:
         cfg = self.config
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
-            if self.model_name == "dae":
+            if self.model_name == DAE:
                 out = self.net(self._prep(clean), latent_noise)
                 return dae_loss(out, clean, cfg.kl_weight, kl_reduction=cfg.kl_reduction)
             assert disturbed is not None and patch_mask is not None
@@ -555,7 +556,7 @@ def train_run(volumes: np.ndarray, brain_masks: np.ndarray, subject_ids: Sequenc
     if any(g % divisor for g in grid):
         raise ValueError(f"train_run: grid {grid} is not divisible by {divisor} as {model} with this model "
                          "config needs; change prepare.grid or the model depth/widths.")
-    crop = cfg.recdisc_crop if model == "recdisc" else None
+    crop = cfg.recdisc_crop if model == RECDISC else None
     if crop is not None and any(c > g or c % divisor for c, g in zip(crop, grid)):
         raise ValueError(f"train_run: train.recdisc_crop {crop} must fit in the grid {grid} and be divisible "
                          f"by {divisor}.")
@@ -569,7 +570,7 @@ def train_run(volumes: np.ndarray, brain_masks: np.ndarray, subject_ids: Sequenc
         torch.set_num_threads(int(cfg.num_threads))
     device = resolve_device(cfg.device)
     net = _build(model, variant, model_config, in_channels, grid, cfg.seed)
-    jood = JoodConfig.from_train_config(variant, cfg) if model == "recdisc" else None
+    jood = JoodConfig.from_train_config(variant, cfg) if model == RECDISC else None
     memory_format = torch.channels_last_3d if cfg.channels_last else torch.contiguous_format
     net.to(device=device, memory_format=memory_format)
     optimizer = torch.optim.Adam(net.parameters(), lr=cfg.lr, fused=device.type == "cuda" or None)
@@ -615,9 +616,9 @@ def train_run(volumes: np.ndarray, brain_masks: np.ndarray, subject_ids: Sequenc
             disturbed, mask = add_jood(clean, brain_va[j:j + 1], jood, gen, centre_region=_rows(centre_va, j))
             val_batches.append((clean, disturbed, mask))
 
-    copies = cfg.copies_per_subject if model == "recdisc" else 1
+    copies = cfg.copies_per_subject if model == RECDISC else 1
     n_train = len(tr_idx) * copies
-    fixed = model == "recdisc" and cfg.jood_copies == "fixed"
+    fixed = model == RECDISC and cfg.jood_copies == "fixed"
     if fixed:
         # Made once per run (and again, identically, on resume); visited in one fixed order.
         dist_tr, mask_tr = _fixed_copies(data_tr, brain_tr, centre_tr, train_ids, copies, jood,  # type: ignore[arg-type]
@@ -627,7 +628,7 @@ def train_run(volumes: np.ndarray, brain_masks: np.ndarray, subject_ids: Sequenc
     elif cfg.shuffle == "fixed":
         # Row 19, code: one order for the whole run. DAE: train_ids as given; RecDiscNet (fresh copies): one
         # seeded shuffle of its passes over the subjects. One host-to-device copy per run.
-        once = torch.arange(n_train) if model == "dae" else \
+        once = torch.arange(n_train) if model == DAE else \
             torch.randperm(n_train, generator=seeded_generator(torch.device("cpu"), cfg.seed, "fresh-order"))
         fixed_order = (once % len(tr_idx)).to(device)
 
@@ -653,7 +654,7 @@ def train_run(volumes: np.ndarray, brain_masks: np.ndarray, subject_ids: Sequenc
             sel = order[start:start + cfg.batch_size]
             clean = data_tr.index_select(0, torch.div(sel, copies, rounding_mode="floor") if fixed else sel).float()
             optimizer.zero_grad(set_to_none=True)
-            if model == "dae":
+            if model == DAE:
                 eps = torch.randn(clean.shape[0], net.lsd, generator=dev_gen, device=device)  # type: ignore[union-attr]
                 loss = loss_fn(clean, latent_noise=eps)
             elif fixed:

@@ -13,8 +13,9 @@ import importlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, Mapping, Sequence
 
+from dmrilib import variants as _names  # the model names (DAE here is the network class)
 from dmrilib.fidelity import resolve as resolve_fidelity
-from dmrilib.variants import MODELS, parse_dae_variant, parse_recdisc_variant
+from dmrilib.variants import MODELS, check_model, parse_dae_variant, parse_recdisc_variant
 
 if TYPE_CHECKING:
     from torch import nn
@@ -156,7 +157,7 @@ class ModelConfig:
 
     def divisor(self, model: str) -> int:
         """Every grid size must be a multiple of this for ``model``."""
-        if model == "dae":
+        if model == _names.DAE:
             return 2 ** len(self.dae_widths)
         return 2 ** max(self.recon_depth, self.disc_depth)
 
@@ -186,18 +187,16 @@ def build_model(model: str, variant: str, config: ModelConfig, in_channels: int,
     from dmrilib.models.recdisc import RecDiscNet
 
     grid = tuple(int(g) for g in grid)
-    if model == "dae":
+    if check_model(model) == _names.DAE:
         lsd, activation = parse_dae_variant(variant)
         return DAE(in_channels, grid, lsd, activation, widths=config.dae_widths,
                    negative_slope=config.negative_slope, architecture=config.dae_architecture)
-    if model == "recdisc":
-        parse_recdisc_variant(variant)
-        divisor = config.divisor("recdisc")
-        if len(grid) != 3 or any(g < 1 or g % divisor for g in grid):
-            raise ValueError(f"RecDiscNet: grid must be 3 positive multiples of 2**max(recon_depth, disc_depth) "
-                             f"= {divisor}, got {grid}.")
-        # Fully convolutional: not pinned to ``grid`` so it can train on crops (TrainConfig.recdisc_crop).
-        return RecDiscNet(in_channels, config.recon_base, config.recon_depth, config.disc_base,
-                          config.disc_depth, negative_slope=config.negative_slope,
-                          architecture=config.recdisc_architecture)
-    raise ValueError(f"unknown model {model!r}; choose one of {MODELS}.")
+    parse_recdisc_variant(variant)
+    divisor = config.divisor(_names.RECDISC)
+    if len(grid) != 3 or any(g < 1 or g % divisor for g in grid):
+        raise ValueError(f"RecDiscNet: grid must be 3 positive multiples of 2**max(recon_depth, disc_depth) "
+                         f"= {divisor}, got {grid}.")
+    # Fully convolutional: not pinned to ``grid`` so it can train on crops (TrainConfig.recdisc_crop).
+    return RecDiscNet(in_channels, config.recon_base, config.recon_depth, config.disc_base,
+                      config.disc_depth, negative_slope=config.negative_slope,
+                      architecture=config.recdisc_architecture)

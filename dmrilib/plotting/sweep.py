@@ -12,10 +12,12 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from dmrilib.variants import BASELINE, DAE, RECDISC
+
 __all__ = ["plot_sweep_levels", "plot_group_costs"]
 
 _METRICS = (("auroc", "lesion AUROC"), ("dice", "Dice (threshold rule, after opening)"))
-_COLOURS = {"dae": "tab:blue", "recdisc": "tab:orange", "baseline": "tab:green", "md": "tab:grey"}
+_COLOURS = {DAE: "tab:blue", RECDISC: "tab:orange", BASELINE: "tab:green", "md": "tab:grey"}
 
 
 def _names() -> dict[str, str]:

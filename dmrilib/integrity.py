@@ -4,7 +4,7 @@ Every array a job stores for a later job carries the sha256 of its file:
 the prepared cohort's ``.npy`` files in ``meta.json`` (``sha256``), the maps
 and masks of the pipeline in a ``<file>.sha256`` sidecar (``sha256sum``
 format, so ``sha256sum -c maps-test.npy.sha256`` checks one by hand).
-Checkpoints carry the sha256 of their payload (:mod:`dmrilib.train`). A file
+Checkpoints carry the sha256 of their payload (:mod:`dmrilib.checkpoint`). A file
 that no longer matches its record, or holds values it cannot hold
 (attenuation outside [0, 1], a non-finite map), raises
 :class:`IntegrityError` naming the file, instead of being used.

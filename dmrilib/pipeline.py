@@ -360,7 +360,7 @@ def predict_run(profile: Profile, model: str, variant: str, fold: int, results: 
     sha256. A later call reuses them only while that record matches this run
     and this checkpoint file; maps made by another checkpoint or for another
     run are not used but predicted again. Before predicting, the checkpoint
-    must be this run's: its model, variant and config hash (:func:`dmrilib.train.run_hash`
+    must be this run's: its model, variant and config hash (:func:`dmrilib.checkpoint.run_hash`
     of the profile's settings and the fold) are checked. Maps are always
     returned as stored (float16 values), so evaluation gives the same numbers
     whether they were just predicted or read. torch is imported (and
@@ -374,7 +374,7 @@ def predict_run(profile: Profile, model: str, variant: str, fold: int, results: 
     ------
     FileNotFoundError
         If the run has no ``checkpoint-best.pt``.
-    dmrilib.train.CheckpointMismatchError
+    dmrilib.checkpoint.CheckpointMismatchError
         If the checkpoint belongs to another run (model, variant or config hash).
     dmrilib.integrity.IntegrityError
         If the checkpoint or a stored map is corrupted (sha256 mismatch) or a
@@ -403,7 +403,7 @@ def predict_run(profile: Profile, model: str, variant: str, fold: int, results: 
             maps = [load_npy(p, sha256=hashes.get(p.name), what_to_do=remedy).astype(np.float32) for p in paths]
             return maps[0], test_ids, maps[1], val_ids
     from dmrilib.scoring import predict_maps
-    from dmrilib.train import load_checkpoint, run_hash
+    from dmrilib.checkpoint import load_checkpoint, run_hash
 
     _set_threads(threads)
     t0 = time.perf_counter()

@@ -34,11 +34,11 @@ def latent_generator(seed: int, subject: Any) -> torch.Generator:
     """The CPU generator of one subject's test-time latent draw.
 
     Seeded with ``derive_seed(seed, "test_latent", subject)``
-    (:func:`dmrilib.train.derive_seed`): ``seed`` is the checkpoint's run
+    (:func:`dmrilib.checkpoint.derive_seed`): ``seed`` is the checkpoint's run
     seed, ``subject`` any printable key of the subject (its position in
     :func:`predict_maps`' volumes, or its id).
     """
-    from dmrilib.train import derive_seed
+    from dmrilib.checkpoint import derive_seed
 
     return torch.Generator(device="cpu").manual_seed(derive_seed(seed, "test_latent", subject))
 
@@ -129,7 +129,7 @@ def predict_maps(checkpoint_path: str | os.PathLike | tuple[nn.Module, dict[str,
 
     Parameters
     ----------
-    checkpoint_path : path-like, or (model, meta) from :func:`dmrilib.train.load_checkpoint`
+    checkpoint_path : path-like, or (model, meta) from :func:`dmrilib.checkpoint.load_checkpoint`
     volumes : ndarray, shape (S, C, X, Y, Z)
         Attenuation on the checkpoint's grid (float32 or a float16 memmap;
         read one batch at a time).
@@ -144,7 +144,7 @@ def predict_maps(checkpoint_path: str | os.PathLike | tuple[nn.Module, dict[str,
     -------
     ndarray of float32, shape (S, X, Y, Z)
     """
-    from dmrilib.train import load_checkpoint, resolve_device
+    from dmrilib.checkpoint import load_checkpoint, resolve_device
 
     dev = resolve_device(device)
     if isinstance(checkpoint_path, tuple):
@@ -187,7 +187,7 @@ def _mm(values) -> str:
 
 
 def _training_acquisition(checkpoint_path, meta: dict[str, Any], dwi_path) -> dict[str, Any]:
-    from dmrilib.train import CheckpointMismatchError
+    from dmrilib.checkpoint import CheckpointMismatchError
 
     acq = meta.get("acquisition")
     if not acq:
@@ -381,7 +381,7 @@ def predict_dwi(checkpoint_path: str | os.PathLike, dwi_path: str | os.PathLike,
 
     from dmrilib import io as dio
     from dmrilib import preprocess
-    from dmrilib.train import load_checkpoint, resolve_device
+    from dmrilib.checkpoint import load_checkpoint, resolve_device
 
     dev = resolve_device(device)
     net, meta = load_checkpoint(checkpoint_path, map_location=dev)

@@ -173,7 +173,7 @@ def run_groundtruth_cohort(inputs: Iterable[GroundTruthInput], network: Any, *,
 
     from dmrilib.groundtruth.segmentation import load_segmentation, segment
     from dmrilib.groundtruth.unet import SegUNet
-    from dmrilib.train import resolve_device
+    from dmrilib.checkpoint import resolve_device
 
     seg = seg_config if seg_config is not None else SegConfig()
     reg = reg_config if reg_config is not None else RegConfig()

@@ -14,7 +14,9 @@ Training writes a run folder::
 
 Every random draw of an epoch comes from generators seeded by
 ``(seed, epoch)``, so a resumed run on CPU ends with exactly the weights of an
-uninterrupted one.
+uninterrupted one. :func:`train_segmentation` runs in named steps (inputs
+check, resume, one epoch, save, record); the resume point is read and written
+by :mod:`dmrilib.checkpoint`, as for the anomaly models.
 """
 from __future__ import annotations
 
@@ -36,10 +38,10 @@ from dmrilib._atomic import write_csv_atomic, write_json_atomic
 from dmrilib.config import config_hash
 from dmrilib.groundtruth.config import SegConfig
 from dmrilib.groundtruth.unet import IN_CHANNELS, SegUNet, seg_loss
-# Checkpoint plumbing is shared with the anomaly-model training (one format
-# of atomic saves, seeds and provenance), not re-implemented here.
-from dmrilib.train import (CheckpointMismatchError, checkpoint_meta, checkpoint_provenance, derive_seed,
-                           read_checkpoint, resolve_device, save_checkpoint, seeded_generator)
+# Checkpoint plumbing (atomic saves, resume point, seeds, provenance) is
+# dmrilib.checkpoint's, shared with the anomaly-model training.
+from dmrilib.checkpoint import (checkpoint_meta, checkpoint_provenance, cpu_state, derive_seed, device_record,
+                                read_checkpoint, resolve_device, resume, save_resume_point, seeded_generator)
 
 __all__ = [
     "TrainingSubject",
@@ -358,12 +360,76 @@ def train_segmentation(images: np.ndarray, targets: np.ndarray, *, config: SegCo
     Raises
     ------
     ValueError
-        For inconsistent inputs; :class:`dmrilib.train.CheckpointMismatchError`
+        For inconsistent inputs; :class:`dmrilib.checkpoint.CheckpointMismatchError`
         when ``out_dir`` holds a run of another configuration or data.
     dmrilib.integrity.IntegrityError
         When ``checkpoint-last.pt`` is unreadable or does not match its
         payload sha256 (corrupted): it is not resumed from.
     """
+    cfg = config
+    images, targets, ids, grid = _check_inputs(images, targets, subject_ids, cfg)
+    chash = config_hash({"segmentation": cfg.training_settings(), "in_channels": IN_CHANNELS, "grid": list(grid),
+                         "data": _data_digest(images, targets)})
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    last_path = out / "checkpoint-last.pt"
+
+    if cfg.num_threads is not None:
+        torch.set_num_threads(cfg.num_threads)
+    device = resolve_device(cfg.device)
+    net = _build(cfg).to(device)
+    optimizer = torch.optim.Adam(net.parameters(), lr=cfg.lr)
+    scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=cfg.lr_gamma)
+    point = resume(last_path, expected_format=_CHECKPOINT_FORMAT, expected_hash=chash, net=net, optimizer=optimizer,
+                   scheduler=scheduler, device=device, trainer="dmrilib.groundtruth.train_segmentation")
+
+    data = torch.from_numpy(images).to(device)
+    truth = torch.from_numpy(targets).to(device)
+    lesion_voxels = [np.argwhere(t) for t in targets] if cfg.crop is not None else []
+    meta = {"format": _CHECKPOINT_FORMAT, "config_hash": chash, "seed": cfg.seed, "widths": list(cfg.widths),
+            "negative_slope": cfg.negative_slope, "norm": cfg.norm, "stride": cfg.stride,
+            "in_channels": IN_CHANNELS, "grid": list(grid),
+            "segmentation_config": _json(dataclasses.asdict(cfg))}
+
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=cfg.epochs, initial=point.start_epoch, desc="segmentation U-Net", unit="epoch")
+    rows, wall = point.log, point.wall_seconds
+    for epoch in range(point.start_epoch, cfg.epochs):
+        t0 = time.perf_counter()
+        total, lr = _train_epoch(epoch, net, optimizer, scheduler, data, truth, lesion_voxels, grid, cfg, device)
+        if epoch + 1 == cfg.epochs and cfg.crop is not None and cfg.norm == "batch":
+            _recalibrate_batchnorm(net, data)
+        train_loss = float(total.item()) / images.shape[0]  # one host sync per epoch
+        seconds = time.perf_counter() - t0
+        wall += seconds
+        rows.append({"epoch": epoch, "train_loss": train_loss, "lr": lr, "seconds": seconds})
+        if (epoch + 1) % cfg.checkpoint_every == 0 or epoch + 1 == cfg.epochs:
+            save_resume_point(last_path, {**meta, "epoch": epoch}, state=cpu_state(net), optimizer=optimizer,
+                              scheduler=scheduler, log=rows, wall_seconds=wall, seed=cfg.seed)
+        write_csv_atomic(out / "log.csv", rows, _LOG_FIELDS)
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{train_loss:.4g}")
+    if bar is not None:
+        bar.close()
+
+    record = {
+        "config_hash": chash, "seed": cfg.seed, "epochs": cfg.epochs,
+        "final_train_loss": rows[-1]["train_loss"] if rows else math.nan,
+        "wall_seconds": wall, **device_record(device, net),
+        "subject_ids": ids, "grid": list(grid), "segmentation_config": meta["segmentation_config"],
+        "checkpoint": last_path.name, "provenance": checkpoint_provenance(chash, cfg.seed),
+    }
+    write_json_atomic(out / "run.json", record)
+    return record
+
+
+def _check_inputs(images: np.ndarray, targets: np.ndarray, subject_ids: Sequence[str] | None,
+                  cfg: SegConfig) -> tuple[np.ndarray, np.ndarray, list[str], tuple[int, ...]]:
+    """Inputs check of :func:`train_segmentation`; images and targets cut to the foreground box and padded."""
     images = np.asarray(images)
     targets = np.asarray(targets)
     if images.ndim != 5 or images.shape[1] != IN_CHANNELS:
@@ -379,7 +445,6 @@ def train_segmentation(images: np.ndarray, targets: np.ndarray, *, config: SegCo
     ids = [str(s) for s in subject_ids] if subject_ids is not None else [str(i) for i in range(images.shape[0])]
     if len(ids) != images.shape[0]:
         raise ValueError(f"train_segmentation: {len(ids)} subject_ids for {images.shape[0]} images.")
-    cfg = config
     # One box around every subject's foreground (channel 2) keeps the stack rectangular.
     box = (slice(None), slice(None)) + _foreground_box(images[:, 2] > 0)
     images = _pad(np.ascontiguousarray(images[box], dtype=np.float32), cfg.divisor)
@@ -388,102 +453,36 @@ def train_segmentation(images: np.ndarray, targets: np.ndarray, *, config: SegCo
     if cfg.crop is not None and any(c > g for c, g in zip(cfg.crop, grid)):
         raise ValueError(f"train_segmentation: groundtruth.crop {list(cfg.crop)} is larger than the (padded) "
                          f"image grid {list(grid)}; choose a smaller crop or null.")
-    chash = config_hash({"segmentation": cfg.training_settings(), "in_channels": IN_CHANNELS, "grid": list(grid),
-                         "data": _data_digest(images, targets)})
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    last_path = out / "checkpoint-last.pt"
+    return images, targets, ids, grid
 
-    if cfg.num_threads is not None:
-        torch.set_num_threads(cfg.num_threads)
-    device = resolve_device(cfg.device)
-    net = _build(cfg).to(device)
-    optimizer = torch.optim.Adam(net.parameters(), lr=cfg.lr)
-    scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=cfg.lr_gamma)
-    start_epoch, rows, wall = 0, [], 0.0
-    if last_path.exists():
-        # The checked reader, not a bare torch.load: a corrupted resume point
-        # (one flipped byte) would otherwise continue silently from bad weights.
-        payload = read_checkpoint(last_path, expected_format=_CHECKPOINT_FORMAT, map_location=device,
-                                  trainer="dmrilib.groundtruth.train_segmentation")
-        if payload.get("config_hash") != chash:
-            raise CheckpointMismatchError(
-                f"{last_path}: belongs to config hash {payload.get('config_hash')}, this run has {chash}. "
-                "Delete the folder to retrain, or use another out_dir.")
-        net.load_state_dict(payload["state_dict"])
-        optimizer.load_state_dict(payload["optimizer"])
-        scheduler.load_state_dict(payload["scheduler"])
-        start_epoch = int(payload["epoch"]) + 1
-        rows, wall = list(payload["log"]), float(payload["wall_seconds"])
 
-    data = torch.from_numpy(images).to(device)
-    truth = torch.from_numpy(targets).to(device)
-    lesion_voxels = [np.argwhere(t) for t in targets] if cfg.crop is not None else []
-    autocast = cfg.precision == "bf16"
-    meta = {"format": _CHECKPOINT_FORMAT, "config_hash": chash, "seed": cfg.seed, "widths": list(cfg.widths),
-            "negative_slope": cfg.negative_slope, "norm": cfg.norm, "stride": cfg.stride,
-            "in_channels": IN_CHANNELS, "grid": list(grid),
-            "segmentation_config": _json(dataclasses.asdict(cfg))}
-
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=cfg.epochs, initial=start_epoch, desc="segmentation U-Net", unit="epoch")
-    n = images.shape[0]
-    for epoch in range(start_epoch, cfg.epochs):
-        t0 = time.perf_counter()
-        gen = seeded_generator(torch.device("cpu"), cfg.seed, "segmentation-order", epoch)
-        order = torch.randperm(n, generator=gen).tolist()
-        net.train()
-        total = torch.zeros((), device=device)
-        for start in range(0, n, cfg.batch_size):
-            sel = order[start:start + cfg.batch_size]
-            if cfg.crop is None:
-                x, y = data[sel], truth[sel]
-            else:
-                windows = _windows(cfg, grid, sel, lesion_voxels, gen)
-                x = torch.stack([data[i][(slice(None), *w)] for i, w in zip(sel, windows)])
-                y = torch.stack([truth[i][w] for i, w in zip(sel, windows)])
-            optimizer.zero_grad(set_to_none=True)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-                logits = net(x)
-            loss = seg_loss(logits, y, dice_weight=cfg.dice_weight, bce_weight=cfg.bce_weight)
-            loss.backward()
-            optimizer.step()
-            total += loss.detach() * len(sel)
-        lr = optimizer.param_groups[0]["lr"]
-        scheduler.step()
-        if epoch + 1 == cfg.epochs and cfg.crop is not None and cfg.norm == "batch":
-            _recalibrate_batchnorm(net, data)
-        train_loss = float(total.item()) / n  # one host sync per epoch
-        seconds = time.perf_counter() - t0
-        wall += seconds
-        rows.append({"epoch": epoch, "train_loss": train_loss, "lr": lr, "seconds": seconds})
-        if (epoch + 1) % cfg.checkpoint_every == 0 or epoch + 1 == cfg.epochs:
-            state = {k: v.detach().to("cpu") for k, v in net.state_dict().items()}
-            save_checkpoint(last_path, {**meta, "epoch": epoch, "state_dict": state,
-                                        "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                                        "log": rows, "wall_seconds": wall,
-                                        "provenance": checkpoint_provenance(chash, cfg.seed)})
-        write_csv_atomic(out / "log.csv", rows, _LOG_FIELDS)
-        if bar is not None:
-            bar.update(1)
-            bar.set_postfix(loss=f"{train_loss:.4g}")
-    if bar is not None:
-        bar.close()
-
-    record = {
-        "config_hash": chash, "seed": cfg.seed, "epochs": cfg.epochs,
-        "final_train_loss": rows[-1]["train_loss"] if rows else math.nan,
-        "wall_seconds": wall, "device": str(device),
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-        "parameters": int(sum(p.numel() for p in net.parameters())),
-        "subject_ids": ids, "grid": list(grid), "segmentation_config": meta["segmentation_config"],
-        "checkpoint": last_path.name, "provenance": checkpoint_provenance(chash, cfg.seed),
-    }
-    write_json_atomic(out / "run.json", record)
-    return record
+def _train_epoch(epoch: int, net: SegUNet, optimizer: torch.optim.Optimizer, scheduler: Any, data: torch.Tensor,
+                 truth: torch.Tensor, lesion_voxels: list[np.ndarray], grid: tuple[int, ...], cfg: SegConfig,
+                 device: torch.device) -> tuple[torch.Tensor, float]:
+    """One epoch of :func:`train_segmentation`: the summed loss (on the device) and the epoch's lr."""
+    n = data.shape[0]
+    gen = seeded_generator(torch.device("cpu"), cfg.seed, "segmentation-order", epoch)
+    order = torch.randperm(n, generator=gen).tolist()
+    net.train()
+    total = torch.zeros((), device=device)
+    for start in range(0, n, cfg.batch_size):
+        sel = order[start:start + cfg.batch_size]
+        if cfg.crop is None:
+            x, y = data[sel], truth[sel]
+        else:
+            windows = _windows(cfg, grid, sel, lesion_voxels, gen)  # type: ignore[arg-type]
+            x = torch.stack([data[i][(slice(None), *w)] for i, w in zip(sel, windows)])
+            y = torch.stack([truth[i][w] for i, w in zip(sel, windows)])
+        optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
+            logits = net(x)
+        loss = seg_loss(logits, y, dice_weight=cfg.dice_weight, bce_weight=cfg.bce_weight)
+        loss.backward()
+        optimizer.step()
+        total += loss.detach() * len(sel)
+    lr = optimizer.param_groups[0]["lr"]
+    scheduler.step()
+    return total, lr
 
 
 def _recalibrate_batchnorm(net: SegUNet, volumes: torch.Tensor) -> None:

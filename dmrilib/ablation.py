@@ -324,7 +324,7 @@ def run_ablation(profile: Profile, results: str | Path = "results", *, rows: Seq
                 base_runs.append(base_run)
                 flipped_runs.append(flipped.run(model, variant, fold))
                 timings.append({"row": plan.row.number, "model": model, "variant": variant, "fold": fold,
-                                "seconds": round(time.perf_counter() - t0, 1)})
+                                "time_s": round(time.perf_counter() - t0, 1)})
             for rec in _deltas(base_runs, flipped_runs, n_boot=cfg.n_bootstrap, ci=cfg.ci, seed=cfg.seed):
                 records.append({
                     "row": plan.row.number, "item": plan.row.item, "model": model, "variant": variant,

@@ -39,6 +39,7 @@ from torch import nn
 from dmrilib._atomic import atomic_path
 from dmrilib.config import config_hash, provenance
 from dmrilib.integrity import IntegrityError
+from dmrilib.records import upgrade_keys
 
 if TYPE_CHECKING:
     from dmrilib.crossval import TrainConfig
@@ -395,7 +396,7 @@ class ResumePoint:
 
     start_epoch: int = 0
     log: list[dict[str, Any]] = field(default_factory=list)
-    wall_seconds: float = 0.0
+    train_time_s: float = 0.0
     payload: dict[str, Any] = field(default_factory=dict)
 
 
@@ -439,23 +440,26 @@ def resume(path: str | os.PathLike, *, expected_format: str, expected_hash: str,
     net.load_state_dict(payload["state_dict"])
     optimizer.load_state_dict(payload["optimizer"])
     scheduler.load_state_dict(payload["scheduler"])
-    return ResumePoint(int(payload["epoch"]) + 1, list(payload["log"]), float(payload["wall_seconds"]), payload)
+    # a resume point of an older dmrilib keeps its times under legacy keys
+    payload = upgrade_keys(payload)
+    log = [upgrade_keys(row) for row in payload["log"]]
+    return ResumePoint(int(payload["epoch"]) + 1, log, float(payload["train_time_s"]), payload)
 
 
 def save_resume_point(path: str | os.PathLike, meta: Mapping[str, Any], *, state: Mapping[str, torch.Tensor],
                       optimizer: torch.optim.Optimizer, scheduler: Any, log: Sequence[Mapping[str, Any]],
-                      wall_seconds: float, seed: int, extra: Mapping[str, Any] | None = None) -> None:
+                      train_time_s: float, seed: int, extra: Mapping[str, Any] | None = None) -> None:
     """Write a run's resume point: weights, optimiser and scheduler state, log and wall time so far.
 
     The payload is ``meta`` (``format``, ``config_hash``, ``epoch``, ...),
     ``state_dict`` (``state``, e.g. :func:`cpu_state`), ``optimizer``,
-    ``scheduler``, ``extra``, ``log``, ``wall_seconds`` and
+    ``scheduler``, ``extra``, ``log``, ``train_time_s`` and
     :func:`checkpoint_provenance`, saved by :func:`save_checkpoint`;
     :func:`resume` reads it back.
     """
     save_checkpoint(path, {**meta, "state_dict": state, "optimizer": optimizer.state_dict(),
                            "scheduler": scheduler.state_dict(), **(extra or {}), "log": log,
-                           "wall_seconds": wall_seconds,
+                           "train_time_s": train_time_s,
                            "provenance": checkpoint_provenance(meta["config_hash"], seed)})
 
 

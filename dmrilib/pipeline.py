@@ -22,6 +22,7 @@ from dmrilib._atomic import atomic_path, write_json_atomic
 from dmrilib.config import Profile, config_hash, provenance
 from dmrilib.integrity import check_finite, load_npy, save_npy, sha256_file, sidecar_path
 from dmrilib.layout import ResultsLayout, RunFiles
+from dmrilib.records import RUN_TABLE_FIELDS, EvalRecord, MapsRecord, TrainRecord, read_record, write_record
 from dmrilib.variants import BASELINE, BASELINE_VARIANT, DAE, MODELS, RECDISC, did_you_mean
 
 __all__ = [
@@ -296,18 +297,7 @@ def _evaluate_maps(profile: Profile, prepared, *, model: str, variant: str, fold
         dice, det = pd.DataFrame(columns=["rule", "dice_post"]), pd.DataFrame(columns=["auroc"])
     _write_csv(files.eval_dice, dice)
     _write_csv(files.eval_auroc, det)
-    summary = {
-        **key,
-        "n_test": len(test_ids),
-        "auroc_mean": float(det["auroc"].mean()) if scored else None,
-        "healthy_fpr_thresholds": healthy,
-        "dice_post_mean_by_rule": dice.groupby("rule")["dice_post"].mean().round(4).to_dict() if scored else {},
-        "evaluation": {k: getattr(cfg, k) for k in ("fidelity", "threshold_region", "pool_size", "pool_stride")},
-        "config_hash": config_hash(profile.evaluate, profile.prepare),
-        "seed": profile.seed,
-        "provenance": provenance(),
-        **extra,
-    }
+    truth_pipeline = None
     layout = ResultsLayout.of(profile, results)
     groundtruth = layout.read_groundtruth_record()
     if groundtruth is not None and scored:
@@ -315,13 +305,25 @@ def _evaluate_maps(profile: Profile, prepared, *, model: str, variant: str, fold
         dice_p, det_p = _score_maps(profile, prepared, maps_test, test_ids, lesions=pipeline_masks, **common)
         _write_csv(files.eval_dice_pipeline, dice_p)
         _write_csv(files.eval_auroc_pipeline, det_p)
-        summary["truth_pipeline"] = {
+        truth_pipeline = {
             "auroc_mean": float(det_p["auroc"].mean()),
             "dice_post_mean_by_rule": dice_p.groupby("rule")["dice_post"].mean().round(4).to_dict(),
             "groundtruth_hash": groundtruth["config_hash"],
         }
-    write_json_atomic(files.eval_record, summary)
-    return summary
+    record = EvalRecord(
+        **key,
+        n_test=len(test_ids),
+        auroc_mean=float(det["auroc"].mean()) if scored else None,
+        healthy_fpr_thresholds=healthy,
+        dice_post_mean_by_rule=dice.groupby("rule")["dice_post"].mean().round(4).to_dict() if scored else {},
+        evaluation={k: getattr(cfg, k) for k in ("fidelity", "threshold_region", "pool_size", "pool_stride")},
+        config_hash=config_hash(profile.evaluate, profile.prepare),
+        seed=profile.seed,
+        provenance=provenance(),
+        truth_pipeline=truth_pipeline,
+        **extra,
+    )
+    return write_record(files.eval_record, record)
 
 
 def scored_patients(prepared, patients: list[str]) -> list[str]:
@@ -397,9 +399,9 @@ def predict_run(profile: Profile, model: str, variant: str, fold: int, results: 
     paths = (files.maps_test, files.maps_val)
     remedy = f"Delete {out / 'maps*'} and run the evaluate job again to predict them anew."
     if record_path.is_file() and all(p.is_file() for p in paths):
-        record = json.loads(record_path.read_text())
-        if record.get("identity") == ident:
-            hashes = record.get("sha256") or {}
+        record = read_record(record_path, MapsRecord)
+        if record.identity == ident:
+            hashes = record.sha256
             maps = [load_npy(p, sha256=hashes.get(p.name), what_to_do=remedy).astype(np.float32) for p in paths]
             return maps[0], test_ids, maps[1], val_ids
     from dmrilib.scoring import predict_maps
@@ -419,9 +421,9 @@ def predict_run(profile: Profile, model: str, variant: str, fold: int, results: 
                              "(training diverged?). Check log.csv and retrain the run, e.g. with a lower train.lr.")
         hashes[path.name] = save_npy(path, m)
         maps.append(m.astype(np.float32))
-    write_json_atomic(record_path, {"identity": ident, "sha256": hashes, "checkpoint_config_hash": meta["config_hash"],
-                                    "checkpoint_epoch": meta.get("epoch"),
-                                    "predict_time_s": round(time.perf_counter() - t0, 2)})
+    write_record(record_path, MapsRecord(identity=ident, sha256=hashes, checkpoint_config_hash=meta["config_hash"],
+                                         checkpoint_epoch=meta.get("epoch"),
+                                         predict_time_s=round(time.perf_counter() - t0, 2)))
     return maps[0], test_ids, maps[1], val_ids
 
 
@@ -441,12 +443,12 @@ def run_evaluate(profile: Profile, model: str, variant: str, fold: int, results:
     maps_test, test_ids, maps_val, val_ids = predict_run(profile, model, variant, fold, results,
                                                          prepared=prepared, device=device, threads=threads)
     files = layout.run_files(model, variant, int(fold))
-    run = json.loads(files.run_record.read_text())
+    run = read_record(files.run_record, TrainRecord)
     return _evaluate_maps(profile, prepared, model=model, variant=variant, fold=fold,
                           maps_test=maps_test, test_ids=test_ids, maps_val=maps_val, val_ids=val_ids,
                           out_dir=files.folder, threshold_model=model, results=results,
-                          extra={"train_config_hash": run.get("config_hash"),
-                                 "predict_time_s": json.loads(files.maps_record.read_text()).get("predict_time_s")})
+                          extra={"train_config_hash": run.config_hash,
+                                 "predict_time_s": read_record(files.maps_record, MapsRecord).predict_time_s})
 
 
 def run_baseline(profile: Profile, fold: int, results: str | Path = "results") -> dict[str, Any]:
@@ -545,8 +547,8 @@ def run_groundtruth(profile: Profile, results: str | Path = "results", *, bids_r
         "segmentation_config_hash": seg_run.get("config_hash"),
         "seed": profile.seed,
         "n_training_subjects": len(training.subject_ids),
-        "seconds": {"simulate_training_set": round(t_sim, 1), "train_segmentation": round(t_train, 1),
-                    "segment_and_register": round(t_cohort, 1)},
+        "time_s": {"simulate_training_set": round(t_sim, 1), "train_segmentation": round(t_train, 1),
+                   "segment_and_register": round(t_cohort, 1)},
         "summary": table.drop(columns=["subject"]).mean(numeric_only=True).round(4).to_dict(),
         "provenance": provenance(),
     })
@@ -680,14 +682,6 @@ def run_aggregate(profile: Profile, results: str | Path = "results") -> dict[str
     return tables
 
 
-#: Column of ``tables/runs.csv`` -> key of ``run.json`` (written by :func:`dmrilib.train.train_run`).
-_RUN_TABLE_KEYS = {
-    "config_hash": "config_hash", "seed": "seed", "epochs": "epochs", "best_epoch": "best_epoch",
-    "best_val_loss": "best_val_loss", "train_time_s": "wall_seconds", "device": "device",
-    "parameters": "parameters",
-}
-
-
 def _profile_argument(profile: Profile) -> str:
     """What to pass as ``-p profile``: the name of a shipped profile, else the path of its file."""
     from dmrilib.config import PROFILES_DIR
@@ -703,12 +697,12 @@ def _runs_table(profile: Profile, results: str | Path) -> pd.DataFrame:
     rows = []
     for model, variant, fold in profile.runs():
         files = layout.run_files(model, variant, int(fold))
-        run = json.loads(files.run_record.read_text()) if files.run_record.is_file() else {}
-        ev = json.loads(files.eval_record.read_text()) if files.eval_record.is_file() else {}
+        run = read_record(files.run_record, TrainRecord) if files.run_record.is_file() else None
+        ev = read_record(files.eval_record, EvalRecord) if files.eval_record.is_file() else None
         rows.append({
             "model": model, "variant": variant, "fold": fold,
-            **{column: run.get(key) for column, key in _RUN_TABLE_KEYS.items()},
-            "auroc_mean": ev.get("auroc_mean"),
+            **{field: getattr(run, field, None) for field in RUN_TABLE_FIELDS},
+            "auroc_mean": getattr(ev, "auroc_mean", None),
             "command": f"papermill notebooks/train.ipynb out.ipynb -p profile {_profile_argument(profile)} "
                        f"-p model {model} -p variant {variant} -p fold {fold}",
         })

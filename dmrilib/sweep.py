@@ -427,7 +427,7 @@ def run_sweep(profile: Profile, results: str | Path = "results", *, conditions: 
             "condition": item.condition, "groups": item.groups, "seed": item.seed,
             "cohort_seed": int(item.profile.cohort.seed), "config_hash": item.profile.hash(),
             "cohort_hash": item.profile.stage_hash("cohort"), "finished": True,
-            "seconds": {**seconds, "total": round(time.perf_counter() - t0, 1)},
+            "time_s": {**seconds, "total": round(time.perf_counter() - t0, 1)},
             "provenance": provenance(),
         })
         if not keep_data:
@@ -449,7 +449,7 @@ def _write_sweep(profile: Profile, results: str | Path, items: Sequence[SweepIte
             frames.append(pd.read_csv(folder / _ROWS))
             record = json.loads((folder / _RECORD).read_text())
             records.append({k: record.get(k) for k in ("condition", "seed", "cohort_seed", "config_hash",
-                                                       "cohort_hash", "seconds")})
+                                                       "cohort_hash", "time_s")})
     table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=list(COLUMNS))
     with atomic_path(root / "sweep.csv") as tmp:
         table.to_csv(tmp, index=False)

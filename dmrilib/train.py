@@ -5,7 +5,7 @@ run folder::
 
     checkpoint-best.pt   weights of the selected epoch (lowest validation loss, or the last one)
     checkpoint-last.pt   weights + optimiser/scheduler state + log after the last epoch
-    log.csv              epoch, train_loss, val_loss, lr, seconds
+    log.csv              epoch, train_loss, val_loss, lr, epoch_time_s
     run.json             config hash, seed, provenance, best epoch/loss, wall time, device
 
 Killing a run and calling :func:`train_run` again continues after the last
@@ -52,7 +52,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from dmrilib._atomic import write_csv_atomic, write_json_atomic
+from dmrilib._atomic import write_csv_atomic
 # Checkpoints, devices and seeds live in dmrilib.checkpoint (inference imports
 # them from there, not the trainer); re-exported here for older imports.
 from dmrilib.checkpoint import (CHECKPOINT_FORMAT, CheckpointMismatchError, checkpoint_meta,
@@ -64,6 +64,7 @@ from dmrilib.checkpoint import (CHECKPOINT_FORMAT, CheckpointMismatchError, chec
 from dmrilib.crossval import Fold, TrainConfig, make_folds, read_folds, write_folds
 from dmrilib.models import MODELS, ModelConfig, build_model, dae_loss, recdisc_loss
 from dmrilib.noise import JoodConfig, add_jood
+from dmrilib.records import TrainRecord, write_record
 from dmrilib.variants import DAE, RECDISC
 
 __all__ = [
@@ -86,7 +87,7 @@ __all__ = [
     "seeded_generator",
 ]
 
-_LOG_FIELDS = ("epoch", "train_loss", "val_loss", "lr", "seconds")
+_LOG_FIELDS = ("epoch", "train_loss", "val_loss", "lr", "epoch_time_s")
 
 
 def _build(model: str, variant: str, model_config: ModelConfig, in_channels: int, grid: Sequence[int],
@@ -278,7 +279,7 @@ def train_run(volumes: np.ndarray, brain_masks: np.ndarray, subject_ids: Sequenc
     meta = {"format": CHECKPOINT_FORMAT, **_meta_config(model, variant, model_config, in_channels, grid),
             "config_hash": chash, "seed": cfg.seed}
     acquisition = _plain(dict(acquisition)) if acquisition is not None else None
-    rows, wall = point.log, point.wall_seconds
+    rows, wall = point.log, point.train_time_s
     bar = _progress_bar(progress, cfg.epochs, point.start_epoch, f"{model} {variant}")
     for epoch in range(point.start_epoch, cfg.epochs):
         t0 = time.perf_counter()
@@ -289,7 +290,7 @@ def train_run(volumes: np.ndarray, brain_masks: np.ndarray, subject_ids: Sequenc
         train_loss = float(total.item()) / pool.n_train  # the one host sync per epoch
         seconds = time.perf_counter() - t0
         wall += seconds
-        rows.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "lr": lr, "seconds": seconds})
+        rows.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "lr": lr, "epoch_time_s": seconds})
         _save_epoch(out, {**meta, "epoch": epoch, "val_loss": val_loss, "acquisition": acquisition}, best, net,
                     optimizer, scheduler, rows, wall, cfg, validate=validate)
         write_csv_atomic(out / "log.csv", rows, _LOG_FIELDS)
@@ -318,17 +319,16 @@ def _record(out: Path, meta: Mapping[str, Any], cfg: TrainConfig, best: _Best, w
             acquisition: dict[str, Any] | None) -> dict[str, Any]:
     """Write and return ``run.json`` of :func:`train_run`."""
     chash = meta["config_hash"]
-    record = {
-        "model": meta["model"], "variant": meta["variant"], "config_hash": chash, "seed": cfg.seed,
-        "epochs": cfg.epochs, "best_epoch": best.epoch, "best_val_loss": best.loss,
-        "wall_seconds": wall, **device_record(device, net),
-        "train_ids": list(train_ids), "val_ids": list(val_ids),
-        "model_config": meta["model_config"], "train_config": dataclasses.asdict(cfg),
-        "grid": list(meta["grid"]), "in_channels": meta["in_channels"], "acquisition": acquisition,
-        "provenance": checkpoint_provenance(chash, cfg.seed),
-    }
-    write_json_atomic(out / "run.json", record)
-    return record
+    record = TrainRecord(
+        model=meta["model"], variant=meta["variant"], config_hash=chash, seed=cfg.seed,
+        epochs=cfg.epochs, best_epoch=best.epoch, best_val_loss=best.loss,
+        train_time_s=wall, **device_record(device, net),
+        train_ids=list(train_ids), val_ids=list(val_ids),
+        model_config=meta["model_config"], train_config=dataclasses.asdict(cfg),
+        grid=list(meta["grid"]), in_channels=meta["in_channels"], acquisition=acquisition,
+        provenance=checkpoint_provenance(chash, cfg.seed),
+    )
+    return write_record(out / "run.json", record)
 
 
 def _check_inputs(volumes: np.ndarray, brain_masks: np.ndarray, subject_ids: Sequence[str],
@@ -549,7 +549,7 @@ def _save_epoch(out: Path, common: dict[str, Any], best: _Best, net: nn.Module, 
     if save_last:
         save_resume_point(out / "checkpoint-last.pt", common, state=state, optimizer=optimizer,
                           scheduler=scheduler, extra={"best_val_loss": best.loss, "best_epoch": best.epoch},
-                          log=rows, wall_seconds=wall, seed=cfg.seed)
+                          log=rows, train_time_s=wall, seed=cfg.seed)
 
 
 def _progress_bar(progress: bool, epochs: int, start_epoch: int, desc: str) -> Any:

@@ -111,25 +111,38 @@ def test_resume_point_round_trip(tmp_path):
     sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=0.5)
     fresh = resume(tmp_path / "checkpoint-last.pt", expected_format="f/1", expected_hash="h", net=net, optimizer=opt,
                    scheduler=sched, device=torch.device("cpu"), trainer="t")
-    assert (fresh.start_epoch, fresh.log, fresh.wall_seconds, fresh.payload) == (0, [], 0.0, {})
+    assert (fresh.start_epoch, fresh.log, fresh.train_time_s, fresh.payload) == (0, [], 0.0, {})
     net(torch.ones(1, 3)).sum().backward()
     opt.step()
     sched.step()
     save_resume_point(tmp_path / "checkpoint-last.pt", {"format": "f/1", "config_hash": "h", "epoch": 4},
                       state=ckpt.cpu_state(net), optimizer=opt, scheduler=sched, log=[{"epoch": 4}],
-                      wall_seconds=2.5, seed=1, extra={"best_epoch": 3})
+                      train_time_s=2.5, seed=1, extra={"best_epoch": 3})
     other = torch.nn.Linear(3, 2)
     opt2 = torch.optim.Adam(other.parameters(), lr=0.1)
     sched2 = torch.optim.lr_scheduler.ExponentialLR(opt2, gamma=0.5)
     point = resume(tmp_path / "checkpoint-last.pt", expected_format="f/1", expected_hash="h", net=other,
                    optimizer=opt2, scheduler=sched2, device=torch.device("cpu"), trainer="t")
-    assert (point.start_epoch, point.log, point.wall_seconds, point.payload["best_epoch"]) == (5, [{"epoch": 4}],
+    assert (point.start_epoch, point.log, point.train_time_s, point.payload["best_epoch"]) == (5, [{"epoch": 4}],
                                                                                                 2.5, 3)
     assert torch.equal(other.weight, net.weight) and sched2.get_last_lr() == sched.get_last_lr()
     assert point.payload["provenance"]["config_hash"] == "h"
     with pytest.raises(CheckpointMismatchError, match="config hash"):
         resume(tmp_path / "checkpoint-last.pt", expected_format="f/1", expected_hash="other", net=other,
                optimizer=opt2, scheduler=sched2, device=torch.device("cpu"), trainer="t")
+
+
+def test_resume_reads_the_time_of_a_resume_point_written_before_the_keys_were_unified(tmp_path):
+    net = torch.nn.Linear(3, 2)
+    opt = torch.optim.Adam(net.parameters(), lr=0.1)
+    sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=0.5)
+    path = tmp_path / "checkpoint-last.pt"
+    ckpt.save_checkpoint(path, {"format": "f/1", "config_hash": "h", "epoch": 1, "state_dict": ckpt.cpu_state(net),
+                                "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                                "log": [{"epoch": 1, "seconds": 3.0}], "wall_seconds": 7.5})
+    point = resume(path, expected_format="f/1", expected_hash="h", net=net, optimizer=opt, scheduler=sched,
+                   device=torch.device("cpu"), trainer="t")
+    assert (point.start_epoch, point.train_time_s, point.log) == (2, 7.5, [{"epoch": 1, "epoch_time_s": 3.0}])
 
 
 def _imports(path):

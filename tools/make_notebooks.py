@@ -36,7 +36,7 @@ NOTEBOOKS = {
         "Train one (model, configuration, fold) on the healthy subjects of the fold.",
         'profile = "quick"\nresults = "results"\nmodel = "dae"\nvariant = "lsd512-sigmoid"\nfold = 0\nthreads = 0  # CPU threads for torch; 0 keeps its default',
         [
-            "run = pipeline.run_train(p, model, variant, fold, results, threads=threads)\n{k: run[k] for k in ('config_hash', 'seed', 'best_epoch', 'best_val_loss', 'wall_seconds') if k in run}",
+            "run = pipeline.run_train(p, model, variant, fold, results, threads=threads)\n{k: run[k] for k in ('config_hash', 'seed', 'best_epoch', 'best_val_loss', 'train_time_s') if k in run}",
             "pipeline.plot_training_log(p, model, variant, fold, results)",
         ],
     ),

@@ -20,7 +20,7 @@ each step's error separately (one row per subject):
 - ``lesion_voxels``, ``pipeline_voxels``: sizes of the true and the
   carried-over masks on the diffusion grid.
 
-Wall times (``seconds_segment``, ``seconds_register``) are a separate table
+Wall times (``segment_time_s``, ``register_time_s``) are a separate table
 (:attr:`GroundTruthResult.timings`): they differ between identical runs, and
 the results table should not.
 """
@@ -53,7 +53,7 @@ TABLE_COLUMNS = ("subject", "dice_segmentation", "reg_error_mean_mm", "reg_error
                  "dice_pipeline", "dice_true_transform", "dice_true_mask", "dice_resampling",
                  "lesion_voxels", "pipeline_voxels")
 #: Columns of :attr:`GroundTruthResult.timings` (wall seconds per step), in order.
-TIMING_COLUMNS = ("subject", "seconds_segment", "seconds_register")
+TIMING_COLUMNS = ("subject", "segment_time_s", "register_time_s")
 
 
 @dataclass
@@ -194,7 +194,7 @@ def run_groundtruth_cohort(inputs: Iterable[GroundTruthInput], network: Any, *,
         if registration is not None:
             result.registrations[subject] = registration
         rows.append(row)
-        timings.append({"subject": subject, "seconds_segment": t_seg, "seconds_register": t_reg})
+        timings.append({"subject": subject, "segment_time_s": t_seg, "register_time_s": t_reg})
 
     pool = None
     if n_jobs > 1:

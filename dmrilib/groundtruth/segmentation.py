@@ -9,7 +9,7 @@ edema) on the structural grid as the target.
 Training writes a run folder::
 
     checkpoint-last.pt   weights + optimiser/scheduler state + log (the resume point)
-    log.csv              epoch, train_loss, lr, seconds
+    log.csv              epoch, train_loss, lr, epoch_time_s
     run.json             config hash, seed, provenance, wall time, device
 
 Every random draw of an epoch comes from generators seeded by
@@ -34,10 +34,11 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from dmrilib._atomic import write_csv_atomic, write_json_atomic
+from dmrilib._atomic import write_csv_atomic
 from dmrilib.config import config_hash
 from dmrilib.groundtruth.config import SegConfig
 from dmrilib.groundtruth.unet import IN_CHANNELS, SegUNet, seg_loss
+from dmrilib.records import SegmentationRecord, write_record
 # Checkpoint plumbing (atomic saves, resume point, seeds, provenance) is
 # dmrilib.checkpoint's, shared with the anomaly-model training.
 from dmrilib.checkpoint import (checkpoint_meta, checkpoint_provenance, cpu_state, derive_seed, device_record,
@@ -59,7 +60,7 @@ __all__ = [
 ]
 
 _CHECKPOINT_FORMAT = "dmrilib-segmentation/1"
-_LOG_FIELDS = ("epoch", "train_loss", "lr", "seconds")
+_LOG_FIELDS = ("epoch", "train_loss", "lr", "epoch_time_s")
 #: Spawn key of the training subjects' SeedSequence: the cohort's subjects use
 #: the children ``0..n`` of ``SeedSequence(cohort.seed)`` (dmrilib.simulate.cohort_plan),
 #: the segmentation training subjects the children of ``SeedSequence(cohort.seed,
@@ -396,7 +397,7 @@ def train_segmentation(images: np.ndarray, targets: np.ndarray, *, config: SegCo
         from tqdm.auto import tqdm
 
         bar = tqdm(total=cfg.epochs, initial=point.start_epoch, desc="segmentation U-Net", unit="epoch")
-    rows, wall = point.log, point.wall_seconds
+    rows, wall = point.log, point.train_time_s
     for epoch in range(point.start_epoch, cfg.epochs):
         t0 = time.perf_counter()
         total, lr = _train_epoch(epoch, net, optimizer, scheduler, data, truth, lesion_voxels, grid, cfg, device)
@@ -405,10 +406,10 @@ def train_segmentation(images: np.ndarray, targets: np.ndarray, *, config: SegCo
         train_loss = float(total.item()) / images.shape[0]  # one host sync per epoch
         seconds = time.perf_counter() - t0
         wall += seconds
-        rows.append({"epoch": epoch, "train_loss": train_loss, "lr": lr, "seconds": seconds})
+        rows.append({"epoch": epoch, "train_loss": train_loss, "lr": lr, "epoch_time_s": seconds})
         if (epoch + 1) % cfg.checkpoint_every == 0 or epoch + 1 == cfg.epochs:
             save_resume_point(last_path, {**meta, "epoch": epoch}, state=cpu_state(net), optimizer=optimizer,
-                              scheduler=scheduler, log=rows, wall_seconds=wall, seed=cfg.seed)
+                              scheduler=scheduler, log=rows, train_time_s=wall, seed=cfg.seed)
         write_csv_atomic(out / "log.csv", rows, _LOG_FIELDS)
         if bar is not None:
             bar.update(1)
@@ -416,15 +417,14 @@ def train_segmentation(images: np.ndarray, targets: np.ndarray, *, config: SegCo
     if bar is not None:
         bar.close()
 
-    record = {
-        "config_hash": chash, "seed": cfg.seed, "epochs": cfg.epochs,
-        "final_train_loss": rows[-1]["train_loss"] if rows else math.nan,
-        "wall_seconds": wall, **device_record(device, net),
-        "subject_ids": ids, "grid": list(grid), "segmentation_config": meta["segmentation_config"],
-        "checkpoint": last_path.name, "provenance": checkpoint_provenance(chash, cfg.seed),
-    }
-    write_json_atomic(out / "run.json", record)
-    return record
+    record = SegmentationRecord(
+        config_hash=chash, seed=cfg.seed, epochs=cfg.epochs,
+        final_train_loss=rows[-1]["train_loss"] if rows else math.nan,
+        train_time_s=wall, **device_record(device, net),
+        subject_ids=ids, grid=list(grid), segmentation_config=meta["segmentation_config"],
+        checkpoint=last_path.name, provenance=checkpoint_provenance(chash, cfg.seed),
+    )
+    return write_record(out / "run.json", record)
 
 
 def _check_inputs(images: np.ndarray, targets: np.ndarray, subject_ids: Sequence[str] | None,

@@ -206,46 +206,87 @@ def simulate_cohort(config: CohortConfig, out_dir: str | os.PathLike, *, progres
     ValueError
         If ``out_dir`` holds something else (see ``replace``); nothing is changed then.
     """
-    out = Path(out_dir)
+    folders = _Folders.of(out_dir)
     description = _description(config)
-    partial = out.with_name(out.name + ".partial")
-    marker = partial / _DONE / "config.json"
+    if _settle_existing(folders, config, description, replace=replace):
+        return folders.out
+    _open_partial(folders, description)
+    plan = cohort_plan(config)
+    _simulate_missing(config, plan, folders.partial, n_jobs=n_jobs, progress=progress)
+    _finish_partial(folders.partial, plan, description)
+    os.replace(folders.partial, folders.out)
+    return folders.out
+
+
+@dataclass(frozen=True)
+class _Folders:
+    """Where a cohort ends up (``out``), where it is assembled (``partial``) and the partial's config record."""
+
+    out: Path
+    partial: Path
+    marker: Path
+
+    @classmethod
+    def of(cls, out_dir: str | os.PathLike) -> "_Folders":
+        """The folders of a cohort written to ``out_dir``."""
+        out = Path(out_dir)
+        partial = out.with_name(out.name + ".partial")
+        return cls(out, partial, partial / _DONE / "config.json")
+
+
+def _settle_existing(folders: _Folders, config: CohortConfig, description: dict, *, replace: bool) -> bool:
+    """Deal with what ``out`` already holds; True when it is this very cohort, complete (nothing left to do)."""
+    out = folders.out
     if out.is_dir() and not any(out.iterdir()):
         # Workflow managers create output folders before the job runs; an
         # empty one is not a previous result.
         out.rmdir()
-    if out.exists():
-        if _is_complete(out, config):
-            if not (out / _RECORD).is_file():  # a cohort of an older version: record it for later re-runs
-                write_json_atomic(out / _RECORD, description)
-            return out
-        recorded = _recorded_hash(out)
-        if recorded == description["ConfigHash"]:
-            # This very cohort, incomplete: move it back to the partial folder
-            # and mark the subjects whose every file is there (each was written
-            # atomically) as done; the rest is simulated as after an interruption.
-            if partial.exists():
-                shutil.rmtree(partial)
-            os.replace(out, partial)
-            (partial / "dataset_description.json").unlink(missing_ok=True)
-            write_json_atomic(marker, description)
-            for p in cohort_plan(config):
-                if all(f.is_file() for f in subject_files(partial, p.label, followup=p.followup)):
-                    write_text_atomic(partial / _DONE / p.label, "")
-        elif replace and _looks_simulated(out):
-            trash = atomic_dir(out, "old")
-            os.replace(out, trash / out.name)
-            shutil.rmtree(trash)
-        elif _looks_simulated(out):
-            raise ValueError(
-                f"{out}: holds a simulated cohort of another config (hash {recorded or 'unknown'}; this config "
-                f"has {description['ConfigHash']}). Remove it or choose another output folder; nothing was changed."
-            )
-        else:
-            raise ValueError(
-                f"{out}: exists and is not a cohort simulated by dmrilib (hash {description['ConfigHash']}). "
-                "Remove it or choose another output folder; nothing was changed."
-            )
+    if not out.exists():
+        return False
+    if _is_complete(out, config):
+        if not (out / _RECORD).is_file():  # a cohort of an older version: record it for later re-runs
+            write_json_atomic(out / _RECORD, description)
+        return True
+    recorded = _recorded_hash(out)
+    if recorded == description["ConfigHash"]:
+        _reopen_incomplete(folders, config, description)
+    elif replace and _looks_simulated(out):
+        trash = atomic_dir(out, "old")
+        os.replace(out, trash / out.name)
+        shutil.rmtree(trash)
+    elif _looks_simulated(out):
+        raise ValueError(
+            f"{out}: holds a simulated cohort of another config (hash {recorded or 'unknown'}; this config "
+            f"has {description['ConfigHash']}). Remove it or choose another output folder; nothing was changed."
+        )
+    else:
+        raise ValueError(
+            f"{out}: exists and is not a cohort simulated by dmrilib (hash {description['ConfigHash']}). "
+            "Remove it or choose another output folder; nothing was changed."
+        )
+    return False
+
+
+def _reopen_incomplete(folders: _Folders, config: CohortConfig, description: dict) -> None:
+    """Move this very cohort, incomplete, back to the partial folder and mark its finished subjects done.
+
+    A subject is finished when its every file is there (each was written
+    atomically); the rest is simulated as after an interruption.
+    """
+    partial = folders.partial
+    if partial.exists():
+        shutil.rmtree(partial)
+    os.replace(folders.out, partial)
+    (partial / "dataset_description.json").unlink(missing_ok=True)
+    write_json_atomic(folders.marker, description)
+    for p in cohort_plan(config):
+        if all(f.is_file() for f in subject_files(partial, p.label, followup=p.followup)):
+            write_text_atomic(partial / _DONE / p.label, "")
+
+
+def _open_partial(folders: _Folders, description: dict) -> None:
+    """Create the partial folder, or keep the one a run of this config left, and record the config in it."""
+    partial, marker = folders.partial, folders.marker
     if partial.exists() and (not marker.is_file() or json.loads(marker.read_text()) != description):
         shutil.rmtree(partial)
     partial.mkdir(parents=True, exist_ok=True)
@@ -253,7 +294,10 @@ def simulate_cohort(config: CohortConfig, out_dir: str | os.PathLike, *, progres
     remove_stale_temp(partial)
     write_json_atomic(marker, description)
 
-    plan = cohort_plan(config)
+
+def _simulate_missing(config: CohortConfig, plan: list[SubjectPlan], partial: Path, *, n_jobs: int | None,
+                      progress: bool) -> None:
+    """Simulate and write the subjects of ``plan`` not yet marked done in ``partial``, on ``n_jobs`` processes."""
     todo = [p for p in plan if not (partial / _DONE / p.label).is_file()]
     n_jobs = max(1, min(n_jobs or min(2, os.cpu_count() or 1), len(todo) or 1))
     # Build the cached template, fibre field and gradient scheme once in this
@@ -279,12 +323,13 @@ def simulate_cohort(config: CohortConfig, out_dir: str | os.PathLike, *, progres
                 bar.update()
     bar.close()
 
-    missing = [f for p in plan for f in subject_files(partial, p.label, followup=p.followup) if not f.is_file()]
-    if missing:
-        raise RuntimeError(f"{partial}: {len(missing)} expected files missing after simulation, e.g. {missing[0]}.")
+
+def _participants(plan: list[SubjectPlan]) -> tuple[str, dict]:
+    """``participants.tsv`` (text) and its ``participants.json`` sidecar; age and scanner columns only when planned."""
     columns = ["participant_id", "group", "grade", "size_class", "followup", "seed"]
     sidecar = {
-        "group": {"Description": "healthy control or glioma patient", "Levels": {"healthy": "control", "patient": "glioma"}},
+        "group": {"Description": "healthy control or glioma patient",
+                  "Levels": {"healthy": "control", "patient": "glioma"}},
         "grade": {"Description": "WHO grade of the simulated glioma"},
         "size_class": {"Description": "size class of the visible tumour (large/medium/small)"},
         "followup": {"Description": "whether a follow-up session (FLAIR) exists"},
@@ -297,7 +342,16 @@ def simulate_cohort(config: CohortConfig, out_dir: str | os.PathLike, *, progres
         columns.append("scanner")
         sidecar["scanner"] = {"Description": "scanner of the two-scanner split (0: reference, 1: second scanner, "
                                              "with a diffusivity offset and a lower SNR)"}
-    write_text_atomic(partial / "participants.tsv", "\n".join(["\t".join(columns)] + [p.row() for p in plan]) + "\n")
+    return "\n".join(["\t".join(columns)] + [p.row() for p in plan]) + "\n", sidecar
+
+
+def _finish_partial(partial: Path, plan: list[SubjectPlan], description: dict) -> None:
+    """Check every subject's files, then write the dataset-level files; the description last, as completion mark."""
+    missing = [f for p in plan for f in subject_files(partial, p.label, followup=p.followup) if not f.is_file()]
+    if missing:
+        raise RuntimeError(f"{partial}: {len(missing)} expected files missing after simulation, e.g. {missing[0]}.")
+    table, sidecar = _participants(plan)
+    write_text_atomic(partial / "participants.tsv", table)
     write_json_atomic(partial / "participants.json", sidecar)
     deriv = partial / "derivatives" / PIPELINE
     write_json_atomic(deriv / "dataset_description.json", {
@@ -312,5 +366,3 @@ def simulate_cohort(config: CohortConfig, out_dir: str | os.PathLike, *, progres
     write_json_atomic(partial / _RECORD, description)
     # Written last: its presence (with the config hash) marks a complete cohort.
     write_json_atomic(partial / "dataset_description.json", description)
-    os.replace(partial, out)
-    return out

@@ -748,9 +748,81 @@ def simulate_subject(
         return _simulate(config, seed, grade, size_class, followup, structural, affine, age, int(scanner))
 
 
+@dataclass(frozen=True)
+class _Draws:
+    """A subject's random make-up, drawn before any grid is imaged.
+
+    ``transform`` holds the head poses of both sessions, the motion between
+    them and the EPI distortion; ``acq_rng`` is the acquisition stream, which
+    the DWI's artefacts draw on further.
+    """
+
+    streams: list[np.random.SeedSequence]
+    population: Population | None
+    geometry: _Geometry
+    transform: DwiToStructural
+    snr: float
+    acq_rng: np.random.Generator
+
+    @property
+    def sigma(self) -> float:
+        """Noise level: b0 of pure white matter over the SNR."""
+        return _B0_WM / self.snr
+
+
+@dataclass(frozen=True)
+class _DiffusionImage:
+    """The subject imaged on the diffusion grid: noisy DWI and the labels that match it."""
+
+    affine: np.ndarray
+    grid: np.ndarray
+    scheme: GradientScheme
+    sampled: _Sampled
+    dwi: np.ndarray
+    labels: dict[str, np.ndarray]
+    dwi_to_structural: np.ndarray
+    acq_record: dict
+
+
+@dataclass(frozen=True)
+class _StructuralImages:
+    """T1w, FLAIR (and the follow-up FLAIR) with their labels on the structural grid; None when not rendered."""
+
+    affine: np.ndarray
+    t1w: np.ndarray | None = None
+    flair: np.ndarray | None = None
+    flair_followup: np.ndarray | None = None
+    labels: dict[str, np.ndarray | None] = field(
+        default_factory=lambda: dict(brain_mask=None, tumour_dseg=None, lesion=None))
+
+
 def _simulate(config: CohortConfig, seed: int, grade: str | None, size_class: str | None, followup: bool,
               structural: bool, affine: np.ndarray | None, age: float | None = None,
               scanner: int = 0) -> SimulatedSubject:
+    """:func:`simulate_subject` after its checks: draw the subject, image it on both grids, record it."""
+    draws = _draw_subject(config, seed, grade, size_class, age, scanner)
+    diffusion = _image_diffusion(config, draws, affine, followup, scanner)
+    s_affine = diffusion.affine if config.structural_voxel_size is None else config.structural_affine
+    images = _StructuralImages(s_affine)
+    if structural:
+        images = _image_structural(config, draws, diffusion, s_affine, followup)
+    info = _subject_info(config, seed, grade, size_class, scanner, draws, diffusion)
+    sampled = diffusion.sampled
+    return SimulatedSubject(
+        dwi=diffusion.dwi, bvals=diffusion.scheme.bvals, bvecs=diffusion.scheme.bvecs, affine=diffusion.affine,
+        structural_affine=images.affine,
+        tissue=np.stack([sampled.csf, sampled.gm, sampled.wm]).astype(np.float32),
+        t1w=images.t1w, flair=images.flair, flair_followup=images.flair_followup, snr=float(draws.snr),
+        sigma=float(draws.sigma), info=info,
+        structural_lesion=images.labels["lesion"], structural_tumour_dseg=images.labels["tumour_dseg"],
+        structural_brain_mask=images.labels["brain_mask"],
+        dwi_to_structural=diffusion.dwi_to_structural, transform=draws.transform, **diffusion.labels,
+    )
+
+
+def _draw_subject(config: CohortConfig, seed: int, grade: str | None, size_class: str | None,
+                  age: float | None, scanner: int) -> _Draws:
+    """Population, anatomy, tumour, session motion, EPI distortion and SNR, each from its own stream."""
     # Children 0-6 keep their meaning whatever is added after them; the
     # realism groups draw only from their own streams (7-10), so a level that
     # switches a group off leaves every other draw, and L0 every byte, as it was.
@@ -763,13 +835,21 @@ def _simulate(config: CohortConfig, seed: int, grade: str | None, size_class: st
             geometry.population))
     s_pose, motion_deg, motion_mm = _session_motion(np.random.default_rng(streams[5]), geometry.pose,
                                                     config.structural_pose_deg, config.structural_pose_mm)
+    # The acquisition stream is drawn in this order: distortion spread, SNR,
+    # then the DWI's artefacts (in _image_diffusion).
     acq_rng = np.random.default_rng(streams[STREAM_ACQUISITION])
     distortion = _random_distortion(np.random.default_rng(streams[6]),
                                     config.epi_distortion_mm * acquisition.distortion_factor(config, acq_rng),
                                     config.voxel_size)
     transform = DwiToStructural(geometry.pose, s_pose, distortion, motion_deg, motion_mm)
     snr = acquisition.subject_snr(config, acq_rng, np.random.default_rng(streams[1]), scanner)
-    sigma = _B0_WM / snr
+    return _Draws(streams, population, geometry, transform, snr, acq_rng)
+
+
+def _image_diffusion(config: CohortConfig, draws: _Draws, affine: np.ndarray | None, followup: bool,
+                     scanner: int) -> _DiffusionImage:
+    """Sample the subject on the diffusion grid through the distortion, render the noisy DWI and its labels."""
+    geometry, transform = draws.geometry, draws.transform
     scheme = small64d_scheme(config.bvalues, config.n_b0)
     acq_record: dict = {}
     if affine is None:
@@ -779,35 +859,44 @@ def _simulate(config: CohortConfig, seed: int, grade: str | None, size_class: st
         raise ValueError(f"affine must be a 4x4 matrix, got shape {affine.shape}")
     grid = grid_coordinates(config.shape, affine)
     sampled = _sample(geometry, geometry.pose, transform.undistort(grid), config.voxel_size, neighbours=True)
-    slope = None if distortion is None else transform.displacement_gradient(grid)
+    slope = None if transform.distortion is None else transform.displacement_gradient(grid)
     dwi = _dwi(config, geometry, sampled, acquisition.scanner_scheme(config, scheme, scanner), affine,
-               np.random.default_rng(streams[2]), sigma, slope,
-               acq_rng if acquisition.dwi_effects_on(config) else None, acq_record)
+               np.random.default_rng(draws.streams[2]), draws.sigma, slope,
+               draws.acq_rng if acquisition.dwi_effects_on(config) else None, acq_record)
     labels = _labels(sampled)
-    dwi_to_structural = s_pose.to_scanner(sampled.head_points).astype(np.float32)
-
-    shared_grid = config.structural_voxel_size is None
-    s_affine = affine if shared_grid else config.structural_affine
-    t1w = flair = flair_fu = None
-    s_labels = dict(brain_mask=None, tumour_dseg=None, lesion=None)
-    if structural:
-        if shared_grid and distortion is None and s_pose is geometry.pose:
-            s_sampled = sampled
-        else:
-            s_sampled = _sample_grid(geometry, s_pose, config.structural_shape, s_affine, config.structural_spacing)
-        where = (s_sampled.csf + s_sampled.gm + s_sampled.wm) > 1e-3
-        comp = _compartments(s_sampled, where, geometry.tumour.params if geometry.tumour else None)
-        rng = np.random.default_rng(streams[3])
-        t1w = _structural(s_sampled, where, comp, "t1w", config.structural_snr, rng)
-        flair = _structural(s_sampled, where, comp, "flair", config.structural_snr, rng)
-        if followup:
-            flair_fu = _structural(s_sampled, where, comp, "flair", config.structural_snr,
-                                   np.random.default_rng(streams[4]), followup=True)
-        s_labels = _tumour_labels(s_sampled)
     if not followup:
         labels["followup_lesion"] = np.zeros_like(labels["followup_lesion"])
-    tumour = geometry.tumour
-    d = transform.displacement(grid)[labels["brain_mask"]]
+    dwi_to_structural = transform.structural_pose.to_scanner(sampled.head_points).astype(np.float32)
+    return _DiffusionImage(affine, grid, scheme, sampled, dwi, labels, dwi_to_structural, acq_record)
+
+
+def _image_structural(config: CohortConfig, draws: _Draws, diffusion: _DiffusionImage, s_affine: np.ndarray,
+                      followup: bool) -> _StructuralImages:
+    """T1w, FLAIR and the follow-up FLAIR on the structural grid, with the structural session's pose."""
+    geometry, s_pose = draws.geometry, draws.transform.structural_pose
+    if config.structural_voxel_size is None and draws.transform.distortion is None and s_pose is geometry.pose:
+        # Same grid, same pose, no distortion: the diffusion grid's sampling is this one.
+        s_sampled = diffusion.sampled
+    else:
+        s_sampled = _sample_grid(geometry, s_pose, config.structural_shape, s_affine, config.structural_spacing)
+    where = (s_sampled.csf + s_sampled.gm + s_sampled.wm) > 1e-3
+    comp = _compartments(s_sampled, where, geometry.tumour.params if geometry.tumour else None)
+    rng = np.random.default_rng(draws.streams[3])
+    t1w = _structural(s_sampled, where, comp, "t1w", config.structural_snr, rng)
+    flair = _structural(s_sampled, where, comp, "flair", config.structural_snr, rng)
+    flair_fu = None
+    if followup:
+        flair_fu = _structural(s_sampled, where, comp, "flair", config.structural_snr,
+                               np.random.default_rng(draws.streams[4]), followup=True)
+    return _StructuralImages(s_affine, t1w, flair, flair_fu, _tumour_labels(s_sampled))
+
+
+def _subject_info(config: CohortConfig, seed: int, grade: str | None, size_class: str | None, scanner: int,
+                  draws: _Draws, diffusion: _DiffusionImage) -> dict:
+    """The subject's record (``SimulatedSubject.info``): what was drawn and where the tumour sits."""
+    geometry, transform = draws.geometry, draws.transform
+    s_pose = transform.structural_pose
+    d = transform.displacement(diffusion.grid)[diffusion.labels["brain_mask"]]
     if d.size == 0:  # a grid that misses the brain (a test slab)
         d = np.zeros(1, np.float32)
     info = dict(
@@ -815,41 +904,42 @@ def _simulate(config: CohortConfig, seed: int, grade: str | None, size_class: st
         group="healthy" if grade is None else "patient",
         grade=grade,
         size_class=size_class,
-        snr=float(snr),
+        snr=float(draws.snr),
         diffusivity_scale=geometry.diffusivity_scale,
         head_rotation=geometry.pose.rotation.tolist(),
         head_translation_mm=geometry.pose.translation.tolist(),
         structural_head_rotation=s_pose.rotation.tolist(),
         structural_head_translation_mm=s_pose.translation.tolist(),
-        structural_motion_deg=[float(v) for v in motion_deg],
-        structural_motion_mm=[float(v) for v in motion_mm],
+        structural_motion_deg=[float(v) for v in transform.motion_deg],
+        structural_motion_mm=[float(v) for v in transform.motion_mm],
         head_pose_centre_mm=geometry.pose.centre.tolist(),
         dwi_to_structural_rigid=transform.rigid.tolist(),
         epi_distortion_peak_mm=float(np.abs(d).max()),
         epi_distortion_range_mm=[float(d.min()), float(d.max())],
         phase_encoding_axis="j",
     )
-    if tumour is not None:
-        centre = geometry.pose.to_scanner(tumour.centre[None].astype(np.float32))[0]
-        s_centre = s_pose.to_scanner(tumour.centre[None].astype(np.float32))[0]
-        info.update(tumour_centre_mm=[float(v) for v in centre], tumour_radius_mm=tumour.radius,
-                    tumour_centre_structural_mm=[float(v) for v in s_centre],
-                    enhancing=bool(tumour.enhancing > 0))
-        if tumour.realism is not None:
-            info.update(tumour.realism.info)
-            info.update(tumour_realism.site_info(tumour.realism, geometry.pose.to_scanner))
-    if population is not None:
-        info.update(population.info())
-        if sampled.hyper is not None:
-            info["hyperintensity_volume_mm3"] = float(sampled.hyper.sum()) * abs(float(pmath.det3(affine[:3, :3])))
-    artefacts = acquisition.sidecar_record(config, scanner, snr, acq_record)
+    if geometry.tumour is not None:
+        info.update(_tumour_info(geometry, s_pose))
+    if draws.population is not None:
+        info.update(draws.population.info())
+        if diffusion.sampled.hyper is not None:
+            voxel_mm3 = abs(float(pmath.det3(diffusion.affine[:3, :3])))
+            info["hyperintensity_volume_mm3"] = float(diffusion.sampled.hyper.sum()) * voxel_mm3
+    artefacts = acquisition.sidecar_record(config, scanner, draws.snr, diffusion.acq_record)
     if artefacts:
         info["simulated_artefacts"] = artefacts
-    return SimulatedSubject(
-        dwi=dwi, bvals=scheme.bvals, bvecs=scheme.bvecs, affine=affine, structural_affine=s_affine,
-        tissue=np.stack([sampled.csf, sampled.gm, sampled.wm]).astype(np.float32),
-        t1w=t1w, flair=flair, flair_followup=flair_fu, snr=float(snr), sigma=float(sigma), info=info,
-        structural_lesion=s_labels["lesion"], structural_tumour_dseg=s_labels["tumour_dseg"],
-        structural_brain_mask=s_labels["brain_mask"], dwi_to_structural=dwi_to_structural, transform=transform,
-        **labels,
-    )
+    return info
+
+
+def _tumour_info(geometry: _Geometry, s_pose: HeadPose) -> dict:
+    """Where the tumour sits in both scanners' mm, its size and, with tumour realism, what was drawn."""
+    tumour = geometry.tumour
+    centre = geometry.pose.to_scanner(tumour.centre[None].astype(np.float32))[0]
+    s_centre = s_pose.to_scanner(tumour.centre[None].astype(np.float32))[0]
+    info = dict(tumour_centre_mm=[float(v) for v in centre], tumour_radius_mm=tumour.radius,
+                tumour_centre_structural_mm=[float(v) for v in s_centre],
+                enhancing=bool(tumour.enhancing > 0))
+    if tumour.realism is not None:
+        info.update(tumour.realism.info)
+        info.update(tumour_realism.site_info(tumour.realism, geometry.pose.to_scanner))
+    return info

@@ -580,8 +580,6 @@ def prepare_cohort(
     DwiInputError
         For any malformed input; nothing is written then.
     """
-    from tqdm.auto import tqdm
-
     root = Path(bids_root)
     out_dir = Path(out_dir)
     entries = find_bids_dwi(root, session=config.session, pipeline=config.pipeline, acquisition=config.acquisition)
@@ -593,106 +591,158 @@ def prepare_cohort(
         return out_dir
 
     grid = NetworkGrid(config.grid)
-    n = len(entries)
     # Folders a killed run was building (its pid is gone) are not results.
     remove_stale_temp(out_dir.parent, recursive=False)
     # Named after this process, and with ordinary permissions: it becomes out_dir.
     tmp = atomic_dir(out_dir, "tmp")
     try:
-        arrays = {
-            "attenuation": np.lib.format.open_memmap(
-                tmp / "attenuation.npy", mode="w+", dtype=config.dtype, shape=(n, n_channels, *grid.shape)
-            ),
-            **{
-                name: np.lib.format.open_memmap(tmp / f"{name}.npy", mode="w+", dtype=bool, shape=(n, *grid.shape))
-                for name in MASK_NAMES
-            },
-            "fa": np.lib.format.open_memmap(tmp / "fa.npy", mode="w+", dtype=np.float32, shape=(n, *grid.shape)),
-            "md": np.lib.format.open_memmap(tmp / "md.npy", mode="w+", dtype=np.float32, shape=(n, *grid.shape)),
-        }
-        affines = np.zeros((n, 4, 4))
-        bvals = np.zeros((n, n_channels))
-        bvecs = np.zeros((n, n_channels, 3))
-        crops, input_shapes, voxel_sizes, labels_present, brain_source, sessions = [], [], [], {}, {}, []
-        brain_kept: dict[str, float] = {}
-        acquired: dict[str, int] = {}
-        n_jobs = max(1, min(n_jobs or min(2, os.cpu_count() or 1), n))
-        jobs = [(e, root, config, grid, sh_order) for e in entries]
-        pool = None
-        if n_jobs > 1:
-            pool = process_pool(n_jobs, "fork")
-            done = pool.map(_prepare_one, jobs)
-        else:
-            done = map(_prepare_one, jobs)
-        try:
-            for i, (e, one) in enumerate(tqdm(zip(entries, done), total=n, desc="prepare", unit="subject",
-                                              disable=not progress)):
-                for name, value in one["arrays"].items():
-                    arrays[name][i] = value
-                affines[i], bvals[i], bvecs[i] = one["affine"], one["bvals"], one["bvecs"]
-                crops.append(one["crop"])
-                input_shapes.append(one["input_shape"])
-                voxel_sizes.append(one["voxel_size"])
-                labels_present[e.subject] = one["labels"]
-                brain_source[e.subject] = one["brain_source"]
-                brain_kept[e.subject] = one["brain_kept"]
-                acquired[e.subject] = one["n_acquired"]
-                sessions.append(e.session)
-        finally:
-            if pool is not None:
-                pool.shutdown(cancel_futures=True)
-        for arr in arrays.values():
-            arr.flush()
-        del arrays
-        np.save(tmp / "affines.npy", affines)
-        np.save(tmp / "bvals.npy", bvals)
-        np.save(tmp / "bvecs.npy", bvecs)
-        array_names = ["attenuation", *MASK_NAMES, "fa", "md", "affines", "bvals", "bvecs"]
-        subjects = [e.subject for e in entries]
-        rows = participants.reindex(subjects)
-        meta = {
-            "format_version": _FORMAT_VERSION,
-            "subjects": subjects,
-            "sessions": sessions,
-            "participants": json.loads(rows.reset_index().to_json(orient="records")),
-            "participant_columns": list(participants.columns),
-            "crops": crops,
-            "affines": affines.tolist(),
-            "input_shapes": input_shapes,
-            "voxel_sizes": voxel_sizes,
-            "orientations": ["".join(nib.aff2axcodes(a)) for a in affines],
-            "grid": list(grid.shape),
-            "n_channels": n_channels,
-            "attenuation_dtype": config.dtype,
-            "arrays": array_names,
-            # checked by load_prepared: a file changed after this point is refused
-            "sha256": {f"{name}.npy": sha256_file(tmp / f"{name}.npy") for name in array_names},
-            "labels_present": labels_present,
-            "brain_mask_source": brain_source,
-            "brain_fraction_in_grid": brain_kept,
-            "sources": {e.subject: str(e.dwi.relative_to(root)) for e in entries},
-            "bids_root": str(root.resolve()),
-            "config": dataclasses.asdict(config),
-            "config_hash": cfg_hash,
-            "input_hash": input_hash,
-            "provenance": provenance(config_hash=cfg_hash, input_hash=input_hash),
-        }
-        if config.directions is not None:
-            meta["directions"] = {"set": config.directions, "sh_order": sh_order, "acquired": acquired}
+        records = _write_subjects(tmp, root, entries, config, grid, n_channels, sh_order,
+                                  progress=progress, n_jobs=n_jobs)
+        meta = _cohort_meta(tmp, root, entries, participants, config, grid, records, n_channels=n_channels,
+                            sh_order=sh_order, cfg_hash=cfg_hash, input_hash=input_hash)
         write_json_atomic(tmp / "meta.json", meta)
         _swap_into_place(tmp, out_dir)
-        worst = min(brain_kept, key=brain_kept.get)
-        if brain_kept[worst] < 0.99:
-            warnings.warn(
-                f"the network grid {grid.shape} cuts off brain: only {brain_kept[worst]:.1%} of {worst}'s "
-                "brain mask lies inside it (see brain_fraction_in_grid in meta.json). Use a larger "
-                "prepare.grid if the whole brain should be analysed.",
-                stacklevel=2,
-            )
+        _warn_if_brain_cut_off(records.brain_kept, grid)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out_dir
+
+
+@dataclass(frozen=True)
+class _SubjectRecords:
+    """What ``meta.json`` and the small arrays record of every subject, filled in subject order."""
+
+    affines: np.ndarray  # (S, 4, 4) input-grid affines
+    bvals: np.ndarray  # (S, C)
+    bvecs: np.ndarray  # (S, C, 3)
+    crops: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    input_shapes: list[list[int]] = dataclasses.field(default_factory=list)
+    voxel_sizes: list[list[float]] = dataclasses.field(default_factory=list)
+    sessions: list[str | None] = dataclasses.field(default_factory=list)
+    labels_present: dict[str, list[str]] = dataclasses.field(default_factory=dict)
+    brain_source: dict[str, str] = dataclasses.field(default_factory=dict)
+    brain_kept: dict[str, float] = dataclasses.field(default_factory=dict)
+    acquired: dict[str, int] = dataclasses.field(default_factory=dict)
+
+    @classmethod
+    def empty(cls, n: int, n_channels: int) -> "_SubjectRecords":
+        """Records of ``n`` subjects with ``n_channels`` channels, none filled yet."""
+        return cls(affines=np.zeros((n, 4, 4)), bvals=np.zeros((n, n_channels)), bvecs=np.zeros((n, n_channels, 3)))
+
+    def add(self, i: int, entry: BidsDwi, one: dict[str, Any]) -> None:
+        """Record subject ``i`` from its :func:`_prepare_subject` result."""
+        self.affines[i], self.bvals[i], self.bvecs[i] = one["affine"], one["bvals"], one["bvecs"]
+        self.crops.append(one["crop"])
+        self.input_shapes.append(one["input_shape"])
+        self.voxel_sizes.append(one["voxel_size"])
+        self.labels_present[entry.subject] = one["labels"]
+        self.brain_source[entry.subject] = one["brain_source"]
+        self.brain_kept[entry.subject] = one["brain_kept"]
+        self.acquired[entry.subject] = one["n_acquired"]
+        self.sessions.append(entry.session)
+
+
+def _open_arrays(tmp: Path, config: PrepareConfig, n: int, n_channels: int,
+                 grid: NetworkGrid) -> dict[str, np.ndarray]:
+    """The network-grid ``.npy`` files of ``n`` subjects, memory-mapped for writing one subject at a time."""
+    return {
+        "attenuation": np.lib.format.open_memmap(
+            tmp / "attenuation.npy", mode="w+", dtype=config.dtype, shape=(n, n_channels, *grid.shape)
+        ),
+        **{
+            name: np.lib.format.open_memmap(tmp / f"{name}.npy", mode="w+", dtype=bool, shape=(n, *grid.shape))
+            for name in MASK_NAMES
+        },
+        "fa": np.lib.format.open_memmap(tmp / "fa.npy", mode="w+", dtype=np.float32, shape=(n, *grid.shape)),
+        "md": np.lib.format.open_memmap(tmp / "md.npy", mode="w+", dtype=np.float32, shape=(n, *grid.shape)),
+    }
+
+
+def _write_subjects(tmp: Path, root: Path, entries: Sequence[BidsDwi], config: PrepareConfig, grid: NetworkGrid,
+                    n_channels: int, sh_order: int | None, *, progress: bool,
+                    n_jobs: int | None) -> _SubjectRecords:
+    """Prepare every subject (in worker processes when ``n_jobs`` > 1) and write all ``.npy`` files to ``tmp``."""
+    from tqdm.auto import tqdm
+
+    n = len(entries)
+    arrays = _open_arrays(tmp, config, n, n_channels, grid)
+    records = _SubjectRecords.empty(n, n_channels)
+    n_jobs = max(1, min(n_jobs or min(2, os.cpu_count() or 1), n))
+    jobs = [(e, root, config, grid, sh_order) for e in entries]
+    pool = None
+    if n_jobs > 1:
+        pool = process_pool(n_jobs, "fork")
+        done = pool.map(_prepare_one, jobs)
+    else:
+        done = map(_prepare_one, jobs)
+    try:
+        for i, (e, one) in enumerate(tqdm(zip(entries, done), total=n, desc="prepare", unit="subject",
+                                          disable=not progress)):
+            for name, value in one["arrays"].items():
+                arrays[name][i] = value
+            records.add(i, e, one)
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
+    for arr in arrays.values():
+        arr.flush()
+    del arrays
+    np.save(tmp / "affines.npy", records.affines)
+    np.save(tmp / "bvals.npy", records.bvals)
+    np.save(tmp / "bvecs.npy", records.bvecs)
+    return records
+
+
+def _cohort_meta(tmp: Path, root: Path, entries: Sequence[BidsDwi], participants: Any, config: PrepareConfig,
+                 grid: NetworkGrid, records: _SubjectRecords, *, n_channels: int, sh_order: int | None,
+                 cfg_hash: str, input_hash: str) -> dict[str, Any]:
+    """The content of ``meta.json``, with the sha256 of every ``.npy`` file already written to ``tmp``."""
+    array_names = ["attenuation", *MASK_NAMES, "fa", "md", "affines", "bvals", "bvecs"]
+    subjects = [e.subject for e in entries]
+    rows = participants.reindex(subjects)
+    meta = {
+        "format_version": _FORMAT_VERSION,
+        "subjects": subjects,
+        "sessions": records.sessions,
+        "participants": json.loads(rows.reset_index().to_json(orient="records")),
+        "participant_columns": list(participants.columns),
+        "crops": records.crops,
+        "affines": records.affines.tolist(),
+        "input_shapes": records.input_shapes,
+        "voxel_sizes": records.voxel_sizes,
+        "orientations": ["".join(nib.aff2axcodes(a)) for a in records.affines],
+        "grid": list(grid.shape),
+        "n_channels": n_channels,
+        "attenuation_dtype": config.dtype,
+        "arrays": array_names,
+        # checked by load_prepared: a file changed after this point is refused
+        "sha256": {f"{name}.npy": sha256_file(tmp / f"{name}.npy") for name in array_names},
+        "labels_present": records.labels_present,
+        "brain_mask_source": records.brain_source,
+        "brain_fraction_in_grid": records.brain_kept,
+        "sources": {e.subject: str(e.dwi.relative_to(root)) for e in entries},
+        "bids_root": str(root.resolve()),
+        "config": dataclasses.asdict(config),
+        "config_hash": cfg_hash,
+        "input_hash": input_hash,
+        "provenance": provenance(config_hash=cfg_hash, input_hash=input_hash),
+    }
+    if config.directions is not None:
+        meta["directions"] = {"set": config.directions, "sh_order": sh_order, "acquired": records.acquired}
+    return meta
+
+
+def _warn_if_brain_cut_off(brain_kept: dict[str, float], grid: NetworkGrid) -> None:
+    """Warn (at the caller of :func:`prepare_cohort`) when the grid misses more than 1% of a subject's brain."""
+    worst = min(brain_kept, key=brain_kept.get)
+    if brain_kept[worst] < 0.99:
+        warnings.warn(
+            f"the network grid {grid.shape} cuts off brain: only {brain_kept[worst]:.1%} of {worst}'s "
+            "brain mask lies inside it (see brain_fraction_in_grid in meta.json). Use a larger "
+            "prepare.grid if the whole brain should be analysed.",
+            stacklevel=3,
+        )
 
 
 def load_prepared(out_dir: str | os.PathLike, *, mmap: bool = True) -> PreparedCohort:

@@ -403,6 +403,25 @@ def add_jood(clean: torch.Tensor, brain: torch.Tensor, config: JoodConfig, gener
     the same order, so the two outputs of one generator state differ only in
     how the values are inserted; nothing synchronises with the host.
     """
+    _check_add_jood_inputs(clean, brain, centre_region, grid_centre, generator)
+    b, c = clean.shape[:2]
+    dev = clean.device
+    brain = brain.to(device=dev, dtype=torch.bool)
+    n_max = config.max_patches
+    if n_max == 0:
+        return clean.clone(), torch.zeros_like(brain)
+    # The draws come in this order: patch counts, shapes, distributions, appearances, values.
+    active = _active_patches(brain, n_max, config, generator)
+    patches = _patch_shapes(brain, active, config, generator, centre_region, grid_centre)
+    appearances = _draw_appearances(b, n_max, config, generator, dev)
+    owners = _Owners.of(patches, appearances)
+    value = _noise_values(owners, appearances, c, config, generator)
+    return _insert(clean, owners.inside, value, config)
+
+
+def _check_add_jood_inputs(clean: torch.Tensor, brain: torch.Tensor, centre_region: torch.Tensor | None,
+                           grid_centre: tuple[int, int, int] | None, generator: torch.Generator) -> None:
+    """Refuse a batch, masks, grid centre or generator that do not fit together."""
     if clean.ndim != 5:
         raise ValueError(f"add_jood: clean must be (B, C, X, Y, Z), got shape {tuple(clean.shape)}.")
     spatial = clean.shape[:1] + clean.shape[2:]
@@ -416,30 +435,50 @@ def add_jood(clean: torch.Tensor, brain: torch.Tensor, config: JoodConfig, gener
     if generator.device.type != clean.device.type:
         raise ValueError(f"add_jood: generator is on {generator.device} but clean is on {clean.device}; "
                          "create the generator with torch.Generator(device=clean.device).")
-    b, c = clean.shape[:2]
-    dev = clean.device
-    brain = brain.to(device=dev, dtype=torch.bool)
-    n_max = config.max_patches
-    if n_max == 0:
-        return clean.clone(), torch.zeros_like(brain)
 
+
+def _active_patches(brain: torch.Tensor, n_max: int, config: JoodConfig,
+                    generator: torch.Generator) -> torch.Tensor:
+    """Which of the ``n_max`` patch slots each volume fills, ``(B, P)`` bool; none without brain."""
+    b = brain.shape[0]
+    dev = brain.device
     u = torch.rand(b, generator=generator, device=dev)
     # thresholds as Python floats: building a device tensor from host data would sync
     count = torch.zeros(b, dtype=torch.long, device=dev)
     for threshold in np.cumsum(config.patch_probs)[:-1]:
         count += u >= float(threshold)
     has_brain = brain.flatten(1).any(-1)
-    active = (torch.arange(n_max, device=dev)[None, :] < count[:, None]) & has_brain[:, None]
+    return (torch.arange(n_max, device=dev)[None, :] < count[:, None]) & has_brain[:, None]
+
+
+def _patch_shapes(brain: torch.Tensor, active: torch.Tensor, config: JoodConfig, generator: torch.Generator,
+                  centre_region: torch.Tensor | None,
+                  grid_centre: tuple[int, int, int] | None) -> torch.Tensor:
+    """The ellipsoids of the active patch slots, ``(B, P, X, Y, Z)`` bool, drawn as ``config.geometry`` says."""
+    n_max = active.shape[1]
     if config.geometry == "anywhere":
         shapes = _ellipsoids_anywhere(brain, n_max, config, generator)
     else:
-        region = brain if centre_region is None else centre_region.to(device=dev, dtype=torch.bool)
+        region = brain if centre_region is None else centre_region.to(device=brain.device, dtype=torch.bool)
         centre = tuple(int(g) for g in grid_centre) if grid_centre is not None else \
-            tuple(n // 2 for n in clean.shape[2:])
+            tuple(n // 2 for n in brain.shape[1:])
         shapes, found = _ellipsoids_centred(region, n_max, config, generator, centre)  # type: ignore[arg-type]
         active = active & found
-    patches = shapes & active[:, :, None, None, None]
+    return shapes & active[:, :, None, None, None]
 
+
+@dataclass(frozen=True)
+class _Appearances:
+    """Each patch's noise: normal or uniform, and its appearance as an index into ``kinds``."""
+
+    is_normal: torch.Tensor  # (B, P) bool
+    kind: torch.Tensor  # (B, P) long
+    kinds: tuple[str, ...]
+
+
+def _draw_appearances(b: int, n_max: int, config: JoodConfig, generator: torch.Generator,
+                      dev: torch.device) -> _Appearances:
+    """Draw each patch's distribution (``mix`` only), then its appearance (``mix`` only)."""
     if config.distribution == "mix":
         is_normal = torch.rand(b, n_max, generator=generator, device=dev) < 0.5
     else:
@@ -452,40 +491,71 @@ def add_jood(clean: torch.Tensor, brain: torch.Tensor, config: JoodConfig, gener
             kind = torch.where(draw > _WEIGHTED_ISOTROPIC_ABOVE, 2, (draw >= _WEIGHTED_RANDOM_BELOW).long())
             if config.distribution == "mix":
                 is_normal = is_normal & (kind != 2)  # the code's isotropic Mix patches are uniform
-        kinds = _BASE_APPEARANCES
-    else:
-        kind = torch.zeros(b, n_max, dtype=torch.long, device=dev)
-        kinds = (config.appearance,)
+        return _Appearances(is_normal, kind, _BASE_APPEARANCES)
+    kind = torch.zeros(b, n_max, dtype=torch.long, device=dev)
+    return _Appearances(is_normal, kind, (config.appearance,))
 
-    # Which patch owns each voxel (the later patch wins where two overlap), and
-    # that patch's parameters per voxel: all at (B, X, Y, Z), 1/C of the batch.
-    grid = tuple(clean.shape[2:])
-    owner = torch.full((b, *grid), -1, dtype=torch.long, device=dev)
-    for p in range(n_max):
-        owner = torch.where(patches[:, p], p, owner)
-    inside = owner >= 0
-    own = owner.clamp_min(0).reshape(b, -1)
-    normal_v = is_normal.gather(1, own).view(b, 1, *grid)
-    kind_v = kind.gather(1, own).view(b, 1, *grid)
 
-    def per_patch(channels: int) -> torch.Tensor:
-        """One value per patch and channel, spread over the patch's voxels."""
-        values = _values(torch.rand(b, channels, n_max, generator=generator, device=dev),
-                         is_normal[:, None, :], config)
-        return values.gather(2, own[:, None, :].expand(b, channels, own.shape[1])).view(b, channels, *grid)
+@dataclass(frozen=True)
+class _Owners:
+    """Which patch owns each voxel (the later patch wins where two overlap), and its parameters per voxel.
 
+    All at (B, X, Y, Z), 1/C of the batch.
+    """
+
+    grid: tuple[int, ...]
+    inside: torch.Tensor  # (B, X, Y, Z) bool: some patch owns the voxel
+    own: torch.Tensor  # (B, X*Y*Z) long: the owning patch (0 outside every patch)
+    normal_v: torch.Tensor  # (B, 1, X, Y, Z) bool: the owner's noise is normal
+    kind_v: torch.Tensor  # (B, 1, X, Y, Z) long: the owner's appearance
+
+    @classmethod
+    def of(cls, patches: torch.Tensor, appearances: _Appearances) -> "_Owners":
+        """The owners of the voxels of ``patches`` ``(B, P, X, Y, Z)``."""
+        b, n_max, *grid = patches.shape
+        owner = torch.full((b, *grid), -1, dtype=torch.long, device=patches.device)
+        for p in range(n_max):
+            owner = torch.where(patches[:, p], p, owner)
+        own = owner.clamp_min(0).reshape(b, -1)
+        return cls(grid=tuple(grid), inside=owner >= 0, own=own,
+                   normal_v=appearances.is_normal.gather(1, own).view(b, 1, *grid),
+                   kind_v=appearances.kind.gather(1, own).view(b, 1, *grid))
+
+
+def _per_patch_values(channels: int, owners: _Owners, is_normal: torch.Tensor, config: JoodConfig,
+                      generator: torch.Generator) -> torch.Tensor:
+    """One value per patch and channel, spread over the patch's voxels: ``(B, channels, X, Y, Z)``."""
+    b, n_max = is_normal.shape
+    own = owners.own
+    values = _values(torch.rand(b, channels, n_max, generator=generator, device=own.device),
+                     is_normal[:, None, :], config)
+    return values.gather(2, own[:, None, :].expand(b, channels, own.shape[1])).view(b, channels, *owners.grid)
+
+
+def _noise_values(owners: _Owners, appearances: _Appearances, channels: int, config: JoodConfig,
+                  generator: torch.Generator) -> torch.Tensor:
+    """The noise of every voxel and channel, ``(B, C, X, Y, Z)``: each appearance drawn in turn, the owner's kept."""
+    b = owners.own.shape[0]
+    dev = owners.own.device
+    grid = owners.grid
     value: torch.Tensor | None = None
-    for k, name in enumerate(kinds):
+    for k, name in enumerate(appearances.kinds):
         if name == "random":
-            v = _values(torch.rand((b, c) + grid, generator=generator, device=dev), normal_v, config)
+            v = _values(torch.rand((b, channels) + grid, generator=generator, device=dev), owners.normal_v, config)
         elif name == "directional":
-            v = per_patch(c)
+            v = _per_patch_values(channels, owners, appearances.is_normal, config, generator)
         elif config.isotropic == "per_patch":
-            v = per_patch(1)
+            v = _per_patch_values(1, owners, appearances.is_normal, config, generator)
         else:
-            v = _values(torch.rand((b, 1) + grid, generator=generator, device=dev), normal_v, config)
-        value = v if value is None else torch.where(kind_v == k, v, value)
+            v = _values(torch.rand((b, 1) + grid, generator=generator, device=dev), owners.normal_v, config)
+        value = v if value is None else torch.where(owners.kind_v == k, v, value)
     assert value is not None
+    return value
+
+
+def _insert(clean: torch.Tensor, inside: torch.Tensor, value: torch.Tensor,
+            config: JoodConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """Put the noise into the batch as ``config.insertion`` says: the disturbed batch and its patch mask."""
     if config.insertion == "authors":
         # The code zeroes the signal where the patch is positive, then adds the patch: a positive value
         # replaces the signal, a negative one is added to it; no clipping; the target is the ellipsoid.

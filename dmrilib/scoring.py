@@ -377,8 +377,6 @@ def predict_dwi(checkpoint_path: str | os.PathLike, dwi_path: str | os.PathLike,
     IntegrityError
         For a corrupted checkpoint.
     """
-    import nibabel as nib
-
     from dmrilib import io as dio
     from dmrilib import preprocess
     from dmrilib.checkpoint import load_checkpoint, resolve_device
@@ -392,26 +390,51 @@ def predict_dwi(checkpoint_path: str | os.PathLike, dwi_path: str | os.PathLike,
                        target_bvalue=target_bvalue, bvalue_tolerance=bvalue_tolerance)
     _check_geometry(dwi, acq, voxel_tolerance)
     mask = dio.load_mask(mask_path, dwi) if mask_path is not None else preprocess.brain_mask_from_b0(dwi)
+    att = _training_channels(dwi, mask, acq, meta["in_channels"], target_bvalue=target_bvalue,
+                             direction_tolerance_deg=direction_tolerance_deg, bvalue_tolerance=bvalue_tolerance)
+    crop = preprocess.NetworkGrid(tuple(meta["grid"])).crop_for(mask)
+    _check_brain_fits(dwi, mask, crop, acq, mask_path)
+    score = _brain_score((net, meta), att, mask, crop, device=dev, key=Path(dwi_path).name)
+    return _write_map(score, crop, dwi.affine, out_path)
+
+
+def _training_channels(dwi, mask: np.ndarray, acq: dict[str, Any], in_channels: Any, *, target_bvalue: float,
+                       direction_tolerance_deg: float, bvalue_tolerance: float) -> np.ndarray:
+    """The shell's attenuation ``(X, Y, Z, C)`` in the checkpoint's channels: resampled, or reordered."""
+    from dmrilib import preprocess
+    from dmrilib.io import DwiInputError
+
     if acq.get("directions"):
         # trained on shells resampled to a fixed direction set (prepare.directions): resample this one alike
-        att, order = _resampled_attenuation(dwi, mask, acq, bvalue_tolerance), slice(None)
+        att = _resampled_attenuation(dwi, mask, acq, bvalue_tolerance)
     else:
-        att, order = None, None
+        att = None
     n_dw = int((~dwi.is_b0).sum()) if att is None else att.shape[-1]
-    if n_dw != int(meta["in_channels"]):
-        raise dio.DwiInputError(
+    if n_dw != int(in_channels):
+        raise DwiInputError(
             f"{dwi.path.name}: {n_dw} diffusion-weighted volumes at b = {target_bvalue:g} after shell selection, "
-            f"but the checkpoint expects {meta['in_channels']}. Select the matching shell (target_bvalue).")
+            f"but the checkpoint expects {in_channels}. Select the matching shell (target_bvalue).")
     if att is None:
         order = _channel_order(dwi, acq, direction_tolerance_deg, bvalue_tolerance)
         att = preprocess.attenuation(dwi, mask=mask)[..., order]  # (X, Y, Z, C) in training channel order
-    crop = preprocess.NetworkGrid(tuple(meta["grid"])).crop_for(mask)
-    _check_brain_fits(dwi, mask, crop, acq, mask_path)
+    return att
+
+
+def _brain_score(checkpoint: tuple[nn.Module, dict[str, Any]], att: np.ndarray, mask: np.ndarray, crop, *,
+                 device: torch.device, key: str) -> np.ndarray:
+    """The anomaly map on the network grid, zero outside the brain; ``key`` seeds a sampled DAE latent."""
     volume = np.moveaxis(crop.to_grid(att), -1, 0)[None]  # (1, C, X, Y, Z)
     # A sampled DAE latent (dae_test_latent="sample") is seeded by the file name: same file, same map.
-    score = predict_maps((net, meta), volume, batch_size=1, device=str(dev), subjects=[Path(dwi_path).name])[0]
+    score = predict_maps(checkpoint, volume, batch_size=1, device=str(device), subjects=[key])[0]
     score *= crop.to_grid(mask)  # the networks only ever saw brain: report brain only
+    return score
+
+
+def _write_map(score: np.ndarray, crop, affine: np.ndarray, out_path: str | os.PathLike) -> Path:
+    """Write the map back on the input grid with the input's affine (atomically)."""
+    import nibabel as nib
+
     out = Path(out_path)
     with atomic_path(out) as tmp:
-        nib.save(crop.to_nifti(score.astype(np.float32), dwi.affine), tmp)
+        nib.save(crop.to_nifti(score.astype(np.float32), affine), tmp)
     return out

@@ -24,6 +24,7 @@ import json
 import re
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -131,6 +132,7 @@ def _nifti_bytes(image) -> bytes:
 
 
 def _write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` atomically, unless the file already holds exactly it."""
     if path.is_file() and path.read_bytes() == data:
         return  # unchanged: leave the file (and its time stamp) alone
     with atomic_path(path) as tmp:
@@ -138,6 +140,7 @@ def _write_bytes(path: Path, data: bytes) -> None:
 
 
 def _write_json(path: Path, obj: Any) -> None:
+    """Write ``obj`` as indented JSON through :func:`_write_bytes`."""
     _write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n").encode())
 
 
@@ -184,8 +187,9 @@ def _background(prepared, j: int, subject: str) -> tuple[np.ndarray, np.ndarray,
             return dwi.data[..., dwi.is_b0].mean(axis=-1), affine, True
     except (KeyError, OSError, DwiInputError) as exc:
         reason = str(exc)
+    # stacklevel: past _write_overlays and export_anomaly_maps, to the line that called the export
     warnings.warn(f"overlay of {subject}: the DWI could not be read ({reason}); drawing over the FA on the "
-                  "network grid instead.", stacklevel=3)
+                  "network grid instead.", stacklevel=4)
     return np.asarray(prepared.fa[j], dtype=np.float32), crop.grid_affine(affine), False
 
 
@@ -213,7 +217,185 @@ def _to_native(image, shape: tuple[int, ...], affine: np.ndarray):
 
 
 def _label(model: str, variant: str) -> str:
+    """Row label of a configuration in the overlays and the sidecars' description."""
     return "normative baseline" if (model, variant) == _BASELINE else f"{DISPLAY_NAMES[model]} {variant}"
+
+
+@dataclass(frozen=True)
+class _Patients:
+    """The prepared cohort's patients, in order, and each one's session."""
+
+    prepared: Any
+    patients: list[str]
+    positions: dict[str, int]  # subject -> row in the prepared arrays
+    sessions: dict[str, str | None]
+
+    @classmethod
+    def load(cls, layout: ResultsLayout) -> _Patients:
+        """The prepared cohort's patients, with the sessions of ``cohort/study.json`` in BIDS mode."""
+        from dmrilib.dataset import load_prepared
+
+        prepared = load_prepared(layout.prepared)
+        patients = prepared.patient_ids()
+        positions = dict(zip(patients, prepared.index(patients))) if patients else {}
+        return cls(prepared, patients, positions, _sessions(layout, prepared))
+
+    def title(self, subject: str) -> str:
+        """``sub-<label>`` and, when it has one, its session."""
+        return f"{subject}{' ' + self.sessions[subject] if self.sessions.get(subject) else ''}"
+
+
+@dataclass(frozen=True)
+class _Sources:
+    """Each patient's DWI in the source dataset and, where a BIDS run resampled it, its acquired grid."""
+
+    root: str | None  # None: no DWI for the sidecars to name
+    dwi_files: dict[str, str]  # subject -> DWI relative to ``root``
+    native_grids: dict[str, tuple]  # subject -> (shape, affine), see _native_grids
+
+
+def _configurations(profile: Profile) -> tuple[list[tuple[str, str]], list[str]]:
+    """Every (model, variant) of the profile then the baseline, and their BIDS ``desc-`` labels."""
+    configurations = [(m, v) for m in MODELS for v in profile.variants.get(m, ())] + [_BASELINE]
+    descs = [_desc(m, v) for m, v in configurations]
+    if len(set(descs)) != len(descs):  # cannot happen with the variant grammar; guards the file names
+        raise ValueError(f"two configurations of profile {profile.name!r} give the same BIDS desc label: {descs}.")
+    return configurations, descs
+
+
+def _write_description(out_root: Path, profile: Profile, source: str | None) -> Path:
+    """Write the derivative's ``dataset_description.json`` (linked to the source dataset, if known)."""
+    import dmrilib
+
+    description = {
+        "Name": f"dmrilib anomaly maps ({profile.name})",
+        "BIDSVersion": "1.9.0",
+        "DatasetType": "derivative",
+        "GeneratedBy": [{"Name": "dmrilib", "Version": dmrilib.__version__,
+                         "Description": "diffusion MRI anomaly detection (DAE, RecDiscNet, normative DTI z-score)"}],
+    }
+    if source:
+        uri = Path(source).resolve().as_uri()
+        description["SourceDatasets"] = [{"URL": uri}]
+        description["DatasetLinks"] = {"raw": uri}  # resolves the sidecars' bids:raw:... Sources
+    path = out_root / "dataset_description.json"
+    _write_json(path, description)
+    return path
+
+
+def _sidecar(profile: Profile, cohort: _Patients, model: str, variant: str, thresholds: dict[str, Any],
+             prov: dict[str, Any]) -> dict[str, Any]:
+    """The JSON sidecar every patient's map of a configuration shares (without its ``Sources``)."""
+    is_baseline = (model, variant) == _BASELINE
+    return {
+        "Description": f"{_label(model, variant)} anomaly map, mean over folds {list(profile.folds)}, "
+                       "on the patient's DWI grid and affine (0 outside the network-grid window).",
+        "Values": MEANING,
+        "Model": model,
+        "Variant": variant,
+        "Folds": [int(k) for k in profile.folds],
+        "FoldsAveraged": len(profile.folds),
+        # thresholds of each fold's own map; the map written here is their mean
+        "HealthyFprThresholds": thresholds,
+        "ConfigHash": profile.hash() if is_baseline else config_hash(profile.model, profile.train),
+        "ProfileHash": profile.hash(),
+        "Profile": profile.name,
+        "NetworkGrid": [int(g) for g in cohort.prepared.grid],
+        "Provenance": prov,
+    }
+
+
+def _write_configuration(layout: ResultsLayout, cohort: _Patients, sources: _Sources, model: str, variant: str,
+                         desc: str, mean: np.ndarray, sidecar: dict[str, Any],
+                         bar: Any) -> tuple[list[dict[str, Any]], list[str]]:
+    """Write each patient's map of one configuration on its DWI grid, with its sidecar.
+
+    Returns the export table's rows and the files written (relative to R).
+    """
+    from dmrilib.dataset import to_input_grid
+
+    rows, files = [], []
+    for i, subject in enumerate(cohort.patients):
+        j = int(cohort.positions[subject])
+        session = cohort.sessions.get(subject)
+        folder = layout.anomaly_derivatives / subject / (session or "") / "dwi"
+        stem = f"{subject}_{session}" if session else subject
+        name = f"{stem}_space-dwi_desc-{desc}_anomaly"
+        image = to_input_grid(cohort.prepared, subject, mean[i])
+        if subject in sources.native_grids:  # the run resampled this DWI (bids.voxel_size): back to its own grid
+            image = _to_native(image, *sources.native_grids[subject])
+        _write_bytes(folder / f"{name}.nii.gz", _nifti_bytes(image))
+        dwi = sources.dwi_files.get(subject) if sources.root else None
+        _write_json(folder / f"{name}.json", {**({"Sources": [f"bids:raw:{dwi}"]} if dwi else {}), **sidecar})
+        rel = layout.relative(folder / f"{name}.nii.gz")
+        files += [str(rel), str(rel.with_name(f"{name}.json"))]
+        rows.append({"subject": subject, "model": model, "variant": variant, "desc": desc, "path": str(rel),
+                     "lesion_voxels": int(np.count_nonzero(cohort.prepared.lesion[j])),
+                     "max_score": float(mean[i].max())})
+        bar.update()
+    return rows, files
+
+
+def _write_overlays(layout: ResultsLayout, profile: Profile, cohort: _Patients,
+                    kept: dict[tuple[str, str], np.ndarray], overlay_rows: list[tuple[str, str]],
+                    progress: bool) -> list[str]:
+    """Draw and write one overlay figure per patient; returns the files written (relative to R)."""
+    from tqdm.auto import tqdm
+
+    from dmrilib.plotting.overlay import patient_overlay
+
+    prepared, files = cohort.prepared, []
+    for i, subject in enumerate(tqdm(cohort.patients, desc="overlays", unit="patient", disable=not progress)):
+        j = int(cohort.positions[subject])
+        crop = prepared.crops[j]
+        background, affine, on_dwi = _background(prepared, j, subject)
+        place = crop.to_input if on_dwi else np.asarray
+        lesion = np.asarray(prepared.lesion[j], bool)
+        maps = {_label(m, v): place(kept[(m, v)][i]) for m, v in overlay_rows}
+        fig = patient_overlay(background, maps, place(lesion) if lesion.any() else None, affine=affine,
+                              brain_mask=place(np.asarray(prepared.brain_mask[j], bool)),
+                              title=f"{cohort.title(subject)}: "
+                                    f"anomaly maps ({profile.name}, mean over {len(profile.folds)} fold(s))")
+        path = layout.overlay(subject)
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=100, format="png", bbox_inches="tight")
+        files.append(str(layout.relative(path)))
+    return files
+
+
+def _previous_files(layout: ResultsLayout) -> list[str]:
+    """The files the last export wrote (relative to R), from its ``export.json``; none before the first."""
+    record_path = layout.export_record
+    return json.loads(record_path.read_text()).get("files", []) if record_path.is_file() else []
+
+
+def _remove_stale(layout: ResultsLayout, previous: list[str], files: list[str]) -> None:
+    """Delete the files an earlier export wrote that this one does not (a variant dropped from the profile)."""
+    # only under the derivative and the overlays: export.json is not trusted to name anything else
+    removable = (f"{layout.relative(layout.anomaly_derivatives)}/", f"{layout.relative(layout.overlays)}/")
+    for rel in sorted(set(previous) - set(files)):
+        stale = layout.root / rel
+        if stale.is_file() and rel.startswith(removable):
+            stale.unlink()
+
+
+def _write_record(layout: ResultsLayout, profile: Profile, rows: list[dict[str, Any]],
+                  overlay_rows: list[tuple[str, str]], files: list[str], t0: float,
+                  prov: dict[str, Any]) -> pd.DataFrame:
+    """Write ``figures/export.csv`` and ``figures/export.json`` (seconds since ``t0``); returns the table."""
+    table = pd.DataFrame(rows, columns=["subject", "model", "variant", "desc", "path", "lesion_voxels", "max_score"])
+    with atomic_path(layout.export_table) as tmp:
+        table.to_csv(tmp, index=False)
+    write_json_atomic(layout.export_record, {
+        "profile": profile.name,
+        "profile_hash": profile.hash(),
+        "config_hash": {"train": config_hash(profile.model, profile.train), "profile": profile.hash()},
+        "overlay_rows": [{"model": m, "variant": v} for m, v in overlay_rows],
+        "files": files,
+        "seconds": round(time.perf_counter() - t0, 2),
+        "provenance": prov,
+    })
+    return table
 
 
 def export_anomaly_maps(profile: Profile, results: str | Path = "results", *, progress: bool = True) -> pd.DataFrame:
@@ -262,119 +444,31 @@ def export_anomaly_maps(profile: Profile, results: str | Path = "results", *, pr
     """
     from tqdm.auto import tqdm
 
-    import dmrilib
-    from dmrilib.dataset import load_prepared, to_input_grid
-    from dmrilib.plotting.overlay import patient_overlay
-
     t0 = time.perf_counter()
     layout = ResultsLayout.of(profile, results)
-    prepared = load_prepared(layout.prepared)
-    patients = prepared.patient_ids()
-    positions = dict(zip(patients, prepared.index(patients))) if patients else {}
-    sessions = _sessions(layout, prepared)
-    out_root = layout.anomaly_derivatives
-    record_path = layout.export_record
-    previous = json.loads(record_path.read_text()).get("files", []) if record_path.is_file() else []
+    cohort = _Patients.load(layout)
+    previous = _previous_files(layout)
     prov = provenance()
-
-    configurations = [(m, v) for m in MODELS for v in profile.variants.get(m, ())] + [_BASELINE]
-    descs = [_desc(m, v) for m, v in configurations]
-    if len(set(descs)) != len(descs):  # cannot happen with the variant grammar; guards the file names
-        raise ValueError(f"two configurations of profile {profile.name!r} give the same BIDS desc label: {descs}.")
-    description = {
-        "Name": f"dmrilib anomaly maps ({profile.name})",
-        "BIDSVersion": "1.9.0",
-        "DatasetType": "derivative",
-        "GeneratedBy": [{"Name": "dmrilib", "Version": dmrilib.__version__,
-                         "Description": "diffusion MRI anomaly detection (DAE, RecDiscNet, normative DTI z-score)"}],
-    }
-    source, dwi_files = _sources(layout, prepared)
-    if source:
-        uri = Path(source).resolve().as_uri()
-        description["SourceDatasets"] = [{"URL": uri}]
-        description["DatasetLinks"] = {"raw": uri}  # resolves the sidecars' bids:raw:... Sources
-    _write_json(out_root / "dataset_description.json", description)
-
-    native_grids = _native_grids(layout, source, dwi_files)
+    configurations, descs = _configurations(profile)
+    source, dwi_files = _sources(layout, cohort.prepared)
+    description = _write_description(layout.anomaly_derivatives, profile, source)
+    sources = _Sources(source, dwi_files, _native_grids(layout, source, dwi_files))
     overlay_rows = _overlay_rows(profile, results)
+
+    # the maps of every configuration, then the overlays of the ones they show (kept from the first pass)
     kept: dict[tuple[str, str], np.ndarray] = {}
-    rows, files = [], [str(layout.relative(out_root / "dataset_description.json"))]
-    bar = tqdm(total=len(configurations) * len(patients), desc="export maps", unit="map", disable=not progress)
+    rows, files = [], [str(layout.relative(description))]
+    bar = tqdm(total=len(configurations) * len(cohort.patients), desc="export maps", unit="map",
+               disable=not progress)
     for (model, variant), desc in zip(configurations, descs):
-        mean, thresholds = _fold_mean(layout, profile, model, variant, patients, prepared.grid)
+        mean, thresholds = _fold_mean(layout, profile, model, variant, cohort.patients, cohort.prepared.grid)
         if (model, variant) in overlay_rows:
             kept[(model, variant)] = mean
-        is_baseline = (model, variant) == _BASELINE
-        sidecar_common = {
-            "Description": f"{_label(model, variant)} anomaly map, mean over folds {list(profile.folds)}, "
-                           "on the patient's DWI grid and affine (0 outside the network-grid window).",
-            "Values": MEANING,
-            "Model": model,
-            "Variant": variant,
-            "Folds": [int(k) for k in profile.folds],
-            "FoldsAveraged": len(profile.folds),
-            # thresholds of each fold's own map; the map written here is their mean
-            "HealthyFprThresholds": thresholds,
-            "ConfigHash": profile.hash() if is_baseline else config_hash(profile.model, profile.train),
-            "ProfileHash": profile.hash(),
-            "Profile": profile.name,
-            "NetworkGrid": [int(g) for g in prepared.grid],
-            "Provenance": prov,
-        }
-        for i, subject in enumerate(patients):
-            j = int(positions[subject])
-            session = sessions.get(subject)
-            folder = out_root / subject / (session or "") / "dwi"
-            stem = f"{subject}_{session}" if session else subject
-            name = f"{stem}_space-dwi_desc-{desc}_anomaly"
-            image = to_input_grid(prepared, subject, mean[i])
-            if subject in native_grids:  # the run resampled this DWI (bids.voxel_size): back to its own grid
-                image = _to_native(image, *native_grids[subject])
-            _write_bytes(folder / f"{name}.nii.gz", _nifti_bytes(image))
-            dwi = dwi_files.get(subject) if source else None
-            _write_json(folder / f"{name}.json", {**({"Sources": [f"bids:raw:{dwi}"]} if dwi else {}),
-                                                  **sidecar_common})
-            rel = layout.relative(folder / f"{name}.nii.gz")
-            files += [str(rel), str(rel.with_name(f"{name}.json"))]
-            rows.append({"subject": subject, "model": model, "variant": variant, "desc": desc, "path": str(rel),
-                         "lesion_voxels": int(np.count_nonzero(prepared.lesion[j])),
-                         "max_score": float(mean[i].max())})
-            bar.update()
+        sidecar = _sidecar(profile, cohort, model, variant, thresholds, prov)
+        new_rows, new_files = _write_configuration(layout, cohort, sources, model, variant, desc, mean, sidecar, bar)
+        rows, files = rows + new_rows, files + new_files
     bar.close()
+    files += _write_overlays(layout, profile, cohort, kept, overlay_rows, progress)
 
-    for i, subject in enumerate(tqdm(patients, desc="overlays", unit="patient", disable=not progress)):
-        j = int(positions[subject])
-        crop = prepared.crops[j]
-        background, affine, on_dwi = _background(prepared, j, subject)
-        place = crop.to_input if on_dwi else np.asarray
-        lesion = np.asarray(prepared.lesion[j], bool)
-        maps = {_label(m, v): place(kept[(m, v)][i]) for m, v in overlay_rows}
-        fig = patient_overlay(background, maps, place(lesion) if lesion.any() else None, affine=affine,
-                              brain_mask=place(np.asarray(prepared.brain_mask[j], bool)),
-                              title=f"{subject}{' ' + sessions[subject] if sessions.get(subject) else ''}: "
-                                    f"anomaly maps ({profile.name}, mean over {len(profile.folds)} fold(s))")
-        path = layout.overlay(subject)
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, dpi=100, format="png", bbox_inches="tight")
-        files.append(str(layout.relative(path)))
-
-    # files an earlier export wrote that this one does not (a variant dropped from the profile)
-    removable = (f"{layout.relative(out_root)}/", f"{layout.relative(layout.overlays)}/")
-    for rel in sorted(set(previous) - set(files)):
-        stale = layout.root / rel
-        if stale.is_file() and rel.startswith(removable):
-            stale.unlink()
-
-    table = pd.DataFrame(rows, columns=["subject", "model", "variant", "desc", "path", "lesion_voxels", "max_score"])
-    with atomic_path(layout.export_table) as tmp:
-        table.to_csv(tmp, index=False)
-    write_json_atomic(record_path, {
-        "profile": profile.name,
-        "profile_hash": profile.hash(),
-        "config_hash": {"train": config_hash(profile.model, profile.train), "profile": profile.hash()},
-        "overlay_rows": [{"model": m, "variant": v} for m, v in overlay_rows],
-        "files": files,
-        "seconds": round(time.perf_counter() - t0, 2),
-        "provenance": prov,
-    })
-    return table
+    _remove_stale(layout, previous, files)
+    return _write_record(layout, profile, rows, overlay_rows, files, t0, prov)

@@ -2,9 +2,13 @@
 the between-subject spread against literature bands, and acquisition artefacts."""
 from __future__ import annotations
 
-from typing import Mapping
+from typing import TYPE_CHECKING, Mapping
 
 import numpy as np
+
+if TYPE_CHECKING:  # matplotlib is imported when a figure is drawn, not with the package
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
 
 __all__ = ["LITERATURE_RANGES", "subject_dti", "plot_cohort_slices", "plot_tissue_histograms", "plot_cohort_spread",
            "plot_artefact_examples"]
@@ -32,6 +36,7 @@ def subject_dti(subject) -> dict[str, np.ndarray]:
 
 
 def _slice_index(subject) -> int:
+    """Axial slice through the largest lesion cross-section, or 55% up the volume without a lesion."""
     if subject.lesion.any():
         return int(np.argmax(subject.lesion.sum(axis=(0, 1))))
     return int(subject.brain_mask.shape[2] * 0.55)
@@ -145,6 +150,7 @@ _CV_BANDS = (("wm_fa_cv", "WM FA"), ("wm_md_cv", "WM MD"), ("brain_volume_cv", "
 
 
 def _off_note(band, groups) -> str:
+    """Note naming the band's realism groups that are off in this cohort (empty when none is)."""
     off = sorted(set(band.groups) - set(groups))
     return f"\n(n/a: {'+'.join(off)} off)" if off else ""
 
@@ -262,6 +268,74 @@ def _noise_map(data: np.ndarray, bvals: np.ndarray, bvecs: np.ndarray, mask: np.
     return np.where(mask, smooth, np.nan)
 
 
+def _dropout_panel(ax: Axes, data: np.ndarray, dw: np.ndarray, mask: np.ndarray) -> None:
+    """(a) A sagittal reformat through the strongest detected slice dropout, the slice marked by arrows."""
+    from dmrilib.simulate.qc import outlier_slices
+
+    flags, _ = outlier_slices(data[..., dw], mask)
+    counts = mask.sum(axis=(0, 1)).astype(float)
+    means = np.array([[data[:, :, z, v][mask[:, :, z]].mean() if counts[z] else 0.0 for z in range(mask.shape[2])]
+                      for v in np.flatnonzero(dw)])
+    if flags.any():
+        # the flagged slice darkest against the same slice's median over the volumes
+        ratio = np.where(flags, means / np.maximum(np.median(means, axis=0, keepdims=True), 1e-6), np.inf)
+        v, z = np.unravel_index(np.argmin(ratio), ratio.shape)
+        x_mid = int(np.round(np.argwhere(mask)[:, 0].mean()))
+        ax.imshow(data[x_mid, :, :, np.flatnonzero(dw)[v]].T, origin="lower", cmap="gray")
+        for x, marker in ((-0.5, ">"), (mask.shape[1] - 0.5, "<")):
+            ax.plot([x], [z], marker=marker, color="orange", ms=7, clip_on=False)
+        ax.set_title(f"(a) dropout: volume {np.flatnonzero(dw)[v]}, slice {z}\n"
+                     f"({int(flags.sum())} outlier slices in {int(dw.sum())} volumes)", fontsize=8.5)
+    else:
+        x_mid = int(np.round(np.argwhere(mask)[:, 0].mean()))
+        ax.imshow(data[x_mid, :, :, np.flatnonzero(dw)[0]].T, origin="lower", cmap="gray")
+        ax.set_title("(a) no outlier slice detected", fontsize=8.5)
+    ax.axis("off")
+
+
+def _ringing_panel(ax: Axes, b0: np.ndarray, mask: np.ndarray, z_mid: int, sigma: float) -> None:
+    """(b) The b0 profile along x through the brain's centre, the mask's edges dotted."""
+    rows = np.argwhere(mask[:, :, z_mid])
+    y_mid = int(np.round(rows[:, 1].mean())) if rows.size else mask.shape[1] // 2
+    profile = b0[:, y_mid, z_mid]
+    ax.plot(np.arange(profile.size), profile / sigma, color="black", lw=1)
+    inside = np.flatnonzero(mask[:, y_mid, z_mid])
+    if inside.size:
+        for edge in (inside[0], inside[-1]):
+            ax.axvline(edge, color="tab:blue", lw=0.6, ls=":")
+    ax.set_xlabel("x (voxels)", fontsize=8)
+    ax.set_ylabel("b0 / σ", fontsize=8)
+    ax.tick_params(labelsize=7)
+    ax.set_title("(b) b0 across the brain edge (dotted: mask)", fontsize=8.5)
+
+
+def _vibration_panel(fig: Figure, ax: Axes, data: np.ndarray, bvecs: np.ndarray, dw: np.ndarray, mask: np.ndarray,
+                     z_mid: int) -> None:
+    """(c) Mean DW signal of the mostly left-right gradient volumes over that of the others, on one axial slice."""
+    lr = dw & (np.abs(bvecs[:, 0]) > 0.8)
+    other = dw & (np.abs(bvecs[:, 0]) < 0.5)
+    if lr.any() and other.any():
+        with np.errstate(invalid="ignore", divide="ignore"):
+            ratio = data[:, :, z_mid][..., lr].mean(-1) / data[:, :, z_mid][..., other].mean(-1)
+        ratio = np.where(mask[:, :, z_mid], ratio, np.nan)
+        im = ax.imshow(ratio.T, origin="lower", cmap="RdBu", vmin=0.5, vmax=1.5)
+        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02).ax.tick_params(labelsize=7)
+        ax.set_title(f"(c) DW signal, L-R gradients / others\n(axial slice {z_mid}; posterior down)", fontsize=8.5)
+    else:
+        ax.set_title("(c) no left-right gradient volumes", fontsize=8.5)
+    ax.axis("off")
+
+
+def _noise_panel(fig: Figure, ax: Axes, data: np.ndarray, bvals: np.ndarray, bvecs: np.ndarray, mask: np.ndarray,
+                 z_mid: int, sigma: float) -> None:
+    """(d) The tensor-fit residual noise map (:func:`_noise_map`) on one axial slice, in units of ``sigma``."""
+    noise = _noise_map(data, bvals, bvecs, mask)[:, :, z_mid] / sigma
+    im = ax.imshow(noise.T, origin="lower", cmap="magma", vmin=0.5, vmax=1.5)
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02).ax.tick_params(labelsize=7)
+    ax.set_title("(d) tensor-fit residual / σ\n(noise map; artefacts break the fit)", fontsize=8.5)
+    ax.axis("off")
+
+
 def plot_artefact_examples(data: np.ndarray, bvals: np.ndarray, bvecs: np.ndarray, brain_mask: np.ndarray, *,
                            sigma: float, title: str = ""):
     """Acquisition artefacts of one subject, as a QC reader would look for them.
@@ -295,8 +369,6 @@ def plot_artefact_examples(data: np.ndarray, bvals: np.ndarray, bvecs: np.ndarra
     """
     import matplotlib.pyplot as plt
 
-    from dmrilib.simulate.qc import outlier_slices
-
     mask = np.asarray(brain_mask, dtype=bool)
     bvals, bvecs = np.asarray(bvals, float), np.asarray(bvecs, float)
     dw = bvals > 50
@@ -307,65 +379,10 @@ def plot_artefact_examples(data: np.ndarray, bvals: np.ndarray, bvecs: np.ndarra
     zs = np.flatnonzero(mask.any(axis=(0, 1)))
     z_mid = int(zs[0] + 0.6 * (zs[-1] - zs[0]))
     b0 = data[..., ~dw].mean(axis=-1)
-
-    # (a) dropout
-    flags, _ = outlier_slices(data[..., dw], mask)
-    counts = mask.sum(axis=(0, 1)).astype(float)
-    means = np.array([[data[:, :, z, v][mask[:, :, z]].mean() if counts[z] else 0.0 for z in range(mask.shape[2])]
-                      for v in np.flatnonzero(dw)])
-    ax = axes[0]
-    if flags.any():
-        ratio = np.where(flags, means / np.maximum(np.median(means, axis=0, keepdims=True), 1e-6), np.inf)
-        v, z = np.unravel_index(np.argmin(ratio), ratio.shape)
-        x_mid = int(np.round(np.argwhere(mask)[:, 0].mean()))
-        ax.imshow(data[x_mid, :, :, np.flatnonzero(dw)[v]].T, origin="lower", cmap="gray")
-        for x, marker in ((-0.5, ">"), (mask.shape[1] - 0.5, "<")):
-            ax.plot([x], [z], marker=marker, color="orange", ms=7, clip_on=False)
-        ax.set_title(f"(a) dropout: volume {np.flatnonzero(dw)[v]}, slice {z}\n"
-                     f"({int(flags.sum())} outlier slices in {int(dw.sum())} volumes)", fontsize=8.5)
-    else:
-        x_mid = int(np.round(np.argwhere(mask)[:, 0].mean()))
-        ax.imshow(data[x_mid, :, :, np.flatnonzero(dw)[0]].T, origin="lower", cmap="gray")
-        ax.set_title("(a) no outlier slice detected", fontsize=8.5)
-    ax.axis("off")
-
-    # (b) ringing: b0 profile along x through the brain's centre
-    ax = axes[1]
-    rows = np.argwhere(mask[:, :, z_mid])
-    y_mid = int(np.round(rows[:, 1].mean())) if rows.size else mask.shape[1] // 2
-    profile = b0[:, y_mid, z_mid]
-    ax.plot(np.arange(profile.size), profile / sigma, color="black", lw=1)
-    inside = np.flatnonzero(mask[:, y_mid, z_mid])
-    if inside.size:
-        for edge in (inside[0], inside[-1]):
-            ax.axvline(edge, color="tab:blue", lw=0.6, ls=":")
-    ax.set_xlabel("x (voxels)", fontsize=8)
-    ax.set_ylabel("b0 / σ", fontsize=8)
-    ax.tick_params(labelsize=7)
-    ax.set_title("(b) b0 across the brain edge (dotted: mask)", fontsize=8.5)
-
-    # (c) vibration: LR-gradient volumes over the others
-    ax = axes[2]
-    lr = dw & (np.abs(bvecs[:, 0]) > 0.8)
-    other = dw & (np.abs(bvecs[:, 0]) < 0.5)
-    if lr.any() and other.any():
-        with np.errstate(invalid="ignore", divide="ignore"):
-            ratio = data[:, :, z_mid][..., lr].mean(-1) / data[:, :, z_mid][..., other].mean(-1)
-        ratio = np.where(mask[:, :, z_mid], ratio, np.nan)
-        im = ax.imshow(ratio.T, origin="lower", cmap="RdBu", vmin=0.5, vmax=1.5)
-        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02).ax.tick_params(labelsize=7)
-        ax.set_title(f"(c) DW signal, L-R gradients / others\n(axial slice {z_mid}; posterior down)", fontsize=8.5)
-    else:
-        ax.set_title("(c) no left-right gradient volumes", fontsize=8.5)
-    ax.axis("off")
-
-    # (d) noise map
-    ax = axes[3]
-    noise = _noise_map(data, bvals, bvecs, mask)[:, :, z_mid] / sigma
-    im = ax.imshow(noise.T, origin="lower", cmap="magma", vmin=0.5, vmax=1.5)
-    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02).ax.tick_params(labelsize=7)
-    ax.set_title("(d) tensor-fit residual / σ\n(noise map; artefacts break the fit)", fontsize=8.5)
-    ax.axis("off")
+    _dropout_panel(axes[0], data, dw, mask)
+    _ringing_panel(axes[1], b0, mask, z_mid, sigma)
+    _vibration_panel(fig, axes[2], data, bvecs, dw, mask, z_mid)
+    _noise_panel(fig, axes[3], data, bvals, bvecs, mask, z_mid, sigma)
     if title:
         fig.suptitle(title, fontsize=9.5)
     fig.tight_layout()

@@ -13,11 +13,14 @@ writes the files.
 """
 from __future__ import annotations
 
-from typing import Any, Mapping
+from dataclasses import dataclass
+from typing import Mapping
 
 import nibabel as nib
 import numpy as np
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.image import AxesImage
 from numpy.typing import ArrayLike
 
 __all__ = ["patient_overlay", "CONVENTION"]
@@ -49,13 +52,121 @@ def _centre(lesion: np.ndarray) -> tuple[int, int, int]:
 
 
 def _hottest(score: np.ndarray, brain: np.ndarray) -> tuple[int, int, int]:
+    """The voxel of the map's maximum inside the brain."""
     masked = np.where(brain, score, -np.inf)
     return tuple(int(v) for v in np.unravel_index(int(np.argmax(masked)), score.shape))
 
 
 def _cut(volume: np.ndarray, axis: int, index: int) -> np.ndarray:
+    """The slice ``index`` across ``axis``, as an image: rows along the vertical axis."""
     # (horizontal, vertical) -> rows = vertical, for imshow(origin="lower")
     return np.take(volume, index, axis=axis).T
+
+
+def _checked(background: ArrayLike, maps: Mapping[str, ArrayLike], lesion: ArrayLike | None, affine: ArrayLike,
+             brain_mask: ArrayLike | None) -> tuple[np.ndarray, dict[str, np.ndarray], np.ndarray | None,
+                                                    np.ndarray, np.ndarray]:
+    """The inputs as arrays (background, maps, lesion, brain, affine), all on one 3D grid, else a ValueError."""
+    background = np.asarray(background, dtype=np.float32)
+    affine = np.asarray(affine, dtype=float)
+    if not maps:
+        raise ValueError("patient_overlay: no maps to draw; pass at least one label -> map.")
+    if affine.shape != (4, 4):
+        raise ValueError(f"patient_overlay: affine must be 4x4, got shape {affine.shape}.")
+    if background.ndim != 3:
+        raise ValueError(f"patient_overlay: background must be 3D (X, Y, Z), got shape {background.shape}.")
+    shape = background.shape
+    arrays = {label: np.asarray(m, dtype=np.float32) for label, m in maps.items()}
+    lesion = None if lesion is None else np.asarray(lesion, dtype=bool)
+    brain = background > 0.01 * float(background.max()) if brain_mask is None else np.asarray(brain_mask, bool)
+    for name, array in [*arrays.items(), ("lesion", lesion), ("brain_mask", brain)]:
+        if array is not None and array.shape != shape:
+            raise ValueError(f"patient_overlay: {name} has shape {array.shape}, the background {shape}; "
+                             "put every image on the same grid first.")
+    return background, arrays, lesion, brain, affine
+
+
+@dataclass(frozen=True)
+class _Scene:
+    """Every image of the figure turned to RAS, with what all its rows share."""
+
+    background: np.ndarray
+    ras: np.ndarray  # voxel-to-world affine of the RAS grid
+    maps: dict[str, np.ndarray]
+    brain: np.ndarray
+    lesion: np.ndarray | None
+    voxel: np.ndarray  # voxel size (mm) along each RAS axis: the images' aspect
+    grey_max: float  # top of the background's grey scale
+    lesion_centre: tuple[int, int, int] | None  # None: no lesion voxel, each row cut through its maximum
+
+    @classmethod
+    def of(cls, background: np.ndarray, maps: dict[str, np.ndarray], lesion: np.ndarray | None, brain: np.ndarray,
+           affine: np.ndarray) -> _Scene:
+        """Turn checked inputs (see :func:`_checked`) to RAS and derive the grey scale and the lesion's centre."""
+        background, ras = _to_ras(background, affine)
+        maps = {label: _to_ras(m, affine)[0] for label, m in maps.items()}
+        brain = _to_ras(brain, affine)[0]
+        lesion = None if lesion is None else _to_ras(lesion, affine)[0]
+        if not brain.any():
+            brain = np.ones(background.shape, bool)
+        voxel = np.sqrt((ras[:3, :3] ** 2).sum(axis=0))
+        grey_max = float(np.percentile(background[brain], 99.5)) or float(background.max()) or 1.0
+        has_lesion = lesion is not None and bool(lesion.any())
+        lesion_centre = _centre(lesion) if has_lesion else None
+        return cls(background, ras, maps, brain, lesion, voxel, grey_max, lesion_centre)
+
+    @property
+    def has_lesion(self) -> bool:
+        """Whether the lesion mask has voxels (then every row is cut through it and outlined)."""
+        return self.lesion_centre is not None
+
+
+def _colour_range(score: np.ndarray, brain: np.ndarray, percentile: float) -> tuple[float, float]:
+    """(low, high) of a map's colour scale: from its ``percentile`` inside the brain to its maximum there."""
+    inside = score[brain]
+    lo = float(np.percentile(inside, percentile))
+    hi = float(inside.max())
+    if not hi > lo:  # a flat map: draw its top voxels, scale one step wide
+        hi = lo + max(abs(lo), 1.0) * 1e-3
+    return lo, hi
+
+
+def _draw_view(ax: Axes, scene: _Scene, shown: np.ma.MaskedArray, centre: tuple[int, int, int], world: np.ndarray,
+               view: tuple, scale: tuple[float, float], cmap: str) -> AxesImage:
+    """One slice of a row: the background, the map above its threshold, the lesion outline; returns the map's image."""
+    name, axis, (h, v), (left, right) = view
+    index = centre[axis]
+    aspect = scene.voxel[v] / scene.voxel[h]
+    ax.imshow(_cut(scene.background, axis, index), cmap="gray", vmin=0.0, vmax=scene.grey_max, origin="lower",
+              aspect=aspect, interpolation="nearest")
+    image = ax.imshow(_cut(shown, axis, index), cmap=cmap, vmin=scale[0], vmax=scale[1], alpha=0.75,
+                      origin="lower", aspect=aspect, interpolation="nearest")
+    if scene.has_lesion:
+        outline = _cut(scene.lesion, axis, index).astype(float)
+        if outline.any() and (outline == 0).any():
+            ax.contour(outline, levels=[0.5], colors="cyan", linewidths=1.0)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.set_title(f"{name} {'xyz'[axis]} = {world[axis]:.0f} mm", fontsize=9)
+    for x, letter, align in ((0.02, left, "left"), (0.98, right, "right")):
+        ax.text(x, 0.5, letter, transform=ax.transAxes, color="white", fontsize=9, ha=align, va="center")
+    return image
+
+
+def _draw_row(fig: Figure, row_axes: np.ndarray, label: str, score: np.ndarray, scene: _Scene, percentile: float,
+              cmap: str) -> None:
+    """One model's row: three orthogonal slices through the lesion (or the map's maximum) and a colour bar."""
+    scale = _colour_range(score, scene.brain, percentile)
+    shown = np.ma.masked_where(~(scene.brain & (score > scale[0])), score)
+    centre = scene.lesion_centre if scene.has_lesion else _hottest(score, scene.brain)
+    # slice positions in scanner mm, which any viewer shows, rather than voxel indices of the turned grid
+    world = scene.ras[:3, :3] @ np.asarray(centre, dtype=float) + scene.ras[:3, 3]
+    image = None
+    for c, view in enumerate(_VIEWS):
+        image = _draw_view(row_axes[c], scene, shown, centre, world, view, scale, cmap)
+        if c == 0:
+            row_axes[c].set_ylabel(label, fontsize=9)
+    fig.colorbar(image, ax=list(row_axes), shrink=0.85, label=f"score (> p{percentile:g} in brain)")
 
 
 def patient_overlay(background: ArrayLike, maps: Mapping[str, ArrayLike], lesion: ArrayLike | None = None, *,
@@ -97,66 +208,12 @@ def patient_overlay(background: ArrayLike, maps: Mapping[str, ArrayLike], lesion
         If there are no maps, an array is not 3D or the shapes differ, or the
         affine is not 4x4.
     """
-    background = np.asarray(background, dtype=np.float32)
-    affine = np.asarray(affine, dtype=float)
-    if not maps:
-        raise ValueError("patient_overlay: no maps to draw; pass at least one label -> map.")
-    if affine.shape != (4, 4):
-        raise ValueError(f"patient_overlay: affine must be 4x4, got shape {affine.shape}.")
-    if background.ndim != 3:
-        raise ValueError(f"patient_overlay: background must be 3D (X, Y, Z), got shape {background.shape}.")
-    shape = background.shape
-    arrays = {label: np.asarray(m, dtype=np.float32) for label, m in maps.items()}
-    lesion = None if lesion is None else np.asarray(lesion, dtype=bool)
-    brain = background > 0.01 * float(background.max()) if brain_mask is None else np.asarray(brain_mask, bool)
-    for name, array in [*arrays.items(), ("lesion", lesion), ("brain_mask", brain)]:
-        if array is not None and array.shape != shape:
-            raise ValueError(f"patient_overlay: {name} has shape {array.shape}, the background {shape}; "
-                             "put every image on the same grid first.")
-    background, ras = _to_ras(background, affine)
-    arrays = {label: _to_ras(m, affine)[0] for label, m in arrays.items()}
-    brain = _to_ras(brain, affine)[0]
-    lesion = None if lesion is None else _to_ras(lesion, affine)[0]
-    if not brain.any():
-        brain = np.ones(background.shape, bool)
-    voxel = np.sqrt((ras[:3, :3] ** 2).sum(axis=0))
-    grey_max = float(np.percentile(background[brain], 99.5)) or float(background.max()) or 1.0
-    has_lesion = lesion is not None and bool(lesion.any())
-    lesion_centre = _centre(lesion) if has_lesion else None
-
-    rows = len(arrays)
-    fig = Figure(figsize=(10.0, 3.1 * rows + 0.8), layout="constrained")
-    axes = fig.subplots(rows, 3, squeeze=False)
-    for r, (label, score) in enumerate(arrays.items()):
-        inside = score[brain]
-        lo = float(np.percentile(inside, percentile))
-        hi = float(inside.max())
-        if not hi > lo:  # a flat map: draw its top voxels, scale one step wide
-            hi = lo + max(abs(lo), 1.0) * 1e-3
-        shown = np.ma.masked_where(~(brain & (score > lo)), score)
-        centre = lesion_centre if has_lesion else _hottest(score, brain)
-        # slice positions in scanner mm, which any viewer shows, rather than voxel indices of the turned grid
-        world = ras[:3, :3] @ np.asarray(centre, dtype=float) + ras[:3, 3]
-        image = None
-        for c, (view, axis, (h, v), (left, right)) in enumerate(_VIEWS):
-            ax = axes[r, c]
-            index = centre[axis]
-            ax.imshow(_cut(background, axis, index), cmap="gray", vmin=0.0, vmax=grey_max, origin="lower",
-                      aspect=voxel[v] / voxel[h], interpolation="nearest")
-            image = ax.imshow(_cut(shown, axis, index), cmap=cmap, vmin=lo, vmax=hi, alpha=0.75, origin="lower",
-                              aspect=voxel[v] / voxel[h], interpolation="nearest")
-            if has_lesion:
-                outline = _cut(lesion, axis, index).astype(float)
-                if outline.any() and (outline == 0).any():
-                    ax.contour(outline, levels=[0.5], colors="cyan", linewidths=1.0)
-            ax.set_xticks([])
-            ax.set_yticks([])
-            ax.set_title(f"{view} {'xyz'[axis]} = {world[axis]:.0f} mm", fontsize=9)
-            for x, letter, align in ((0.02, left, "left"), (0.98, right, "right")):
-                ax.text(x, 0.5, letter, transform=ax.transAxes, color="white", fontsize=9, ha=align, va="center")
-            if c == 0:
-                ax.set_ylabel(label, fontsize=9)
-        fig.colorbar(image, ax=list(axes[r]), shrink=0.85, label=f"score (> p{percentile:g} in brain)")
-    where = "through the lesion (cyan outline)" if has_lesion else "through each map's maximum (no lesion mask)"
+    background, arrays, lesion, brain, affine = _checked(background, maps, lesion, affine, brain_mask)
+    scene = _Scene.of(background, arrays, lesion, brain, affine)
+    fig = Figure(figsize=(10.0, 3.1 * len(scene.maps) + 0.8), layout="constrained")
+    axes = fig.subplots(len(scene.maps), 3, squeeze=False)
+    for r, (label, score) in enumerate(scene.maps.items()):
+        _draw_row(fig, axes[r], label, score, scene, percentile, cmap)
+    where = "through the lesion (cyan outline)" if scene.has_lesion else "through each map's maximum (no lesion mask)"
     fig.suptitle(f"{title}\nslices {where}; {CONVENTION}", fontsize=10)
     return fig

@@ -36,6 +36,7 @@ from dmrilib._atomic import atomic_path, write_json_atomic
 from dmrilib.config import Profile, config_hash, provenance
 from dmrilib.integrity import load_npy
 from dmrilib.layout import ResultsLayout
+from dmrilib.records import EvalRecord, MapsRecord, read_record
 from dmrilib.variants import BASELINE, BASELINE_VARIANT, DISPLAY_NAMES, MODELS
 
 __all__ = ["export_anomaly_maps"]
@@ -99,7 +100,8 @@ def _fold_mean(layout: ResultsLayout, profile: Profile, model: str, variant: str
         job = _job(model, variant, fold)
         record = files.maps_record
         if record.is_file():
-            test_ids = json.loads(record.read_text()).get("test_ids")
+            # the pipeline keeps the subjects in the record's identity (MapsRecord.test_ids)
+            test_ids = read_record(record, MapsRecord).test_ids
             if test_ids is not None and list(test_ids) != patients:
                 raise ValueError(f"{record}: test_ids ({len(test_ids)} subjects) are not the prepared cohort's "
                                  f"patients in order ({len(patients)}): the maps were made from another "
@@ -111,9 +113,7 @@ def _fold_mean(layout: ResultsLayout, profile: Profile, model: str, variant: str
         total += maps.astype(np.float32)
         eval_path = files.eval_record
         if eval_path.is_file():
-            held = json.loads(eval_path.read_text()).get("healthy_fpr_thresholds")
-            if held is not None:
-                thresholds[f"fold-{int(fold)}"] = held
+            thresholds[f"fold-{int(fold)}"] = read_record(eval_path, EvalRecord).healthy_fpr_thresholds
     return total / np.float32(len(profile.folds)), thresholds
 
 
@@ -392,7 +392,7 @@ def _write_record(layout: ResultsLayout, profile: Profile, rows: list[dict[str, 
         "config_hash": {"train": config_hash(profile.model, profile.train), "profile": profile.hash()},
         "overlay_rows": [{"model": m, "variant": v} for m, v in overlay_rows],
         "files": files,
-        "seconds": round(time.perf_counter() - t0, 2),
+        "export_time_s": round(time.perf_counter() - t0, 2),
         "provenance": prov,
     })
     return table

@@ -18,6 +18,7 @@ from dmrilib.export import MEANING, export_anomaly_maps
 from dmrilib.integrity import save_npy
 from dmrilib.pipeline import results_root
 from dmrilib.plotting.overlay import CONVENTION, patient_overlay
+from dmrilib.records import EvalRecord, MapsRecord, write_record
 
 GRID = (16, 16, 16)
 FOLDS = [0, 1]
@@ -82,6 +83,12 @@ def _profile(variants=VARIANTS, folds=FOLDS) -> Profile:
     return Profile.from_dict(data)
 
 
+def _write_maps_record(folder: Path, test_ids: list[str]) -> None:
+    """``maps.json`` as the pipeline writes it: the subjects sit in the record's identity."""
+    write_record(folder / "maps.json", MapsRecord(identity={"test_ids": test_ids}, sha256={},
+                                                  checkpoint_config_hash="h", checkpoint_epoch=0, predict_time_s=0.0))
+
+
 def _fake_runs(root: Path, profile: Profile, patients: list[str]) -> dict[tuple[str, str], list[np.ndarray]]:
     """Random float16 maps per configuration and fold, as the train/evaluate/baseline jobs store them."""
     rng = np.random.default_rng(7)
@@ -94,8 +101,11 @@ def _fake_runs(root: Path, profile: Profile, patients: list[str]) -> dict[tuple[
             values = rng.gamma(2.0, 1.0, size=(len(patients), *GRID)).astype(np.float16)
             save_npy(folder / "maps-test.npy", values)
             if model != "baseline":
-                (folder / "maps.json").write_text(json.dumps({"test_ids": patients}))
-            (folder / "eval.json").write_text(json.dumps({"healthy_fpr_thresholds": {"healthy_fpr_05": 1.5 + fold}}))
+                _write_maps_record(folder, patients)
+            write_record(folder / "eval.json", EvalRecord(
+                model=model, variant=variant, fold=fold, n_test=len(patients), auroc_mean=None,
+                healthy_fpr_thresholds={"healthy_fpr_05": 1.5 + fold}, dice_post_mean_by_rule={}, evaluation={},
+                config_hash="h", seed=0, provenance={}))
             maps[(model, variant)].append(values)
     return maps
 
@@ -182,7 +192,7 @@ def test_derivative_dataset_is_bids_named_and_described(exported):
     assert sidecar["ConfigHash"] and "versions" in sidecar["Provenance"]
     assert (root / "figures" / "export.csv").is_file()
     record = json.loads((root / "figures" / "export.json").read_text())
-    assert record["seconds"] >= 0 and record["config_hash"]["profile"] == profile.hash()
+    assert record["export_time_s"] >= 0 and record["config_hash"]["profile"] == profile.hash()
     assert set(record["files"]) >= set(table["path"])
 
 
@@ -213,8 +223,7 @@ def test_missing_fold_map_names_the_file_and_the_job(results):
 
 def test_maps_of_other_patients_are_refused(results):
     profile, results_dir, root, _ = results
-    record = root / "runs" / "dae" / "lsd16-linear" / "fold-0" / "maps.json"
-    record.write_text(json.dumps({"test_ids": ["sub-P02", "sub-P01"]}))
+    _write_maps_record(root / "runs" / "dae" / "lsd16-linear" / "fold-0", ["sub-P02", "sub-P01"])
     with pytest.raises(ValueError, match="maps.json: test_ids"):
         export_anomaly_maps(profile, results_dir, progress=False)
 

@@ -39,7 +39,7 @@ from torch import nn
 from dmrilib._atomic import atomic_path
 from dmrilib.config import config_hash, provenance
 from dmrilib.integrity import IntegrityError
-from dmrilib.records import upgrade_keys
+from dmrilib.records import LEGACY_LOG_KEYS, upgrade_keys
 
 if TYPE_CHECKING:
     from dmrilib.crossval import TrainConfig
@@ -442,7 +442,7 @@ def resume(path: str | os.PathLike, *, expected_format: str, expected_hash: str,
     scheduler.load_state_dict(payload["scheduler"])
     # a resume point of an older dmrilib keeps its times under legacy keys
     payload = upgrade_keys(payload)
-    log = [upgrade_keys(row) for row in payload["log"]]
+    log = [upgrade_keys(row, LEGACY_LOG_KEYS) for row in payload["log"]]
     return ResumePoint(int(payload["epoch"]) + 1, log, float(payload["train_time_s"]), payload)
 
 

@@ -89,7 +89,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from dmrilib.config import load_profile
-    from dmrilib.metrics import evaluate_nifti_maps
+    from dmrilib.evaluation import evaluate_nifti_maps
 
     profile = load_profile(args.config)
     out = evaluate_nifti_maps(args.maps, args.truth, args.out, model=args.model, config=profile.evaluate)

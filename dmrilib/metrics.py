@@ -2,7 +2,8 @@
 
 Everything here works on plain numpy arrays (one map, one ground truth, one
 evaluation mask) and on tidy :class:`pandas.DataFrame` tables, so it is
-independent of the models that produced the maps.
+independent of the models that produced the maps. Maps stored as NIfTI files are
+read, checked and scored by :mod:`dmrilib.evaluation`; nothing here reads a file.
 
 Conventions
 -----------
@@ -47,11 +48,9 @@ a key given explicitly wins.
 from __future__ import annotations
 
 import math
-import os
 import re
 from dataclasses import dataclass, field
 from functools import cached_property
-from pathlib import Path
 from typing import Any, Callable, Iterable, Literal, Mapping, Sequence
 
 import numpy as np
@@ -59,7 +58,6 @@ import pandas as pd
 from numpy.typing import ArrayLike
 from scipy import ndimage
 
-from dmrilib._atomic import atomic_path
 from dmrilib.fidelity import resolve as resolve_fidelity
 from dmrilib.variants import BASELINE_VARIANT, DAE, MODELS, RECDISC
 
@@ -90,7 +88,6 @@ __all__ = [
     "table_dice",
     "summarise_by_group",
     "paired_wilcoxon",
-    "evaluate_nifti_maps",
 ]
 
 _DEFAULT_FIXED = {DAE: 0.3, RECDISC: 0.5, BASELINE_VARIANT: 3.0}
@@ -1243,127 +1240,3 @@ def paired_wilcoxon(dice_df: pd.DataFrame, rule: str, *, value: str = "dice_post
         res = stats.wilcoxon(a.to_numpy(), b.to_numpy())
         out["statistic"], out["pvalue"] = float(res.statistic), float(res.pvalue)
     return out
-
-
-# --------------------------------------------------------------------------- NIfTI maps
-
-
-_MAP_RE = re.compile(r"^sub-(?P<label>[A-Za-z0-9]+)(?:_ses-(?P<ses>[A-Za-z0-9]+))?_.*anomaly.*\.nii\.gz$")
-
-
-def _truth_file(truth_root: Path, label: str, ses: str | None, desc: str, *, required: bool = True) -> Path | None:
-    subject = truth_root / "derivatives" / "simulation" / f"sub-{label}"
-    # sessions are optional in BIDS: look in ses-<ses>/dwi first, then in dwi/
-    candidates = [subject / f"ses-{ses}" / "dwi"] if ses else []
-    candidates.append(subject / "dwi")
-    for folder in candidates:
-        hits = sorted(folder.glob(f"sub-{label}*_desc-{desc}_mask.nii.gz"))
-        if hits:
-            return hits[0]
-    if not required:
-        return None
-    expected = candidates[0] / f"sub-{label}_ses-{ses}_space-dwi_desc-{desc}_mask.nii.gz"
-    raise FileNotFoundError(
-        f"{expected}: no {desc} mask for the map of sub-{label}. "
-        "Check that --truth points at the BIDS root that holds derivatives/simulation/."
-    )
-
-
-def evaluate_nifti_maps(
-    maps_dir: str | os.PathLike,
-    truth_root: str | os.PathLike,
-    out_path: str | os.PathLike,
-    *,
-    model: str,
-    config: EvalConfig | None = None,
-    variant: str = "",
-    fold: int | None = None,
-) -> Path:
-    """Evaluate NIfTI anomaly maps against a BIDS cohort's simulated ground truth.
-
-    Maps are ``<maps_dir>/sub-<label>[_ses-<ses>]_*anomaly*.nii.gz``; truth is
-    read from ``<truth_root>/derivatives/simulation/sub-<label>/ses-<ses>/dwi/``
-    (``desc-lesion_mask`` and ``desc-wmgm_mask``; ``ses`` defaults to ``pre``;
-    a folder without session level, ``sub-<label>/dwi/``, is used when there is
-    no session folder). The ``desc-brain_mask`` there and the ``wmgm`` mask
-    give the evaluation mask and the region of the rules as
-    ``config.threshold_region`` says (:func:`evaluation_regions`); the brain
-    mask is required for ``eroded_brain_no_csf`` (the default) and optional
-    otherwise (``brain`` then falls back to the ``wmgm`` mask). Every file is
-    read and checked before anything is computed or written.
-
-    Parameters
-    ----------
-    maps_dir, truth_root, out_path : path-like
-        Folder of maps, BIDS root, output CSV.
-    model : str
-        ``"dae"``, ``"recdisc"`` or ``"normative"``.
-    config : EvalConfig, optional
-        Evaluation settings.
-    variant : str, fold : int, optional
-        Written into the table.
-
-    Returns
-    -------
-    Path
-        ``out_path``, a CSV of tidy rows ``model, variant, fold, subject, rule,
-        threshold, supervised, dice, dice_post, auroc, ap``.
-
-    Raises
-    ------
-    FileNotFoundError
-        No maps, or a truth file missing (named in the message), including the
-        brain mask under ``threshold_region: eroded_brain_no_csf``.
-    ValueError
-        A map whose shape differs from its truth files, or NaNs in the mask.
-    """
-    import nibabel as nib
-
-    config = config or EvalConfig()
-    maps_dir, truth_root = Path(maps_dir), Path(truth_root)
-    if not maps_dir.is_dir():
-        raise FileNotFoundError(f"{maps_dir}: maps folder does not exist.")
-    files = sorted(p for p in maps_dir.glob("sub-*.nii.gz") if _MAP_RE.match(p.name))
-    if not files:
-        raise FileNotFoundError(f"{maps_dir}: no maps named sub-<label>[_ses-<ses>]_*anomaly*.nii.gz.")
-    loaded = []
-    for f in files:
-        m = _MAP_RE.match(f.name)
-        label, ses = m["label"], m["ses"] or "pre"
-        paths = {d: _truth_file(truth_root, label, ses, d) for d in ("lesion", "wmgm")}
-        brain_path = _truth_file(truth_root, label, ses, "brain", required=False)
-        if brain_path is None and config.threshold_region == "eroded_brain_no_csf":
-            raise FileNotFoundError(
-                f"{paths['wmgm'].parent}: no desc-brain_mask for the map of sub-{label}; "
-                "evaluate.threshold_region 'eroded_brain_no_csf' erodes the brain mask. Add it, "
-                "or set evaluate.threshold_region: wmgm (rules and scores inside the wmgm mask)."
-            )
-        arr = np.asarray(nib.load(f).dataobj, dtype=np.float32)
-        truth = np.asarray(nib.load(paths["lesion"]).dataobj) > 0
-        mask = np.asarray(nib.load(paths["wmgm"]).dataobj) > 0
-        brain = None
-        if brain_path is not None:
-            paths["brain"] = brain_path
-            brain = np.asarray(nib.load(brain_path).dataobj) > 0
-        for d, a in (("lesion", truth), ("wmgm", mask), ("brain", brain)):
-            if a is not None and a.shape != arr.shape:
-                raise ValueError(f"{f}: map shape {arr.shape} differs from {paths[d]} shape {a.shape}; "
-                                 "maps must be written on the input (DWI) grid.")
-        if not np.isfinite(arr[mask]).all():
-            raise ValueError(f"{f}: NaN/inf values inside the WM+GM mask.")
-        if not mask.any():
-            raise ValueError(f"{paths['wmgm']}: empty evaluation mask.")
-        if brain is not None and not np.isfinite(arr[brain]).all():
-            raise ValueError(f"{f}: NaN/inf values inside the brain mask {brain_path}.")
-        loaded.append((f"sub-{label}", arr, truth, mask, brain))
-    rows = []
-    for subject, arr, truth, mask, brain in loaded:
-        if brain is not None:
-            mask, brain = evaluation_regions(brain, mask, config.threshold_region)
-        det = detection_scores(arr, truth, mask)
-        for r in evaluate_map(arr, truth, mask, model=model, config=config, brain_mask=brain):
-            rows.append({"model": model, "variant": variant, "fold": fold, "subject": subject, **r, **det})
-    df = pd.DataFrame(rows)
-    with atomic_path(out_path) as tmp:
-        df.to_csv(tmp, index=False)
-    return Path(out_path)

@@ -40,6 +40,9 @@ __all__ = [
     "TrainRecord",
     "read_record",
     "time_key",
+    "LEGACY_KEYS",
+    "LEGACY_LOG_KEYS",
+    "LEGACY_STUDY_KEYS",
     "upgrade_keys",
     "write_record",
 ]
@@ -47,9 +50,14 @@ __all__ = [
 #: Every duration a job records is in seconds, under a key that ends so.
 TIME_SUFFIX = "_time_s"
 
-#: Keys of records, resume checkpoints and their training-log rows written before the key set was
-#: unified -> their key now.
-LEGACY_KEYS = {"wall_seconds": "train_time_s", "seconds": "epoch_time_s"}
+#: Keys of records and resume checkpoints written before the key set was unified -> their key now.
+LEGACY_KEYS = {"wall_seconds": "train_time_s"}
+
+#: Likewise for the rows of a training log (``log.csv``, and the log a resume checkpoint carries).
+LEGACY_LOG_KEYS = {"seconds": "epoch_time_s"}
+
+#: Likewise for a staged BIDS study's ``study.json`` and its subjects' entries.
+LEGACY_STUDY_KEYS = {"seconds": "stage_time_s", "registration_seconds": "register_time_s"}
 
 
 class RecordError(ValueError):
@@ -201,9 +209,21 @@ def write_record(path: str | os.PathLike, record: TrainRecord | SegmentationReco
     return data
 
 
-def upgrade_keys(data: Mapping[str, Any]) -> dict[str, Any]:
-    """The mapping with the keys of older dmrilib versions renamed (:data:`LEGACY_KEYS`)."""
-    return {LEGACY_KEYS.get(k, k): v for k, v in data.items()}
+def upgrade_keys(data: Mapping[str, Any], legacy: Mapping[str, str] = LEGACY_KEYS) -> dict[str, Any]:
+    """The mapping with the keys of older dmrilib versions renamed.
+
+    Parameters
+    ----------
+    data : mapping
+        A record, a resume checkpoint's payload or a log row, as read.
+    legacy : mapping, default :data:`LEGACY_KEYS`
+        Old key -> key now (:data:`LEGACY_LOG_KEYS` for log rows, :data:`LEGACY_STUDY_KEYS` for ``study.json``).
+
+    Returns
+    -------
+    dict
+    """
+    return {legacy.get(k, k): v for k, v in data.items()}
 
 
 def record_from_dict(kind: type[Record], data: Mapping[str, Any], *, source: str | os.PathLike = "<record>") -> Record:

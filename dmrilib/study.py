@@ -41,20 +41,20 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Mapping, Sequence
+from typing import Any, Callable, Literal, Mapping, Sequence
 
 import numpy as np
 
 from dmrilib._atomic import atomic_dir, remove_stale_temp, write_json_atomic, write_text_atomic
-from dmrilib.io import (BidsDwi, DwiInputError, _nifti_files, find_bids_dwi, inspect_dwi, read_participants,
-                        select_shell, shells)
+from dmrilib.io import (BidsDwi, DwiInputError, bids_files, bids_name, find_bids_dwi, inspect_dwi,
+                        read_participants, select_shell, shells)
 from dmrilib.layout import ResultsLayout
+from dmrilib.records import LEGACY_STUDY_KEYS, upgrade_keys
 
 __all__ = [
     "BidsConfig",
@@ -246,36 +246,44 @@ class StudyPlan:
 
 # --------------------------------------------------------------------- discovery
 
+def _session_parts(entry: BidsDwi | SubjectPlan) -> tuple[str, ...]:
+    """The session folder of a subject as path parts: ``("ses-<label>",)``, or none without sessions."""
+    return (entry.session,) if entry.session else ()
+
+
+def _pipelines(root: Path) -> list[Path]:
+    """Every ``derivatives/<name>/`` folder of the dataset, sorted."""
+    return sorted(p for p in (root / "derivatives").glob("*") if p.is_dir())
+
+
+def _in_space(space: str) -> Callable[[str | None], bool]:
+    """The test of a mask's ``space-`` label: ``dwi`` (or none, case-insensitive) or exactly ``T1w``."""
+    if space == "dwi":
+        return lambda found: found is None or found.lower() == "dwi"
+    return lambda found: found == space
+
+
 def _derivative_masks(root: Path, entry: BidsDwi, datatype: str, space: str) -> list[Path]:
     """Lesion masks of a subject in every ``derivatives/<name>/`` folder, in one space."""
-    session = (entry.session,) if entry.session else ()
-    hits = []
-    for pipeline in sorted(p for p in (root / "derivatives").glob("*") if p.is_dir()):
-        folder = pipeline.joinpath(entry.subject, *session, datatype)
-        for path in _nifti_files(folder, f"{entry.subject}*_mask.nii*"):
-            name = path.name
-            if not any(f"_desc-{d}_" in name for d in _LESION_DESCS):
-                continue
-            if "ses-" in name and entry.session and f"_{entry.session}_" not in name:
-                continue
-            found_space = re.search(r"_space-([A-Za-z0-9]+)_", name)
-            if space == "dwi" and found_space is not None and found_space.group(1).lower() != "dwi":
-                continue
-            if space == "T1w" and (found_space is None or found_space.group(1) != "T1w"):
-                continue
-            hits.append(path)
-    return hits
+    # a mask named for a session must be named for the subject's (a sessionless name is taken too)
+    session = (None, entry.session) if entry.session else None
+    return [path for pipeline in _pipelines(root)
+            for path in bids_files(pipeline.joinpath(entry.subject, *_session_parts(entry), datatype),
+                                   subject=entry.subject, session=session, suffix="mask", desc=_LESION_DESCS,
+                                   space=_in_space(space))]
 
 
 def _brain_masks(root: Path, entry: BidsDwi) -> list[Path]:
-    session = (entry.session,) if entry.session else ()
-    return [p for pipeline in sorted(p for p in (root / "derivatives").glob("*") if p.is_dir())
-            for p in _nifti_files(pipeline.joinpath(entry.subject, *session, "dwi"), f"{entry.subject}*_desc-brain_mask.nii*")]
+    """DWI-space brain masks (``desc-brain_mask``) of a subject in every ``derivatives/<name>/`` folder."""
+    return [path for pipeline in _pipelines(root)
+            for path in bids_files(pipeline.joinpath(entry.subject, *_session_parts(entry), "dwi"),
+                                   subject=entry.subject, suffix="mask", desc="brain")]
 
 
 def _anat(root: Path, entry: BidsDwi, suffix: str) -> Path | None:
-    session = (entry.session,) if entry.session else ()
-    hits = _nifti_files(root.joinpath(entry.subject, *session, "anat"), f"{entry.subject}*_{suffix}.nii*")
+    """The subject's ``anat/*_<suffix>`` image (T1w, FLAIR) in its DWI's session folder; several are an error."""
+    hits = bids_files(root.joinpath(entry.subject, *_session_parts(entry), "anat"), subject=entry.subject,
+                      suffix=suffix)
     if len(hits) > 1:
         raise DwiInputError(f"{hits[0].parent}: several {suffix} images {[p.name for p in hits]}; keep one per "
                             "session (or remove the others from the dataset the run reads).")
@@ -334,6 +342,106 @@ def _groups(root: Path, entries: Sequence[BidsDwi], config: BidsConfig) -> dict[
     return out
 
 
+def _dataset_name(root: Path) -> tuple[str, str | None]:
+    """The dataset's name and BIDS version from ``dataset_description.json`` (the folder's name without one)."""
+    name, version = root.name, None
+    desc = root / "dataset_description.json"
+    if desc.is_file():
+        try:
+            info = json.loads(desc.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise DwiInputError(f"{desc}: not valid JSON ({exc}).") from exc
+        name, version = str(info.get("Name") or root.name), info.get("BIDSVersion")
+    return name, version
+
+
+def _brain_file(root: Path, entry: BidsDwi, header) -> Path | None:
+    """The subject's DWI-space brain mask from the derivatives, its grid checked; None without one."""
+    brains = _brain_masks(root, entry)
+    if len(brains) > 1:
+        raise DwiInputError(f"{brains[0].parent}: several brain masks {[p.name for p in brains]}; keep one.")
+    brain = brains[0] if brains else None
+    if brain is not None:
+        _check_grid(brain, header.shape, header.affine, "DWI-space brain mask")
+    return brain
+
+
+def _subject_plan(root: Path, entry: BidsDwi, grouping: tuple[str, str], prep, config: BidsConfig) -> SubjectPlan:
+    """What the run uses of one subject: its header and shell checked, its brain and lesion mask located.
+
+    ``grouping`` is the subject's (healthy|patient, label as written) from :func:`_groups`.
+    """
+    header = inspect_dwi(entry.dwi, bval=entry.bval, bvec=entry.bvec, b0_threshold=prep.b0_threshold,
+                         target_bvalue=None)
+    chosen = select_shell(header.bvals, b0_threshold=prep.b0_threshold, target_bvalue=prep.target_bvalue,
+                          bvalue_tolerance=prep.bvalue_tolerance, source=str(entry.bval))
+    n_dirs = int((header.bvals[chosen] > prep.b0_threshold).sum())
+    group, label = grouping
+    source, lesion_file, t1w, flair = "none", None, None, None
+    brain = _brain_file(root, entry, header)
+    if group == "patient":
+        source, lesion_file, t1w, flair = _lesion_source(root, entry, header, config)
+    return SubjectPlan(
+        subject=entry.subject, session=entry.session, group=group, group_source=label, dwi=entry,
+        shells=shells(header.bvals, prep.b0_threshold), n_directions=n_dirs, shape=tuple(header.shape[:3]),
+        voxel_size=tuple(round(float(v), 4) for v in header.voxel_size), lesion_source=source,
+        lesion_file=lesion_file, t1w=t1w, flair=flair, brain_file=brain)
+
+
+def _check_directions(root: Path, subjects: Sequence[SubjectPlan], prep) -> None:
+    """Subjects must share the number of shell directions unless ``prepare.directions`` resamples them."""
+    counts = Counter(s.n_directions for s in subjects)
+    if len(counts) > 1 and prep.directions is None:
+        detail = ", ".join(f"{n} directions: {c} subject(s)" for n, c in sorted(counts.items()))
+        raise DwiInputError(
+            f"{root}: subjects differ in the number of directions in the shell b={prep.target_bvalue:g} ({detail}). "
+            "The networks need one channel layout: set prepare.directions: small_64D in the profile to resample "
+            "every subject's shell to the same 64 directions.")
+
+
+def _check_folds(root: Path, controls: Sequence[SubjectPlan], patients: Sequence[SubjectPlan], n_folds: int) -> None:
+    """At least one patient, and enough controls for ``train.n_folds`` cross-validation folds."""
+    if not patients:
+        raise DwiInputError(f"{root / 'participants.tsv'}: no patient among the subjects with diffusion data; "
+                            "the run scores patients against models of the controls.")
+    if len(controls) < 2:
+        raise DwiInputError(f"{root / 'participants.tsv'}: {len(controls)} control(s); cross-validation needs at "
+                            "least 2 (one validates, the rest train).")
+    if n_folds > len(controls):
+        raise DwiInputError(
+            f"{root / 'participants.tsv'}: {len(controls)} controls cannot make train.n_folds={n_folds} folds. Set "
+            f"train.n_folds to at most {len(controls)} in the profile (train.n_folds: {len(controls)} and "
+            f"folds: {list(range(len(controls)))} is leave-one-out).")
+
+
+def _check_lesion_masks(root: Path, patients: Sequence[SubjectPlan], config: BidsConfig) -> list[str]:
+    """Patients without a lesion mask: an error while others have one (``missing_lesion: error``)."""
+    without = [s.subject for s in patients if s.lesion_source == "none"]
+    if without and len(without) < len(patients) and config.missing_lesion == "error":
+        # say what this lesion_masks setting looked for: with "t1w" a patient may well have T1w+FLAIR
+        masks = "derivatives/<any>/sub-*/[ses-*/]{folder}/ (desc-lesion|tumor|tumour, _mask)"
+        searched = {"auto": masks.format(folder="{dwi,anat}") + ", then T1w+FLAIR to segment",
+                    "dwi": masks.format(folder="dwi"), "t1w": masks.format(folder="anat"),
+                    "segment": "T1w+FLAIR to segment"}[config.lesion_masks]
+        raise DwiInputError(
+            f"{root}: patient(s) {without} have no lesion mask (bids.lesion_masks: {config.lesion_masks} looked "
+            f"for {searched}), while the others have one. Add their masks, or set bids.missing_lesion: maps_only "
+            "to keep them for anomaly maps without scores.")
+    return without
+
+
+def _plan_notes(patients: Sequence[SubjectPlan], without: Sequence[str], prep) -> list[str]:
+    """The notes ``dmri info`` prints under the plan: unscored patients, maps only, resampled shells."""
+    notes: list[str] = []
+    if without and len(without) < len(patients):
+        notes.append(f"patients without a lesion mask, mapped but not scored: {list(without)}")
+    if not any(s.lesion_source != "none" for s in patients):
+        notes.append("no patient has a lesion mask: the run writes anomaly maps only, no AUROC or Dice")
+    if prep.directions:
+        notes.append(f"each subject's shell is resampled to {prep.directions} by a spherical-harmonic fit")
+    return notes
+
+
 def plan_bids(root: str | os.PathLike, profile, *, header_only: bool = True) -> StudyPlan:
     """Check a BIDS dataset as a run with ``profile`` will read it, and say what it will use.
 
@@ -368,78 +476,17 @@ def plan_bids(root: str | os.PathLike, profile, *, header_only: bool = True) -> 
     if not root.is_dir():
         raise DwiInputError(f"{root}: no such folder. BIDS= must name the root of a BIDS dataset.")
     prep, config = profile.prepare, profile.bids
-    name, version = root.name, None
-    desc = root / "dataset_description.json"
-    if desc.is_file():
-        try:
-            info = json.loads(desc.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise DwiInputError(f"{desc}: not valid JSON ({exc}).") from exc
-        name, version = str(info.get("Name") or root.name), info.get("BIDSVersion")
+    name, version = _dataset_name(root)
     entries = find_bids_dwi(root, session=prep.session, pipeline=None, acquisition=prep.acquisition)
     groups = _groups(root, entries, config)
-    notes: list[str] = []
-    subjects = []
-    counts: Counter = Counter()
-    for entry in entries:
-        header = inspect_dwi(entry.dwi, bval=entry.bval, bvec=entry.bvec, b0_threshold=prep.b0_threshold,
-                             target_bvalue=None)
-        chosen = select_shell(header.bvals, b0_threshold=prep.b0_threshold, target_bvalue=prep.target_bvalue,
-                              bvalue_tolerance=prep.bvalue_tolerance, source=str(entry.bval))
-        n_dirs = int((header.bvals[chosen] > prep.b0_threshold).sum())
-        counts[n_dirs] += 1
-        group, label = groups[entry.subject]
-        source, lesion_file, t1w, flair = "none", None, None, None
-        brains = _brain_masks(root, entry)
-        if len(brains) > 1:
-            raise DwiInputError(f"{brains[0].parent}: several brain masks {[p.name for p in brains]}; keep one.")
-        brain = brains[0] if brains else None
-        if brain is not None:
-            _check_grid(brain, header.shape, header.affine, "DWI-space brain mask")
-        if group == "patient":
-            source, lesion_file, t1w, flair = _lesion_source(root, entry, header, config)
-        subjects.append(SubjectPlan(
-            subject=entry.subject, session=entry.session, group=group, group_source=label, dwi=entry,
-            shells=shells(header.bvals, prep.b0_threshold), n_directions=n_dirs, shape=tuple(header.shape[:3]),
-            voxel_size=tuple(round(float(v), 4) for v in header.voxel_size), lesion_source=source,
-            lesion_file=lesion_file, t1w=t1w, flair=flair, brain_file=brain))
-    if len(counts) > 1 and prep.directions is None:
-        detail = ", ".join(f"{n} directions: {c} subject(s)" for n, c in sorted(counts.items()))
-        raise DwiInputError(
-            f"{root}: subjects differ in the number of directions in the shell b={prep.target_bvalue:g} ({detail}). "
-            "The networks need one channel layout: set prepare.directions: small_64D in the profile to resample "
-            "every subject's shell to the same 64 directions.")
+    subjects = [_subject_plan(root, entry, groups[entry.subject], prep, config) for entry in entries]
+    _check_directions(root, subjects, prep)
     controls = [s for s in subjects if s.group == "healthy"]
     patients = [s for s in subjects if s.group == "patient"]
-    if not patients:
-        raise DwiInputError(f"{root / 'participants.tsv'}: no patient among the subjects with diffusion data; "
-                            "the run scores patients against models of the controls.")
-    if len(controls) < 2:
-        raise DwiInputError(f"{root / 'participants.tsv'}: {len(controls)} control(s); cross-validation needs at "
-                            "least 2 (one validates, the rest train).")
     n_folds = profile.train.n_folds
-    if n_folds > len(controls):
-        raise DwiInputError(
-            f"{root / 'participants.tsv'}: {len(controls)} controls cannot make train.n_folds={n_folds} folds. Set "
-            f"train.n_folds to at most {len(controls)} in the profile (train.n_folds: {len(controls)} and "
-            f"folds: {list(range(len(controls)))} is leave-one-out).")
-    without = [s.subject for s in patients if s.lesion_source == "none"]
-    if without and len(without) < len(patients) and config.missing_lesion == "error":
-        # say what this lesion_masks setting looked for: with "t1w" a patient may well have T1w+FLAIR
-        masks = "derivatives/<any>/sub-*/[ses-*/]{folder}/ (desc-lesion|tumor|tumour, _mask)"
-        searched = {"auto": masks.format(folder="{dwi,anat}") + ", then T1w+FLAIR to segment",
-                    "dwi": masks.format(folder="dwi"), "t1w": masks.format(folder="anat"),
-                    "segment": "T1w+FLAIR to segment"}[config.lesion_masks]
-        raise DwiInputError(
-            f"{root}: patient(s) {without} have no lesion mask (bids.lesion_masks: {config.lesion_masks} looked "
-            f"for {searched}), while the others have one. Add their masks, or set bids.missing_lesion: maps_only "
-            "to keep them for anomaly maps without scores.")
-    if without and len(without) < len(patients):
-        notes.append(f"patients without a lesion mask, mapped but not scored: {without}")
-    if not any(s.lesion_source != "none" for s in patients):
-        notes.append("no patient has a lesion mask: the run writes anomaly maps only, no AUROC or Dice")
-    if prep.directions:
-        notes.append(f"each subject's shell is resampled to {prep.directions} by a spherical-harmonic fit")
+    _check_folds(root, controls, patients, n_folds)
+    without = _check_lesion_masks(root, patients, config)
+    notes = _plan_notes(patients, without, prep)
     session_rule = (prep.session or "each subject's first session whose name contains 'pre' (else its first)")
     return StudyPlan(root=root, name=name, bids_version=version, subjects=tuple(subjects), session_rule=session_rule,
                      acquisition=prep.acquisition, target_bvalue=prep.target_bvalue, directions=prep.directions,
@@ -503,7 +550,9 @@ def read_study(cohort_dir: str | os.PathLike) -> dict[str, Any] | None:
     path = Path(cohort_dir) / "study.json"
     if not path.is_file():
         return None
-    return json.loads(path.read_text())
+    study = upgrade_keys(json.loads(path.read_text()), LEGACY_STUDY_KEYS)  # a study staged by an older dmrilib
+    study["subjects"] = [upgrade_keys(s, LEGACY_STUDY_KEYS) for s in study.get("subjects", [])]
+    return study
 
 
 def is_bids_study(cohort_dir: str | os.PathLike) -> bool:
@@ -523,6 +572,128 @@ def _save_mask(path: Path, mask: np.ndarray, affine: np.ndarray) -> None:
 def _link(target: Path, link: Path) -> None:
     link.parent.mkdir(parents=True, exist_ok=True)
     os.symlink(os.path.abspath(target), link)
+
+
+def _check_out_dir(out_dir: Path, existing: dict[str, Any] | None) -> None:
+    """Refuse to replace a folder that is neither a staged study nor a simulated cohort of this pipeline."""
+    if out_dir.exists() and existing is None and any(out_dir.iterdir()):
+        # a simulated cohort of an earlier run of this profile: results are the pipeline's own
+        if not (out_dir / ".dmrilib-simulation.json").is_file():
+            raise FileExistsError(f"{out_dir}: exists and is not a staged BIDS study or simulated cohort; "
+                                  "move it away or choose another RESULTS folder.")
+
+
+def _write_dataset_files(plan: StudyPlan, tmp: Path) -> None:
+    """The staged dataset's and its derivative's ``dataset_description.json``, and ``participants.tsv``."""
+    write_json_atomic(tmp / "dataset_description.json", {
+        "Name": plan.name, "BIDSVersion": plan.bids_version or "1.9.0", "DatasetType": "raw",
+        "SourceDatasets": [{"URL": f"file://{plan.root.resolve()}"}],
+    })
+    write_json_atomic(tmp / "derivatives" / STAGED_PIPELINE / "dataset_description.json", {
+        "Name": f"{plan.name}: DWI-grid masks for dmrilib", "BIDSVersion": "1.9.0", "DatasetType": "derivative",
+        "GeneratedBy": [{"Name": "dmrilib"}], "SourceDatasets": [{"URL": f"file://{plan.root.resolve()}"}],
+    })
+    participants = read_participants(plan.root)
+    rows = ["participant_id\tgroup\tgroup_source" + "".join(
+        f"\t{c}" for c in participants.columns if c not in ("group", "group_source"))]
+    for s in plan.subjects:
+        extra = "".join(f"\t{participants.loc[s.subject, c]}" for c in participants.columns
+                        if c not in ("group", "group_source"))
+        rows.append(f"{s.subject}\t{s.group}\t{s.group_source}{extra}")
+    write_text_atomic(tmp / "participants.tsv", "\n".join(rows) + "\n")
+
+
+def _staged_mask(deriv: Path, s: SubjectPlan, desc: str) -> Path:
+    """Where the staged cohort keeps a subject's DWI-grid ``desc-<desc>_mask``."""
+    name = bids_name({"sub": s.subject, "ses": s.session, "space": "dwi", "desc": desc}, "mask", ".nii.gz")
+    return deriv.joinpath(s.subject, *_session_parts(s), "dwi", name)
+
+
+def _stage_dwi(s: SubjectPlan, profile, staged_dir: Path, rec: dict[str, Any]):
+    """The subject's DWI as the run reads it: linked, or resampled to ``bids.voxel_size`` and written.
+
+    Returns the loaded DWI and, when it was resampled, the acquired grid ``(shape, affine)``
+    that the dataset's own DWI-space masks lie on (None otherwise).
+    """
+    from dmrilib.io import load_dwi
+
+    prep = profile.prepare
+    shell = dict(b0_threshold=prep.b0_threshold, target_bvalue=prep.target_bvalue,
+                 bvalue_tolerance=prep.bvalue_tolerance, clip_negative=prep.clip_negative)
+    dwi = load_dwi(s.dwi.dwi, bval=s.dwi.bval, bvec=s.dwi.bvec, **shell)
+    size = profile.bids.voxel_size
+    native = (tuple(dwi.spatial_shape), dwi.affine)
+    if size is not None and not np.allclose(dwi.voxel_size, size, rtol=0.01):
+        dwi = load_dwi(_write_resampled(dwi, size, staged_dir / s.dwi.dwi.name, s.dwi.sidecar), **shell)
+        rec["staged_shape"], rec["staged_voxel_size"] = list(dwi.spatial_shape), [float(size)] * 3
+        return dwi, native
+    for f in (s.dwi.dwi, s.dwi.bval, s.dwi.bvec, s.dwi.sidecar):
+        if f is not None:
+            _link(f, staged_dir / f.name)
+    return dwi, None
+
+
+def _stage_subject(s: SubjectPlan, rec: dict[str, Any], plan: StudyPlan, profile, tmp: Path):
+    """Stage one subject: its DWI and its brain, WM+GM and lesion masks on the DWI grid.
+
+    Returns ``(subject plan, mean b0, affine)`` when its lesion is still to be
+    segmented (:func:`_stage_segmented`), else None.
+    """
+    from dmrilib.preprocess import brain_mask_from_b0, dti_maps, mean_b0
+
+    deriv = tmp / "derivatives" / STAGED_PIPELINE
+    dwi, native = _stage_dwi(s, profile, tmp.joinpath(s.subject, *_session_parts(s), "dwi"), rec)
+    brain = (_native_mask(s.brain_file, dwi, native) if s.brain_file is not None
+             else brain_mask_from_b0(dwi))
+    rec["brain_source"] = (str(s.brain_file.relative_to(plan.root)) if s.brain_file is not None
+                           else "median_otsu(mean b0)")
+    lesion, seconds, to_segment = None, None, None
+    if s.lesion_source == "dwi-derivative":
+        lesion = _native_mask(s.lesion_file, dwi, native)
+    elif s.lesion_source == "t1w-registered":
+        lesion, seconds = _carry_t1w_mask(s, dwi, profile)
+    elif s.lesion_source == "segmented":
+        # the mean b0 and its grid only: the 4D data of every patient would not fit in memory
+        to_segment = (s, mean_b0(dwi), dwi.affine)
+    md = dti_maps(dwi, brain, fit_method="OLS").md
+    free_water = np.asarray(md) > profile.bids.csf_md_threshold
+    rec["eval_region"] = f"brain mask without MD > {profile.bids.csf_md_threshold:g} mm^2/s, lesion added"
+    region = brain & ~free_water
+    if lesion is not None:
+        lesion = lesion & brain if (lesion & brain).any() else lesion
+        region |= lesion
+        _save_mask(_staged_mask(deriv, s, "lesion"), lesion, dwi.affine)
+        rec["lesion_voxels"] = int(lesion.sum())
+    _save_mask(_staged_mask(deriv, s, "brain"), brain, dwi.affine)
+    _save_mask(_staged_mask(deriv, s, "wmgm"), region, dwi.affine)
+    rec["_region"] = region  # completed by _stage_segmented for segmented lesions
+    if seconds is not None:
+        rec["register_time_s"] = round(seconds, 1)
+    return to_segment
+
+
+def _stage_segmented(to_segment, profile, seg_dir: Path, tmp: Path, record: dict[str, Any], progress: bool) -> None:
+    """Segment the patients left without a lesion mask and add their lesion and WM+GM masks."""
+    carried = _segment(to_segment, profile, seg_dir, progress)
+    deriv = tmp / "derivatives" / STAGED_PIPELINE
+    by_subject = {r["subject"]: r for r in record["subjects"]}
+    for s, _, affine in to_segment:
+        lesion = carried[s.subject]
+        rec = by_subject[s.subject]
+        _save_mask(_staged_mask(deriv, s, "lesion"), lesion, affine)
+        _save_mask(_staged_mask(deriv, s, "wmgm"), rec["_region"] | lesion, affine)
+        rec["lesion_voxels"] = int(lesion.sum())
+
+
+def _replace_folder(tmp: Path, out_dir: Path) -> None:
+    """Move the finished ``tmp`` onto ``out_dir``, the old folder (if any) out of the way first."""
+    if out_dir.exists():
+        old = atomic_dir(out_dir, "old")
+        os.replace(out_dir, old / out_dir.name)
+        os.replace(tmp, out_dir)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, out_dir)
 
 
 def stage_bids(plan: StudyPlan, profile, out_dir: str | os.PathLike, *, segmentation_dir: str | os.PathLike | None = None,
@@ -554,114 +725,34 @@ def stage_bids(plan: StudyPlan, profile, out_dir: str | os.PathLike, *, segmenta
     from tqdm.auto import tqdm
 
     from dmrilib.config import provenance
-    from dmrilib.io import load_dwi
-    from dmrilib.preprocess import brain_mask_from_b0, dti_maps, mean_b0
 
     out_dir = Path(out_dir)
     digest = _plan_hash(plan, profile)
     existing = read_study(out_dir)
     if existing is not None and existing.get("plan_hash") == digest:
         return out_dir
-    if out_dir.exists() and existing is None and any(out_dir.iterdir()):
-        # a simulated cohort of an earlier run of this profile: results are the pipeline's own
-        if not (out_dir / ".dmrilib-simulation.json").is_file():
-            raise FileExistsError(f"{out_dir}: exists and is not a staged BIDS study or simulated cohort; "
-                                  "move it away or choose another RESULTS folder.")
-    prep = profile.prepare
+    _check_out_dir(out_dir, existing)
     remove_stale_temp(out_dir.parent, recursive=False)
     tmp = atomic_dir(out_dir, "tmp")
     t0 = time.perf_counter()
     try:
         record = plan.record()
-        deriv = tmp / "derivatives" / STAGED_PIPELINE
-        write_json_atomic(tmp / "dataset_description.json", {
-            "Name": plan.name, "BIDSVersion": plan.bids_version or "1.9.0", "DatasetType": "raw",
-            "SourceDatasets": [{"URL": f"file://{plan.root.resolve()}"}],
-        })
-        write_json_atomic(deriv / "dataset_description.json", {
-            "Name": f"{plan.name}: DWI-grid masks for dmrilib", "BIDSVersion": "1.9.0", "DatasetType": "derivative",
-            "GeneratedBy": [{"Name": "dmrilib"}], "SourceDatasets": [{"URL": f"file://{plan.root.resolve()}"}],
-        })
-        participants = read_participants(plan.root)
-        rows = ["participant_id\tgroup\tgroup_source" + "".join(
-            f"\t{c}" for c in participants.columns if c not in ("group", "group_source"))]
-        for s in plan.subjects:
-            extra = "".join(f"\t{participants.loc[s.subject, c]}" for c in participants.columns
-                            if c not in ("group", "group_source"))
-            rows.append(f"{s.subject}\t{s.group}\t{s.group_source}{extra}")
-        write_text_atomic(tmp / "participants.tsv", "\n".join(rows) + "\n")
-        registrations = {}
+        _write_dataset_files(plan, tmp)
         to_segment = []
         for s, rec in tqdm(list(zip(plan.subjects, record["subjects"])), desc="stage", unit="subject",
                            disable=not progress):
-            session = (s.session,) if s.session else ()
-            prefix = f"{s.subject}_{s.session}" if s.session else s.subject
-            shell = dict(b0_threshold=prep.b0_threshold, target_bvalue=prep.target_bvalue,
-                         bvalue_tolerance=prep.bvalue_tolerance, clip_negative=prep.clip_negative)
-            dwi = load_dwi(s.dwi.dwi, bval=s.dwi.bval, bvec=s.dwi.bvec, **shell)
-            staged_dir = tmp.joinpath(s.subject, *session, "dwi")
-            size = profile.bids.voxel_size
-            native = (tuple(dwi.spatial_shape), dwi.affine)
-            if size is not None and not np.allclose(dwi.voxel_size, size, rtol=0.01):
-                dwi = load_dwi(_write_resampled(dwi, size, staged_dir / s.dwi.dwi.name, s.dwi.sidecar), **shell)
-                rec["staged_shape"], rec["staged_voxel_size"] = list(dwi.spatial_shape), [float(size)] * 3
-            else:
-                native = None
-                for f in (s.dwi.dwi, s.dwi.bval, s.dwi.bvec, s.dwi.sidecar):
-                    if f is not None:
-                        _link(f, staged_dir / f.name)
-            folder = deriv.joinpath(s.subject, *session, "dwi")
-            brain = (_native_mask(s.brain_file, dwi, native) if s.brain_file is not None
-                     else brain_mask_from_b0(dwi))
-            rec["brain_source"] = (str(s.brain_file.relative_to(plan.root)) if s.brain_file is not None
-                                   else "median_otsu(mean b0)")
-            lesion = None
-            if s.lesion_source == "dwi-derivative":
-                lesion = _native_mask(s.lesion_file, dwi, native)
-            elif s.lesion_source == "t1w-registered":
-                lesion, registrations[s.subject] = _carry_t1w_mask(s, dwi, profile)
-            elif s.lesion_source == "segmented":
-                # the mean b0 and its grid only: the 4D data of every patient would not fit in memory
-                to_segment.append((s, mean_b0(dwi), dwi.affine))
-            md = dti_maps(dwi, brain, fit_method="OLS").md
-            free_water = np.asarray(md) > profile.bids.csf_md_threshold
-            rec["eval_region"] = f"brain mask without MD > {profile.bids.csf_md_threshold:g} mm^2/s, lesion added"
-            region = brain & ~free_water
-            if lesion is not None:
-                lesion = lesion & brain if (lesion & brain).any() else lesion
-                region |= lesion
-                _save_mask(folder / f"{prefix}_space-dwi_desc-lesion_mask.nii.gz", lesion, dwi.affine)
-                rec["lesion_voxels"] = int(lesion.sum())
-            _save_mask(folder / f"{prefix}_space-dwi_desc-brain_mask.nii.gz", brain, dwi.affine)
-            _save_mask(folder / f"{prefix}_space-dwi_desc-wmgm_mask.nii.gz", region, dwi.affine)
-            rec["_region"] = region  # completed below for segmented lesions
-            if s.subject in registrations:
-                rec["registration_seconds"] = round(registrations[s.subject], 1)
+            item = _stage_subject(s, rec, plan, profile, tmp)
+            if item is not None:
+                to_segment.append(item)
         if to_segment:
-            carried = _segment(to_segment, profile, Path(segmentation_dir) if segmentation_dir else
-                               ResultsLayout(out_dir.parent).segmentation, progress)
-            by_subject = {r["subject"]: r for r in record["subjects"]}
-            for s, _, affine in to_segment:
-                session = (s.session,) if s.session else ()
-                prefix = f"{s.subject}_{s.session}" if s.session else s.subject
-                folder = deriv.joinpath(s.subject, *session, "dwi")
-                lesion = carried[s.subject]
-                rec = by_subject[s.subject]
-                _save_mask(folder / f"{prefix}_space-dwi_desc-lesion_mask.nii.gz", lesion, affine)
-                _save_mask(folder / f"{prefix}_space-dwi_desc-wmgm_mask.nii.gz", rec["_region"] | lesion, affine)
-                rec["lesion_voxels"] = int(lesion.sum())
+            _stage_segmented(to_segment, profile, Path(segmentation_dir) if segmentation_dir else
+                             ResultsLayout(out_dir.parent).segmentation, tmp, record, progress)
         for rec in record["subjects"]:
             rec.pop("_region", None)
         record.update(plan_hash=digest, config_hash=profile.hash(), seed=profile.seed,
-                      seconds=round(time.perf_counter() - t0, 1), provenance=provenance())
+                      stage_time_s=round(time.perf_counter() - t0, 1), provenance=provenance())
         write_json_atomic(tmp / "study.json", record)
-        if out_dir.exists():
-            old = atomic_dir(out_dir, "old")
-            os.replace(out_dir, old / out_dir.name)
-            os.replace(tmp, out_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out_dir)
+        _replace_folder(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

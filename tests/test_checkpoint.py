@@ -164,11 +164,3 @@ def test_inference_and_groundtruth_take_checkpoint_names_from_checkpoint_not_tra
         if imported == "dmrilib.train":
             assert not what & names, f"{module} imports {sorted(what & names)} from dmrilib.train"
             assert module == "pipeline.py" and what == {"train_run"}, f"{module} imports dmrilib.train"
-
-
-@pytest.mark.parametrize("module", ["train.py", "groundtruth/segmentation.py", "checkpoint.py"])
-def test_no_function_in_the_training_modules_exceeds_100_lines(module):
-    tree = ast.parse((PACKAGE / module).read_text())
-    long = {n.name: n.end_lineno - n.lineno + 1 for n in ast.walk(tree)
-            if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and n.end_lineno - n.lineno + 1 > 100}
-    assert not long, f"{module}: functions over 100 lines: {long}"

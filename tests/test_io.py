@@ -11,12 +11,15 @@ import pytest
 from _io_fixtures import AFFINE, make_bids, small_64d, synthetic_dwi, write_dwi, write_mask
 from dmrilib.io import (
     DwiInputError,
+    bids_files,
+    bids_name,
     describe,
     find_bids_dwi,
     inspect_dwi,
     load_dwi,
     load_labels,
     load_mask,
+    parse_bids_name,
     read_participants,
     select_shell,
     shells,
@@ -253,6 +256,47 @@ def test_missing_bval_file_says_where_it_is_expected(tmp_path, dwi_file):
 
 
 # ------------------------------------------------------------- BIDS
+
+
+def test_parse_bids_name_splits_entities_suffix_and_extension():
+    name = parse_bids_name("/x/sub-01_ses-pre_from-dwi_to-T1w_desc-points_xfm.nii.gz")
+    assert dict(name.entities) == {"sub": "01", "ses": "pre", "from": "dwi", "to": "T1w", "desc": "points"}
+    assert (name.suffix, name.extension) == ("xfm", ".nii.gz")
+    assert parse_bids_name("desc-tumour_dseg").entities == {"desc": "tumour"}
+    assert parse_bids_name("scan_dwi.nii").entities == {} and parse_bids_name("scan_dwi.nii").suffix == "dwi"
+
+
+def test_bids_name_is_the_inverse_of_parse_and_skips_missing_entities():
+    entities = {"sub": "sub-01", "ses": None, "space": "dwi", "desc": "brain"}
+    name = bids_name(entities, "mask", ".nii.gz")
+    assert name == "sub-01_space-dwi_desc-brain_mask.nii.gz"
+    back = parse_bids_name(name)
+    assert bids_name(back.entities, back.suffix, back.extension) == name
+
+
+def test_bids_files_filters_by_entity_suffix_and_extension(tmp_path):
+    names = ["sub-01_ses-pre_space-dwi_desc-brain_mask.nii.gz", "sub-01_ses-pre_space-dwi_dseg.nii",
+             "sub-01_ses-pre_space-dwi_desc-tumour_dseg.nii.gz", "sub-01_space-DWI_desc-lesion_mask.nii.gz",
+             "sub-01_ses-post_desc-lesion_mask.nii.gz", "sub-01_ses-pre_desc-brain_mask.json", "sub-010_dwi.nii.gz"]
+    for name in names:
+        (tmp_path / name).write_text("")
+    (tmp_path / "deeper").mkdir()
+    (tmp_path / "deeper" / "sub-01_ses-followup_desc-lesion_mask.nii.gz").write_text("")
+
+    def found(**filters):
+        return [p.name for p in bids_files(tmp_path, **filters)]
+
+    assert found(subject="sub-01", desc="brain", suffix="mask") == [names[0]]
+    assert found(suffix="dseg", desc=(None,)) == [names[1]]  # the tissue dseg, not desc-tumour_dseg
+    assert found(suffix="mask", session=(None, "pre"), desc=("lesion", "brain")) == [names[0], names[3]]
+    assert found(suffix="mask", space=lambda s: s is not None and s.lower() == "dwi") == [names[0], names[3]]
+    assert found(desc="brain", extensions=(".json",)) == [names[5]]
+    assert found(subject="01", suffix="dwi") == []  # sub-010 is another subject
+    assert [p.name for p in bids_files(tmp_path, session="followup", recursive=True)] == [
+        "sub-01_ses-followup_desc-lesion_mask.nii.gz"]
+    assert bids_files(tmp_path / "missing") == []
+
+
 
 
 def test_find_bids_dwi_lists_subjects_with_derivatives(tmp_path):

@@ -392,7 +392,7 @@ def test_stage_record(staged, clinical, smoke):
             folder = out / "derivatives" / study.STAGED_PIPELINE / r["subject"] / SESSION / "dwi"
             lesion = _load(folder / f"{r['subject']}_{SESSION}_space-dwi_desc-lesion_mask.nii.gz")
             assert r["lesion_voxels"] == int(np.count_nonzero(lesion)) > 0
-            assert r["registration_seconds"] >= 0
+            assert r["register_time_s"] >= 0
         else:
             assert r["group"] == "healthy" and r["group_source"] == "control" and r["lesion_file"] is None
         assert r["brain_source"] == "median_otsu(mean b0)"

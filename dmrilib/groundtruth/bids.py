@@ -18,21 +18,40 @@ import nibabel as nib
 import numpy as np
 
 from dmrilib.groundtruth.cohort import GroundTruthInput
-from dmrilib.io import BidsDwi, DwiInputError, find_bids_dwi, load_dwi
+from dmrilib.io import BidsDwi, DwiInputError, bids_files, bids_name, find_bids_dwi, load_dwi
 
 __all__ = ["structural_files", "inputs_from_bids"]
 
-_NIFTI = (".nii.gz", ".nii")
 
-
-def _one(folder: Path, pattern: str, what: str, *, required: bool) -> Path | None:
-    hits = sorted(p for p in folder.glob(pattern) if p.name.endswith(_NIFTI)) if folder.is_dir() else []
-    if len(hits) > 1:
-        raise DwiInputError(f"{folder}: several {what} images {[p.name for p in hits]}; keep one per session.")
-    if not hits and required:
+def _one(files: list[Path], folder: Path, pattern: str, what: str, *, required: bool) -> Path | None:
+    """The one image of ``files`` (found in ``folder``, named like ``pattern``); several are an error, none too if ``required``."""
+    if len(files) > 1:
+        raise DwiInputError(f"{folder}: several {what} images {[p.name for p in files]}; keep one per session.")
+    if not files and required:
         raise DwiInputError(f"{folder}: no {what} image ({pattern}). The ground-truth pipeline needs T1w and "
                             "FLAIR in the subject's anat/ folder.")
-    return hits[0] if hits else None
+    return files[0] if files else None
+
+
+def _anat_image(anat: Path, entry: BidsDwi, prefix: str, suffix: str) -> Path:
+    """The subject's ``anat/<prefix>*_<suffix>.nii[.gz]`` image of its DWI's session (required)."""
+    files = bids_files(anat, subject=entry.subject, session=entry.session, suffix=suffix)
+    return _one(files, anat, f"{prefix}*_{suffix}.nii*", suffix, required=True)
+
+
+def _truth_images(deriv: Path, entry: BidsDwi, prefix: str) -> dict[str, Path]:
+    """The simulated truth the derivatives hold: the T1w-grid lesion and the DWI-to-T1w point map."""
+    files = {}
+    for key, folder, suffix, entities in (
+        ("structural_lesion", deriv / "anat", "mask", {"space": "T1w", "desc": "lesion"}),
+        ("dwi_to_structural", deriv / "dwi", "xfm", {"from": "dwi", "to": "T1w", "desc": "points"}),
+    ):
+        hits = bids_files(folder, subject=entry.subject, session=entry.session, suffix=suffix, **entities)
+        pattern = f"{prefix}*_{bids_name(entities, suffix)}.nii*"
+        path = _one(hits, folder, pattern, key, required=False)
+        if path is not None:
+            files[key] = path
+    return files
 
 
 def structural_files(root: str | Path, entry: BidsDwi, *, pipeline: str | None = "simulation") -> dict[str, Path]:
@@ -40,29 +59,24 @@ def structural_files(root: str | Path, entry: BidsDwi, *, pipeline: str | None =
 
     Keys: ``t1w``, ``flair`` (always; an error names the folder when one is
     missing) and, if the derivatives hold them, ``structural_lesion``,
-    ``dwi_to_structural``.
+    ``dwi_to_structural``. Files are looked up with
+    :func:`dmrilib.io.bids_files` (subject and, when the DWI has one, its session).
     """
     root = Path(root)
     session_parts = (entry.session,) if entry.session else ()
     anat = root.joinpath(entry.subject, *session_parts, "anat")
     prefix = f"{entry.subject}_{entry.session}" if entry.session else entry.subject
     files = {
-        "t1w": _one(anat, f"{prefix}*_T1w.nii*", "T1w", required=True),
-        "flair": _one(anat, f"{prefix}*_FLAIR.nii*", "FLAIR", required=True),
+        "t1w": _anat_image(anat, entry, prefix, "T1w"),
+        "flair": _anat_image(anat, entry, prefix, "FLAIR"),
     }
     if pipeline is not None:
-        deriv = root.joinpath("derivatives", pipeline, entry.subject, *session_parts)
-        for key, folder, pattern in (
-            ("structural_lesion", deriv / "anat", f"{prefix}*_space-T1w_desc-lesion_mask.nii*"),
-            ("dwi_to_structural", deriv / "dwi", f"{prefix}*_from-dwi_to-T1w_desc-points_xfm.nii*"),
-        ):
-            path = _one(folder, pattern, key, required=False)
-            if path is not None:
-                files[key] = path
+        files.update(_truth_images(root.joinpath("derivatives", pipeline, entry.subject, *session_parts), entry, prefix))
     return files
 
 
 def _volume(path: Path, what: str, shape: tuple[int, ...] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """An image's voxels (float32, finite, of ``shape`` when given) and affine; a DwiInputError names the file."""
     try:
         img = nib.load(str(path))
         data = np.asarray(img.dataobj, dtype=np.float32)

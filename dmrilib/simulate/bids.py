@@ -16,6 +16,7 @@ import numpy as np
 
 from dmrilib._atomic import atomic_path, write_text_atomic
 from dmrilib.integrity import sha256_file
+from dmrilib.io import DERIVATIVE_KEYS, bids_name, parse_bids_name
 from dmrilib.simulate.subject import SimulatedSubject
 
 __all__ = ["write_nifti", "write_subject", "subject_files", "points_xfm_sidecar", "artefacts_sidecar",
@@ -64,8 +65,19 @@ def _json(path: Path, obj) -> None:
     write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
+#: Ground truth on the DWI grid, in the order :func:`subject_files` lists it (keys of
+#: :data:`dmrilib.io.DERIVATIVE_KEYS`, whose names the reader looks for).
+_DWI_TRUTH = ("brain", "wmgm", "dseg", "lesion", "infiltration", "tumour_dseg")
 #: Ground truth on the T1w grid, in the order :func:`subject_files` lists it.
 _ANAT_TRUTH = ("desc-lesion_mask", "desc-tumour_dseg", "desc-brain_mask")
+#: The true DWI-to-T1w point map (:func:`points_xfm_sidecar`).
+_POINTS_XFM = {"from": "dwi", "to": "T1w", "desc": "points"}
+
+
+def _file_name(label: str, session: str, name: str, extension: str, **entities: str) -> str:
+    """``sub-<label>_ses-<session>_<entities>_<name><extension>``, ``name`` a suffix or ``desc-<d>_<suffix>``."""
+    tail = parse_bids_name(name)
+    return bids_name({"sub": label, "ses": session, **entities, **tail.entities}, tail.suffix, extension)
 
 
 def subject_files(root: str | os.PathLike, label: str, *, followup: bool) -> list[Path]:
@@ -74,25 +86,24 @@ def subject_files(root: str | os.PathLike, label: str, *, followup: bool) -> lis
     Order: raw DWI (image, .bval, .bvec, .json), T1w, FLAIR; the DWI-grid
     truth (brain, WM+GM, tissue dseg, lesion, infiltration, tumour dseg); the
     T1w-grid truth (lesion, tumour dseg, brain); the DWI-to-T1w point map and
-    its sidecar; then, with a follow-up, its FLAIR and lesion.
+    its sidecar; then, with a follow-up, its FLAIR and lesion. Names are built
+    by :func:`dmrilib.io.bids_name`, so :func:`dmrilib.io.find_bids_dwi` reads
+    what is written here.
     """
     root = Path(root)
     sub = f"sub-{label}"
     pre = root / sub / "ses-pre"
-    base = f"{sub}_ses-pre"
     deriv = root / "derivatives" / PIPELINE / sub / "ses-pre" / "dwi"
     anat = root / "derivatives" / PIPELINE / sub / "ses-pre" / "anat"
-    files = [pre / "dwi" / f"{base}_dwi{ext}" for ext in (".nii.gz", ".bval", ".bvec", ".json")]
-    files += [pre / "anat" / f"{base}_T1w.nii.gz", pre / "anat" / f"{base}_FLAIR.nii.gz"]
-    files += [deriv / f"{base}_space-dwi_{name}.nii.gz" for name in (
-        "desc-brain_mask", "desc-wmgm_mask", "dseg", "desc-lesion_mask", "desc-infiltration_mask",
-        "desc-tumour_dseg")]
-    files += [anat / f"{base}_space-T1w_{name}.nii.gz" for name in _ANAT_TRUTH]
-    files += [deriv / f"{base}_from-dwi_to-T1w_desc-points_xfm{ext}" for ext in (".nii.gz", ".json")]
+    files = [pre / "dwi" / _file_name(label, "pre", "dwi", ext) for ext in (".nii.gz", ".bval", ".bvec", ".json")]
+    files += [pre / "anat" / _file_name(label, "pre", suffix, ".nii.gz") for suffix in ("T1w", "FLAIR")]
+    files += [deriv / _file_name(label, "pre", DERIVATIVE_KEYS[key], ".nii.gz", space="dwi") for key in _DWI_TRUTH]
+    files += [anat / _file_name(label, "pre", name, ".nii.gz", space="T1w") for name in _ANAT_TRUTH]
+    files += [deriv / _file_name(label, "pre", "xfm", ext, **_POINTS_XFM) for ext in (".nii.gz", ".json")]
     if followup:
-        files.append(root / sub / "ses-followup" / "anat" / f"{sub}_ses-followup_FLAIR.nii.gz")
+        files.append(root / sub / "ses-followup" / "anat" / _file_name(label, "followup", "FLAIR", ".nii.gz"))
         files.append(root / "derivatives" / PIPELINE / sub / "ses-followup" / "dwi"
-                     / f"{sub}_ses-followup_space-dwi_desc-lesion_mask.nii.gz")
+                     / _file_name(label, "followup", DERIVATIVE_KEYS["followup_lesion"], ".nii.gz", space="dwi"))
     return files
 
 
@@ -202,7 +213,6 @@ def points_xfm_sidecar(subject: SimulatedSubject, label: str) -> dict:
     (axis, peak, range).
     """
     info = subject.info
-    base = f"sub-{label}_ses-pre"
     return {
         "Description": (
             "Ground-truth DWI-to-T1w mapping of a simulated subject: volume k (k = 0, 1, 2) holds, for "
@@ -211,8 +221,8 @@ def points_xfm_sidecar(subject: SimulatedSubject, label: str) -> dict:
             "between the sessions and the DWI's susceptibility distortion."
         ),
         "Simulated": True,
-        "SourceImage": f"sub-{label}/ses-pre/dwi/{base}_dwi.nii.gz",
-        "TargetImage": f"sub-{label}/ses-pre/anat/{base}_T1w.nii.gz",
+        "SourceImage": f"sub-{label}/ses-pre/dwi/{_file_name(label, 'pre', 'dwi', '.nii.gz')}",
+        "TargetImage": f"sub-{label}/ses-pre/anat/{_file_name(label, 'pre', 'T1w', '.nii.gz')}",
         "Units": "mm",
         "FromSpace": "dwi",
         "ToSpace": "T1w",

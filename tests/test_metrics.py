@@ -17,19 +17,8 @@ from sklearn import metrics as skm
 from dmrilib import metrics as M
 from dmrilib.metrics import EvalConfig
 
-SHAPE = (12, 14, 10)
-
-
-def _case(seed: int = 0, shape=SHAPE, ties: bool = False):
-    rng = np.random.default_rng(seed)
-    mask = np.zeros(shape, bool)
-    mask[1:-1, 1:-1, 1:-1] = True
-    truth = np.zeros(shape, bool)
-    truth[3:7, 4:9, 3:7] = True
-    score = rng.random(shape) * 0.5 + truth * rng.random(shape) * 0.6
-    if ties:
-        score = np.round(score, 1)
-    return score.astype(np.float32), truth, mask
+from _score_maps import SHAPE
+from _score_maps import score_case as _case
 
 
 # ----------------------------------------------------------------- cross-checks

@@ -85,7 +85,7 @@ sweep: setup
 	else echo "Sweep done; run \`make book PROFILE=$(PROFILE)\` to see it in the book (page Difficulty sweep)."; fi
 
 test:
-	@bash tools/setup.sh --browser
+	@bash tools/setup.sh --browser --slurm
 	$(PY) -m pytest -n 2 --dist loadgroup tests
 
 test-fast: setup

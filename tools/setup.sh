@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Idempotent environment setup for `make setup` (called by `make book` and `make test`).
 # - .venv with the pinned Python packages (constraints.txt), dmrilib installed editable;
-# - with --browser (make test): Debian's chromium for the headless book tests (apt-get as root).
+# - with --browser (make test): Debian's chromium for the headless book tests (apt-get as root);
+# - with --slurm (make test): Debian's SLURM daemons, clients and munge for the live one-node
+#   cluster of tests/test_workflow_slurm.py (apt-get as root; the test starts and stops them).
 # A second run finds the stamp up to date and returns in well under a second.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,7 +15,14 @@ STAMP=$VENV/.setup-stamp
 TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
 UV_VERSION=0.9.30
 browser=0
-[ "${1:-}" = --browser ] && browser=1
+slurm=0
+for arg in "$@"; do
+  case "$arg" in
+    --browser) browser=1 ;;
+    --slurm) slurm=1 ;;
+    *) echo "setup: unknown option $arg (known: --browser, --slurm)" >&2; exit 2 ;;
+  esac
+done
 want=$(cat pyproject.toml constraints.txt tools/setup.sh | sha256sum | cut -c1-16)-$TORCH_SPEC
 
 need_python() {
@@ -35,7 +44,7 @@ apt_install() {
   done
   [ ${#missing[@]} -eq 0 ] && return 0
   if [ "$(id -u)" -ne 0 ]; then
-    echo "setup: Debian packages ${missing[*]} are needed (headless book tests) but this is not root." >&2
+    echo "setup: Debian packages ${missing[*]} are needed (make test) but this is not root." >&2
     echo "       Run: sudo apt-get install -y ${missing[*]}   then run make again." >&2
     exit 1
   fi
@@ -73,6 +82,11 @@ else
   echo "$want" > "$STAMP"
 fi
 
-if [ "$browser" = 1 ] && [ "${DMRI_SKIP_APT:-0}" != 1 ] && command -v dpkg >/dev/null 2>&1; then
-  apt_install chromium
+packages=()
+[ "$browser" = 1 ] && packages+=(chromium)
+# slurm-wlm's parts, without recommends. The system slurmctld/slurmd services
+# find no /etc/slurm/slurm.conf and stay off; the test runs its own daemons.
+[ "$slurm" = 1 ] && packages+=(slurmctld slurmd slurm-client munge)
+if [ ${#packages[@]} -gt 0 ] && [ "${DMRI_SKIP_APT:-0}" != 1 ] && command -v dpkg >/dev/null 2>&1; then
+  apt_install "${packages[@]}"
 fi

@@ -32,7 +32,7 @@ MARGIN_MIB=2
 CARRY=()
 #: What the device copy may hold in all: the repository that travels plus DEST.
 LIMIT_MIB=64
-#: The GPU machine's Python packages (/work/.library/device/KINDS.md,
+#: The GPU machine's Python packages (the device tool's KINDS.md,
 #: nvidia-h200, read on 2026-11-17). A dependency named here is not carried.
 GPU_PRESENT="absl-py accelerate aiofiles aiohappyeyeballs aiohttp aiosignal annotated-doc anyio attrs botorch
 build certifi charset-normalizer chex click cloudpickle cmake colorama contourpy coverage cuda-bindings cuda-core

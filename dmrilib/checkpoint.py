@@ -71,7 +71,8 @@ CHECKPOINT_FORMAT = "dmrilib-checkpoint/1"
 _SHA_KEY = "payload_sha256"
 #: TrainConfig fields that change speed, not results: left out of the run hash
 #: so a run started on one machine can be resumed on another.
-_RUNTIME_FIELDS = ("device", "compile", "num_threads", "checkpoint_every")
+_RUNTIME_FIELDS = ("device", "compile", "compile_mode", "cudnn_benchmark", "stack_folds", "num_threads",
+                   "checkpoint_every")
 
 
 class CheckpointMismatchError(ValueError):

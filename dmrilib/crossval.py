@@ -22,6 +22,8 @@ __all__ = ["TrainConfig", "Fold", "FOLD_SPLITS", "make_folds", "write_folds", "r
 
 #: How :func:`make_folds` cuts the subjects: the authors' slices or a seeded shuffle.
 FOLD_SPLITS = ("contiguous", "random")
+#: ``mode`` values of ``torch.compile`` (``train.compile_mode``).
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
 @dataclass(frozen=True)
@@ -161,6 +163,18 @@ class TrainConfig:
         Use the ``channels_last_3d`` memory format (fast on GPUs).
     compile : bool
         Wrap the model in ``torch.compile``.
+    compile_mode : {"default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"}
+        The ``mode`` of ``torch.compile`` when ``compile`` is true
+        (``reduce-overhead`` replays CUDA graphs: fewer kernel launches for
+        the fixed-shape training steps on a GPU).
+    cudnn_benchmark : bool
+        Let cuDNN time its convolution algorithms for each new shape and keep
+        the fastest (``torch.backends.cudnn.benchmark``; GPU only, the
+        shapes of a run are fixed).
+    stack_folds : int
+        DAE only: train this many folds of one configuration at once on one
+        device as stacked models (:mod:`dmrilib.stack`): the workflow then
+        makes one job of each group of folds. 1 (default): one run per job.
     device : {"auto", "cpu", "cuda"}
         ``auto``: CUDA when available.
     num_threads : int or None
@@ -199,6 +213,9 @@ class TrainConfig:
     precision: Literal["fp32", "bf16"] = "fp32"
     channels_last: bool = False
     compile: bool = False
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = "default"
+    cudnn_benchmark: bool = False
+    stack_folds: int = 1
     device: Literal["auto", "cpu", "cuda"] = "auto"
     num_threads: int | None = None
     seed: int = 0
@@ -207,7 +224,7 @@ class TrainConfig:
         # The switched keys hold the values actually used (and hashed); a key given explicitly wins.
         resolve_fidelity(self, "train")
         for name in ("epochs", "batch_size", "n_folds", "copies_per_subject", "val_copies", "val_every",
-                     "checkpoint_every"):
+                     "checkpoint_every", "stack_folds"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"train.{name} must be a positive integer, got {getattr(self, name)}.")
         if self.n_folds < 2:
@@ -223,6 +240,8 @@ class TrainConfig:
             raise ValueError(f"train.selection must be 'val_loss' or 'last', got {self.selection!r}.")
         if self.precision not in ("fp32", "bf16"):
             raise ValueError(f"train.precision must be 'fp32' or 'bf16', got {self.precision!r}.")
+        if self.compile_mode not in COMPILE_MODES:
+            raise ValueError(f"train.compile_mode must be one of {list(COMPILE_MODES)}, got {self.compile_mode!r}.")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"train.device must be 'auto', 'cpu' or 'cuda', got {self.device!r}.")
         if self.num_threads is not None and int(self.num_threads) < 1:

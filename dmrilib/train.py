@@ -272,7 +272,7 @@ def train_run(volumes: np.ndarray, brain_masks: np.ndarray, subject_ids: Sequenc
 
     fold = _FoldData.resident(volumes, brain_masks, jood_regions, ids, train_ids, val_ids, device)
     step = _Step(model, net, cfg, jood, device)
-    loss_fn = torch.compile(step.loss) if cfg.compile else step.loss
+    loss_fn = compiled(step.loss, cfg)
     val_batches = _validation_batches(fold, val_ids, jood, cfg, device)
     pool = _TrainingPool.build(model, fold, train_ids, jood, cfg, device)
 
@@ -301,12 +301,20 @@ def train_run(volumes: np.ndarray, brain_masks: np.ndarray, subject_ids: Sequenc
                    acquisition=acquisition)
 
 
+def compiled(fn: Any, cfg: TrainConfig) -> Any:
+    """``fn`` under ``torch.compile`` (``cfg.compile_mode``, fixed shapes) when ``cfg.compile``, else ``fn``."""
+    return torch.compile(fn, mode=cfg.compile_mode, dynamic=False) if cfg.compile else fn
+
+
 def _setup(model: str, variant: str, model_config: ModelConfig, cfg: TrainConfig, in_channels: int,
            grid: Sequence[int]) -> tuple[torch.device, nn.Module, torch.optim.Optimizer, Any]:
     """Threads, device, the seeded network on it, its Adam optimiser and exponential lr schedule."""
     if cfg.num_threads is not None:
         torch.set_num_threads(int(cfg.num_threads))
     device = resolve_device(cfg.device)
+    if device.type == "cuda":
+        # cuDNN's algorithm search: a runtime choice (a run's shapes are fixed), global to the process
+        torch.backends.cudnn.benchmark = bool(cfg.cudnn_benchmark)
     net = _build(model, variant, model_config, in_channels, grid, cfg.seed)
     net.to(device=device, memory_format=torch.channels_last_3d if cfg.channels_last else torch.contiguous_format)
     optimizer = torch.optim.Adam(net.parameters(), lr=cfg.lr, fused=device.type == "cuda" or None)

@@ -276,17 +276,7 @@ def train_stacked(volumes: np.ndarray, brain_masks: np.ndarray, subject_ids: Seq
     if model != DAE:
         raise ValueError(f"train_stacked: only the DAE stacks, got model {model!r}; train RecDiscNet runs "
                          "one by one (train.stack_folds applies to the DAE only).")
-    members = list(members)
-    if not members:
-        raise ValueError("train_stacked: no members to train.")
-    outs = [Path(m.out_dir).resolve() for m in members]
-    if len(set(outs)) != len(outs):
-        raise ValueError(f"train_stacked: a run folder is named twice in {[str(o) for o in outs]}.")
-    sizes = {(len(m.train_ids), len(m.val_ids)) for m in members}
-    if len(sizes) > 1:
-        raise ValueError(f"train_stacked: stacked folds must have equal numbers of training and validation "
-                         f"subjects, got (train, val) sizes {sorted(sizes)}; set train.stack_folds: 1 or use "
-                         "folds of equal size.")
+    members = _check_members(members)
     cfg = train_config
     checked = [tr._check_inputs(volumes, brain_masks, subject_ids, None, train_ids=m.train_ids,
                                 val_ids=m.val_ids, model=model, model_config=model_config, cfg=cfg)
@@ -318,24 +308,47 @@ def train_stacked(volumes: np.ndarray, brain_masks: np.ndarray, subject_ids: Seq
         val_losses = _validation_losses(state, stack, loss_fn) if validate else [math.nan] * len(state)
         train_losses = (totals / state[0].pool.n_train).tolist()  # the one host sync per epoch
         share = (time.perf_counter() - t0) / len(state)
-        save_last = (epoch + 1) % cfg.checkpoint_every == 0 or epoch + 1 == cfg.epochs
         for k, s in enumerate(state):
-            s.wall += share
             s.rows.append({"epoch": epoch, "train_loss": train_losses[k], "val_loss": val_losses[k], "lr": lr,
                            "epoch_time_s": share})
-            s.net.load_state_dict(stack.member_state(k))
-            if save_last:
-                s.optimizer.load_state_dict(stack.member_optimizer_state(optimizer, k))
-            out = Path(s.spec.out_dir)
-            tr._save_epoch(out, {**s.meta, "epoch": epoch, "val_loss": val_losses[k],
-                                 "acquisition": s.acquisition}, s.best, s.net, s.optimizer, scheduler, s.rows,
-                           s.wall, cfg, validate=validate)
-            write_csv_atomic(out / "log.csv", s.rows, tr._LOG_FIELDS)
+            s.wall += share
+            _save_member(k, s, stack, optimizer, scheduler, cfg, epoch, val_losses[k], validate=validate)
         tr._advance(bar, train=" ".join(f"{x:.4g}" for x in train_losses))
     tr._close(bar)
     return [tr._record(Path(s.spec.out_dir), s.meta, cfg, s.best, s.wall, device, s.net,
                        train_ids=s.spec.train_ids, val_ids=s.spec.val_ids, acquisition=s.acquisition)
             for s in state]
+
+
+def _check_members(members: Sequence[StackMember]) -> list[StackMember]:
+    """The members as a list, or a ValueError when they cannot share steps."""
+    members = list(members)
+    if not members:
+        raise ValueError("train_stacked: no members to train.")
+    outs = [Path(m.out_dir).resolve() for m in members]
+    if len(set(outs)) != len(outs):
+        raise ValueError(f"train_stacked: a run folder is named twice in {[str(o) for o in outs]}.")
+    sizes = {(len(m.train_ids), len(m.val_ids)) for m in members}
+    if len(sizes) > 1:
+        raise ValueError(f"train_stacked: stacked folds must have equal numbers of training and validation "
+                         f"subjects, got (train, val) sizes {sorted(sizes)}; set train.stack_folds: 1 or use "
+                         "folds of equal size.")
+    return members
+
+
+def _save_member(k: int, member: _Member, stack: StackedModels, optimizer: torch.optim.Optimizer, scheduler: Any,
+                 cfg: TrainConfig, epoch: int, val_loss: float, *, validate: bool) -> None:
+    """Member ``k``'s epoch in its run folder, as ``train_run`` saves it (its share of the stack copied out)."""
+    from dmrilib import train as tr
+
+    member.net.load_state_dict(stack.member_state(k))
+    if (epoch + 1) % cfg.checkpoint_every == 0 or epoch + 1 == cfg.epochs:  # a resume point is due
+        member.optimizer.load_state_dict(stack.member_optimizer_state(optimizer, k))
+    out = Path(member.spec.out_dir)
+    tr._save_epoch(out, {**member.meta, "epoch": epoch, "val_loss": val_loss, "acquisition": member.acquisition},
+                   member.best, member.net, member.optimizer, scheduler, member.rows, member.wall, cfg,
+                   validate=validate)
+    write_csv_atomic(out / "log.csv", member.rows, tr._LOG_FIELDS)
 
 
 def _member(spec: StackMember, volumes: np.ndarray, brain_masks: np.ndarray, ids: Sequence[str], in_channels: int,

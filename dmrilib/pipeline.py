@@ -13,7 +13,7 @@ import json
 import shutil
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
@@ -30,6 +30,7 @@ __all__ = [
     "run_dir",
     "run_cohort",
     "run_train",
+    "run_train_stack",
     "predict_run",
     "run_evaluate",
     "run_baseline",
@@ -209,6 +210,86 @@ def run_train(profile: Profile, model: str, variant: str, fold: int, results: st
     # Predict while the data are loaded: the evaluate job then only evaluates.
     predict_run(profile, model, variant, fold, results, prepared=prepared)
     return run
+
+
+def run_train_stack(profile: Profile, model: str, variant: str, folds: Sequence[int],
+                    results: str | Path = "results", *, threads: int = 0,
+                    progress: bool = True) -> list[dict[str, Any]]:
+    """Train several folds of one DAE configuration at once, as stacked models on one device.
+
+    The job of the workflow's ``train.stack_folds`` (:func:`dmrilib.stack.train_stacked`):
+    each fold gets the run folder, checkpoints, ``run.json`` and stored
+    maps that :func:`run_train` gives it, with the same config hash; the
+    weights agree with separate runs to float32 rounding, not bit for bit.
+    The prepared cohort is loaded once for all folds.
+
+    Parameters
+    ----------
+    profile : Profile
+    model : str
+        The DAE; RecDiscNet trains one fold at a time.
+    variant : str
+        A variant of the profile.
+    folds : sequence of int
+        Folds of the profile's split, each once. A single fold is exactly
+        :func:`run_train`.
+    results : path-like
+        Results root.
+    threads : int
+        CPU threads for torch; 0 keeps its default.
+    progress : bool
+        A progress bar over epochs.
+
+    Returns
+    -------
+    list of dict
+        Each fold's run record (``run.json``), in the order of ``folds``.
+
+    Raises
+    ------
+    ValueError
+        For no folds, a fold named twice or not in the split, RecDiscNet
+        with several folds, or folds of unequal sizes
+        (:func:`dmrilib.stack.train_stacked`).
+    """
+    from dmrilib.dataset import load_prepared
+    from dmrilib.stack import StackMember, train_stacked
+
+    folds = [int(f) for f in folds]
+    if not folds:
+        raise ValueError("run_train_stack: no folds given; name at least one, e.g. [0, 1, 2].")
+    if len(set(folds)) != len(folds):
+        raise ValueError(f"run_train_stack: folds {folds} name a fold more than once; name each once.")
+    if len(folds) == 1:
+        return [run_train(profile, model, variant, folds[0], results, threads=threads, progress=progress)]
+    _check_variant(profile, model, variant)
+    if model != DAE:
+        raise ValueError(f"run_train_stack: only {DAE!r} runs train several folds at once, got {model!r}; "
+                         "train RecDiscNet one fold at a time (run_train).")
+    _set_threads(threads)
+    layout = ResultsLayout.of(profile, results)
+    prepared = load_prepared(layout.prepared)
+    split = _folds(profile, prepared, results)
+    wrong = [f for f in folds if not 0 <= f < len(split)]
+    if wrong:
+        raise ValueError(f"folds {wrong} do not exist: profile {profile.name!r} has {len(split)} folds "
+                         f"(0..{len(split) - 1}).")
+    members, ids = [], []
+    for fold in folds:
+        f = split[fold]
+        own = list(f.train) + list(f.val)
+        ids += [s for s in own if s not in ids]
+        members.append(StackMember(train_ids=tuple(f.train), val_ids=tuple(f.val),
+                                   out_dir=layout.run(model, variant, fold),
+                                   acquisition=prepared.acquisition(own)))  # what run_train records
+    idx = prepared.index(ids)
+    runs = train_stacked(prepared.attenuation.stored[idx], np.asarray(prepared.brain_mask[idx], dtype=bool), ids,
+                         members=members, model=model, variant=variant, model_config=profile.model,
+                         train_config=profile.train, progress=progress)
+    # Predict while the data are loaded, as run_train does: the evaluate jobs then only evaluate.
+    for fold in folds:
+        predict_run(profile, model, variant, fold, results, prepared=prepared)
+    return runs
 
 
 def _check_variant(profile: Profile, model: str, variant: str) -> None:

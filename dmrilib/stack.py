@@ -103,6 +103,11 @@ class StackedModels:
         """Move the stacked weights and buffers to ``device`` (in place; returns self)."""
         self.params = {n: p.detach().to(device).requires_grad_(True) for n, p in self.params.items()}
         self.buffers = {n: b.to(device) for n, b in self.buffers.items()}
+        if torch.device(device).type == "cuda":
+            # Plain tensors, not nn.Parameters: without this, CUDA graphs (compile_mode
+            # "reduce-overhead") would copy every weight into the graph at each replay.
+            for tensor in (*self.params.values(), *self.buffers.values()):
+                torch._dynamo.mark_static_address(tensor)
         return self
 
     def train(self, mode: bool = True) -> StackedModels:

@@ -302,8 +302,25 @@ def train_run(volumes: np.ndarray, brain_masks: np.ndarray, subject_ids: Sequenc
 
 
 def compiled(fn: Any, cfg: TrainConfig) -> Any:
-    """``fn`` under ``torch.compile`` (``cfg.compile_mode``, fixed shapes) when ``cfg.compile``, else ``fn``."""
-    return torch.compile(fn, mode=cfg.compile_mode, dynamic=False) if cfg.compile else fn
+    """``fn`` under ``torch.compile`` (``cfg.compile_mode``, fixed shapes) when ``cfg.compile``, else ``fn``.
+
+    With ``reduce-overhead`` (CUDA graphs) every call starts a new step for
+    the graph trees (``torch.compiler.cudagraph_mark_step_begin``): the
+    caller has used the previous call's outputs by then, and without the
+    mark a training loop that calls ``backward`` between calls may find them
+    overwritten.
+    """
+    if not cfg.compile:
+        return fn
+    fast = torch.compile(fn, mode=cfg.compile_mode, dynamic=False)
+    if cfg.compile_mode != "reduce-overhead":
+        return fast
+
+    def step(*args: Any, **kwargs: Any) -> Any:
+        torch.compiler.cudagraph_mark_step_begin()
+        return fast(*args, **kwargs)
+
+    return step
 
 
 def _setup(model: str, variant: str, model_config: ModelConfig, cfg: TrainConfig, in_channels: int,

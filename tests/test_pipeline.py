@@ -1,5 +1,6 @@
 """Tests for dmrilib.pipeline helpers that need no trained model."""
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -8,7 +9,7 @@ import pytest
 from _io_fixtures import make_bids
 from dmrilib.config import Profile, load_profile
 from dmrilib.dataset import prepare_cohort
-from dmrilib.integrity import IntegrityError, save_npy
+from dmrilib.integrity import IntegrityError, save_npy, sha256_file
 from dmrilib.pipeline import pipeline_lesions, run_dir, run_followup
 
 
@@ -143,3 +144,112 @@ def test_run_train_confines_jood_centres_to_the_eroded_brain_without_csf(prepare
     assert seen["jood_regions"].any() and (seen["jood_regions"] <= prepared.brain_mask[prepared.index(seen["subjects"])]).all()
     pipeline.run_train(profile, "dae", "lsd16-linear", 0, tmp_path, progress=False)
     assert seen["jood_regions"] is None  # the DAE draws no patches
+
+
+#: Two folds of one healthy subject each (equal sizes, so they stack) and a tiny DAE, two epochs.
+STACK_PROFILE = {"name": "tiny", "seed": 0, "cohort": {}, "prepare": {"grid": [16, 16, 16]},
+                 "model": {"dae_widths": [4, 8, 16]},
+                 "train": {"n_folds": 2, "epochs": 2, "device": "cpu", "copies_per_subject": 1},
+                 "evaluate": {}, "folds": [0, 1], "variants": {"dae": ["lsd16-linear"], "recdisc": []}}
+
+
+def _stack_profile(variants=None):
+    return Profile.from_dict({**STACK_PROFILE, "variants": variants or STACK_PROFILE["variants"]})
+
+
+def _results_with(prepared_results, folder):
+    _, results = prepared_results
+    (folder / "tiny").mkdir(parents=True)
+    (folder / "tiny" / "prepared").symlink_to(results / "tiny" / "prepared")
+    return folder
+
+
+def _checkpoint(run_folder):
+    from dmrilib.checkpoint import CHECKPOINT_FORMAT, read_checkpoint
+
+    return read_checkpoint(run_folder / "checkpoint-best.pt", expected_format=CHECKPOINT_FORMAT)
+
+
+def test_run_train_stack_gives_each_fold_the_run_folder_of_run_train(prepared_results, tmp_path):
+    import torch
+
+    from dmrilib.pipeline import run_train, run_train_stack
+
+    profile = _stack_profile()
+    solo, stack, one = (_results_with(prepared_results, tmp_path / name) for name in ("solo", "stack", "one"))
+    alone = {f: run_train(profile, "dae", "lsd16-linear", f, solo, progress=False) for f in (0, 1)}
+    together = run_train_stack(profile, "dae", "lsd16-linear", [1, 0], stack, progress=False)
+    for fold, run in zip((1, 0), together):
+        a, b = (run_dir(profile, "dae", "lsd16-linear", fold, r) for r in (solo, stack))
+        # checkpoints, log.csv, run.json and the stored maps the evaluate job reuses
+        assert sorted(p.name for p in b.iterdir()) == sorted(p.name for p in a.iterdir())
+        assert {"run.json", "checkpoint-best.pt", "maps-test.npy", "maps.json"} <= {p.name for p in b.iterdir()}
+        solo_record, stack_record = (json.loads((x / "run.json").read_text()) for x in (a, b))
+        assert run["config_hash"] == alone[fold]["config_hash"] == stack_record["config_hash"]
+        differ = {k for k in solo_record if solo_record[k] != stack_record[k]}
+        assert differ <= {"train_time_s", "best_val_loss"}
+        assert stack_record["best_val_loss"] == pytest.approx(solo_record["best_val_loss"], rel=1e-3)
+        assert _checkpoint(b)["epoch"] == _checkpoint(a)["epoch"]
+        # the same maths; grouped convolutions only round differently (tests/test_stack.py)
+        log_a, log_b = pd.read_csv(a / "log.csv"), pd.read_csv(b / "log.csv")
+        np.testing.assert_allclose(log_b[["train_loss", "val_loss"]], log_a[["train_loss", "val_loss"]], rtol=1e-3)
+        maps = json.loads((b / "maps.json").read_text())
+        assert maps["identity"]["checkpoint"]["sha256"] == sha256_file(b / "checkpoint-best.pt")
+        assert maps["identity"] == {**json.loads((a / "maps.json").read_text())["identity"],
+                                    "checkpoint": maps["identity"]["checkpoint"]}
+        np.testing.assert_allclose(np.load(b / "maps-test.npy"), np.load(a / "maps-test.npy"), atol=1e-2)
+    # One fold is run_train itself: the same weights and record, bit for bit.
+    (single,) = run_train_stack(profile, "dae", "lsd16-linear", [0], one, progress=False)
+    a, c = (run_dir(profile, "dae", "lsd16-linear", 0, r) for r in (solo, one))
+    assert {k for k in single if single[k] != alone[0][k]} == {"train_time_s"}
+    ca, cc = _checkpoint(a), _checkpoint(c)
+    assert {k for k in ca if k != "state_dict" and ca[k] != cc[k]} == set()
+    assert all(torch.equal(cc["state_dict"][n], w) for n, w in ca["state_dict"].items())
+    assert sha256_file(c / "maps-test.npy") == sha256_file(a / "maps-test.npy")
+
+
+def test_run_train_stack_refuses_folds_it_cannot_stack(prepared_results, tmp_path):
+    from dmrilib.pipeline import run_train_stack
+
+    profile = _stack_profile()
+    results = _results_with(prepared_results, tmp_path)
+    with pytest.raises(ValueError, match="no folds given"):
+        run_train_stack(profile, "dae", "lsd16-linear", [], results)
+    with pytest.raises(ValueError, match=r"folds \[0, 0\] name a fold more than once"):
+        run_train_stack(profile, "dae", "lsd16-linear", [0, 0], results)
+    with pytest.raises(ValueError, match=r"folds \[2\] do not exist: profile 'tiny' has 2 folds \(0..1\)"):
+        run_train_stack(profile, "dae", "lsd16-linear", [0, 2], results)
+    with pytest.raises(ValueError, match="variant 'lsd99' is not in profile"):
+        run_train_stack(profile, "dae", "lsd99", [0, 1], results)
+    recdisc = _stack_profile({"dae": [], "recdisc": ["mix-mix-full"]})
+    with pytest.raises(ValueError, match="only 'dae' runs train several folds at once, got 'recdisc'"):
+        run_train_stack(recdisc, "recdisc", "mix-mix-full", [0, 1], results)
+    assert not (results / "tiny" / "runs").exists()
+
+
+@pytest.mark.slow
+def test_train_notebook_trains_the_folds_the_workflow_passes(prepared_results, tmp_path):
+    """`-p folds 0,1` (a stacked train job) arrives as text, `-p folds 1` as a number: both train their folds."""
+    import ast
+    import subprocess
+    import sys
+
+    import nbformat
+    import yaml
+
+    root = Path(__file__).resolve().parent.parent
+    results = _results_with(prepared_results, tmp_path / "results")
+    profile_file = tmp_path / "tiny.yaml"
+    profile_file.write_text(yaml.safe_dump(STACK_PROFILE))
+    for folds, out in (("0,1", "stack.ipynb"), ("1", "one.ipynb")):
+        run = subprocess.run([sys.executable, "workflow/scripts/run_notebook.py", "notebooks/train.ipynb",
+                              str(tmp_path / out), "-p", "profile", str(profile_file), "-p", "results", str(results),
+                              "-p", "variant", "lsd16-linear", "-p", "folds", folds],
+                             cwd=root, capture_output=True, text=True, timeout=300)
+        assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+        summary, plots = nbformat.read(tmp_path / out, as_version=4).cells[-2:]
+        trained = [int(f) for f in folds.split(",")]
+        assert sorted(ast.literal_eval(summary.outputs[-1]["data"]["text/plain"])) == trained  # one per fold
+        assert sum("image/png" in o.get("data", {}) for o in plots.outputs) == len(trained)  # one plot per fold
+    for fold in (0, 1):
+        assert (run_dir(_stack_profile(), "dae", "lsd16-linear", fold, results) / "maps.json").is_file()

@@ -577,3 +577,22 @@ def test_recdisc_order_follows_shuffle_with_fresh_copies_and_the_single_shuffle_
         assert len({tuple(e) for e in every}) > 1
     else:  # the copies' single shuffle, whatever shuffle says
         assert every == once
+
+
+@pytest.mark.parametrize("mode,marks", [("default", 0), ("reduce-overhead", 2)])
+def test_compiled_marks_a_cuda_graph_step_before_each_call_with_reduce_overhead(monkeypatch, mode, marks):
+    from dmrilib.train import compiled
+
+    seen = {"compile": None, "marks": 0}
+
+    def fake_compile(fn, **kwargs):
+        seen["compile"] = kwargs
+        return fn
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    monkeypatch.setattr(torch.compiler, "cudagraph_mark_step_begin", lambda: seen.__setitem__("marks", seen["marks"] + 1))
+    double = lambda x: 2 * x  # noqa: E731
+    assert compiled(double, _config()) is double  # compile off: the function itself
+    fast = compiled(double, _config(compile=True, compile_mode=mode))
+    assert fast(1) == 2 and fast(2) == 4
+    assert seen["compile"] == {"mode": mode, "dynamic": False} and seen["marks"] == marks

@@ -190,3 +190,133 @@ def test_forced_rerun_of_the_cohort_job_works_without_venv_on_path(tmp_path):
     assert json.loads((root / "prepared" / "meta.json").read_text())["subjects"]
     assert not stale.exists() and live.exists()
     assert "without encryption" not in out.stderr
+
+
+def _profile_file(folder: Path, shipped: str, **changes) -> Path:
+    """A copy of a shipped profile, with some top-level keys and `train` settings changed, as <shipped>.yaml."""
+    data = yaml.safe_load((ROOT / "configs" / f"{shipped}.yaml").read_text())
+    data["train"].update(changes.pop("train", {}))
+    data.update(changes)
+    path = folder / f"{shipped}.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+@pytest.mark.parametrize("stack_folds, stacks", [
+    (7, ["train_stack_0_1_2_3_4_5_6"]),
+    (3, ["train_stack_0_1_2", "train_stack_3_4_5", "train_stack_6"]),  # the last group is smaller
+])
+def test_stack_folds_trains_the_dae_folds_of_each_variant_in_groups(tmp_path, stack_folds, stacks):
+    counts = _dry_run(str(_profile_file(tmp_path, "paper", train={"stack_folds": stack_folds})),
+                      "workflow/profiles/local", tmp_path / "results")
+    assert {rule: n for rule, n in counts.items() if rule.startswith("train_stack_")} == {s: 12 for s in stacks}
+    assert counts["train"] == 12 * 7  # RecDiscNet: one job per run
+    assert counts["evaluate"] == 24 * 7 and counts["baseline"] == 7
+
+
+@pytest.fixture(scope="module")
+def stacked_commands(tmp_path_factory):
+    """A dry run through the SLURM profile of three folds stacked two at a time: rule -> (resources, commands)."""
+    work = tmp_path_factory.mktemp("stacked")
+    path = _profile_file(work, "quick", train={"stack_folds": 2}, folds=[0, 1, 2],
+                         variants={"dae": ["lsd16-linear"], "recdisc": ["mix-mix-half"]})
+    out = subprocess.run(
+        [str(SNAKEMAKE), "-s", "workflow/Snakefile", "--profile", "workflow/profiles/slurm", "-n", "-p",
+         "--config", f"profile={path}", f"results={work / 'results'}"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    jobs: dict[str, list[tuple[str, str, str]]] = {}
+    rule = resources = threads = None
+    for line in out.stdout.splitlines():
+        if line.startswith("rule "):
+            rule = line.split()[1].rstrip(":")
+        elif line.strip().startswith("resources:"):
+            resources = line.strip()
+        elif line.strip().startswith("threads:"):
+            threads = line.strip()
+        elif "run_notebook.py" in line and "notebooks/train.ipynb" in line:
+            jobs.setdefault(rule, []).append((resources, threads, line))
+    return work / "results" / "quick" / "runs", jobs
+
+
+def _copies(command: str, first: Path) -> list[str]:
+    """Where a stacked train job's command copies the executed notebook of the first fold's folder."""
+    found = re.search(rf' && for copy in (.*); do cp {re.escape(str(first))}/train.ipynb "\$copy"; done$', command)
+    return found.group(1).replace("'", "").split()
+
+
+def test_a_stacked_train_job_trains_its_folds_in_their_run_folders(stacked_commands):
+    runs, jobs = stacked_commands
+    assert sorted(jobs) == ["train", "train_stack_0_1", "train_stack_2"]
+    assert all("-p model recdisc" in command for *_, command in jobs["train"]) and len(jobs["train"]) == 3
+    ((_, _, pair),) = jobs["train_stack_0_1"]
+    folders = [runs / "dae" / "lsd16-linear" / f"fold-{k}" for k in (0, 1)]
+    assert " -p model dae -p variant lsd16-linear -p folds 0,1 " in pair and " -p fold " not in pair
+    for folder in folders:  # each run folder is the job's own, resumable with the train settings
+        assert f"--clean-temp '{folder}'" in pair and f"--stage-dir '{folder}'" in pair
+    # the executed notebook goes to the first fold's folder, then is copied to the others
+    assert f"notebooks/train.ipynb {folders[0]}/train.ipynb " in pair
+    assert _copies(pair, folders[0]) == [f"{folders[1]}/train.ipynb"]
+    ((_, _, single),) = jobs["train_stack_2"]
+    assert " -p folds 2 " in single and _copies(single, runs / "dae" / "lsd16-linear" / "fold-2") == []
+
+
+def test_stacked_train_jobs_get_the_train_rule_resources_of_the_slurm_profile(stacked_commands):
+    # set-resources/set-threads name rules; the stack rules' names depend on the folds
+    _, jobs = stacked_commands
+    train = {(resources, threads) for resources, threads, _ in jobs["train"]}
+    assert len(train) == 1 and "mem_mb=32000" in next(iter(train))[0] and ("threads: 8" in next(iter(train)))
+    for rule in ("train_stack_0_1", "train_stack_2"):
+        assert {(resources, threads) for resources, threads, _ in jobs[rule]} == train
+
+
+def test_run_notebook_passes_stacked_folds_as_text_and_one_fold_as_a_number():
+    # the train notebook reads `folds` with str(): "-p folds 3" arrives as 3
+    parse_value = _run_notebook_module().parse_value
+    assert parse_value("0,1,2") == "0,1,2" and parse_value("3") == 3
+
+
+@pytest.mark.slow
+def test_a_stacked_train_job_trains_resumable_run_folders_that_keep_their_notebook(tmp_path):
+    """Snakemake runs a stack of two folds on a tiny prepared cohort: both run folders are complete.
+
+    Every run folder of the job is a resumable stage (`--stage-dir`, once per folder): a stale
+    checkpoint in the first one is emptied, not resumed.
+    """
+    import nbformat
+
+    from _io_fixtures import make_bids
+    from dmrilib.config import load_profile
+    from dmrilib.dataset import prepare_cohort
+    from dmrilib.layout import ResultsLayout
+
+    profile_file = tmp_path / "tiny.yaml"
+    profile_file.write_text(yaml.safe_dump({
+        "name": "tiny", "seed": 0, "cohort": {}, "prepare": {"grid": [16, 16, 16]}, "model": {"dae_widths": [4, 8, 16]},
+        "train": {"n_folds": 2, "epochs": 2, "device": "cpu", "copies_per_subject": 1, "stack_folds": 2},
+        "evaluate": {}, "folds": [0, 1], "variants": {"dae": ["lsd16-linear"], "recdisc": []}}))
+    layout = ResultsLayout.of(load_profile(profile_file), tmp_path / "results")
+    subjects = (("H01", "healthy"), ("H02", "healthy"), ("P01", "patient"))
+    prepare_cohort(make_bids(tmp_path / "bids", subjects), load_profile(profile_file).prepare, layout.prepared,
+                   progress=False)
+    layout.cohort_description.parent.mkdir(parents=True)
+    layout.cohort_description.write_text("{}")  # the cohort job's other output: the job is done
+    runs = [layout.run("dae", "lsd16-linear", f) for f in (0, 1)]
+    runs[0].mkdir(parents=True)
+    (runs[0] / "checkpoint-last.pt").write_bytes(b"another configuration's")  # no settings record: emptied
+    out = subprocess.run(
+        [str(SNAKEMAKE), "-s", "workflow/Snakefile", "--profile", "workflow/profiles/local", "--cores", "2",
+         "--config", f"profile={profile_file}", f"results={tmp_path / 'results'}", "--",
+         *(str(run / "run.json") for run in runs)],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )
+    assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-4000:]
+    assert "train_stack_0_1" in out.stdout + out.stderr and "emptied" in out.stdout + out.stderr
+    stamps = set()
+    for run in runs:
+        assert all((run / name).is_file() for name in ("run.json", "checkpoint-last.pt", "maps.json", "log.csv"))
+        stamps.add((run / ".workflow-stage").read_text())  # each folder resumable with the train settings
+        notebook = nbformat.read(run / "train.ipynb", as_version=4)
+        assert any('folds = "0,1"' in cell.source for cell in notebook.cells)  # the job's executed notebook
+    assert len(stamps) == 1

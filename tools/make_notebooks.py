@@ -33,11 +33,20 @@ NOTEBOOKS = {
         ],
     ),
     "train": (
-        "Train one (model, configuration, fold) on the healthy subjects of the fold.",
-        'profile = "quick"\nresults = "results"\nmodel = "dae"\nvariant = "lsd512-sigmoid"\nfold = 0\nthreads = 0  # CPU threads for torch; 0 keeps its default',
+        "Train one (model, configuration, fold) on the healthy subjects of the fold, or several folds of a DAE "
+        "configuration at once as stacked models (`folds`, the workflow's `train.stack_folds`).",
+        'profile = "quick"\nresults = "results"\nmodel = "dae"\nvariant = "lsd512-sigmoid"\nfold = 0\n'
+        'folds = ""  # several DAE folds at once, e.g. "0,1,2"; empty: `fold` alone\n'
+        'threads = 0  # CPU threads for torch; 0 keeps its default',
         [
-            "run = pipeline.run_train(p, model, variant, fold, results, threads=threads)\n{k: run[k] for k in ('config_hash', 'seed', 'best_epoch', 'best_val_loss', 'train_time_s') if k in run}",
-            "pipeline.plot_training_log(p, model, variant, fold, results)",
+            "if str(folds) == \"\":\n"
+            "    trained, runs = [fold], [pipeline.run_train(p, model, variant, fold, results, threads=threads)]\n"
+            "else:  # several DAE folds at once; papermill passes one fold (-p folds 3) as a number\n"
+            "    trained = [int(f) for f in str(folds).split(\",\")]\n"
+            "    runs = pipeline.run_train_stack(p, model, variant, trained, results, threads=threads)\n"
+            "{f: {k: run[k] for k in ('config_hash', 'seed', 'best_epoch', 'best_val_loss', 'train_time_s') if k in run}\n"
+            " for f, run in zip(trained, runs)}",
+            "for f in trained:\n    pipeline.plot_training_log(p, model, variant, f, results)",
         ],
     ),
     "evaluate": (

@@ -17,7 +17,8 @@ Before the notebook starts, the job can tidy the folders it owns:
   settings, recorded in ``DIR/.workflow-stage``; otherwise DIR is emptied
   first. DIR is the workflow's own result folder, so a re-run after editing
   the profile (or the cohort) retrains instead of resuming, or refusing,
-  another configuration's checkpoint.
+  another configuration's checkpoint. A job that owns several such folders
+  (a stacked train job, ``train.stack_folds``) repeats ``--stage-dir``.
 
 Usage::
 
@@ -88,10 +89,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-k", "--kernel", default="python3")
     parser.add_argument("--clean-temp", action="append", default=[], metavar="DIR",
                         help="folder this job owns: remove temporary files a killed run left there")
-    parser.add_argument("--stage-dir", help="resumable stage folder, emptied unless made with --stage-hash")
+    parser.add_argument("--stage-dir", action="append", default=[], metavar="DIR",
+                        help="resumable stage folder (repeatable), emptied unless made with --stage-hash")
     parser.add_argument("--stage-hash", help="settings of the stage in --stage-dir")
     args = parser.parse_args(argv)
-    if (args.stage_dir is None) != (args.stage_hash is None):
+    if bool(args.stage_dir) != (args.stage_hash is not None):
         parser.error("--stage-dir and --stage-hash go together.")
 
     from dmrilib._atomic import remove_stale_temp
@@ -99,8 +101,9 @@ def main(argv: list[str] | None = None) -> int:
     for folder in args.clean_temp:
         for path in remove_stale_temp(folder, owned=True):
             print(f"removed {path} (left by a killed run)", file=sys.stderr)
-    if args.stage_dir is not None and reset_stage(args.stage_dir, args.stage_hash):
-        print(f"emptied {args.stage_dir}: it held results of other settings", file=sys.stderr)
+    for folder in args.stage_dir:
+        if reset_stage(folder, args.stage_hash):
+            print(f"emptied {folder}: it held results of other settings", file=sys.stderr)
 
     import papermill
 

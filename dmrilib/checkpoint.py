@@ -23,7 +23,6 @@ path, :mod:`dmrilib.groundtruth`) imports this module, never the trainer.
 """
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import os
@@ -69,10 +68,6 @@ __all__ = [
 CHECKPOINT_FORMAT = "dmrilib-checkpoint/1"
 #: Payload entry holding the sha256 of the rest of the payload (see :func:`payload_sha256`).
 _SHA_KEY = "payload_sha256"
-#: TrainConfig fields that change speed, not results: left out of the run hash
-#: so a run started on one machine can be resumed on another.
-_RUNTIME_FIELDS = ("device", "compile", "compile_mode", "cudnn_benchmark", "stack_folds", "num_threads",
-                   "checkpoint_every")
 
 
 class CheckpointMismatchError(ValueError):
@@ -92,7 +87,7 @@ def resolve_device(device: str) -> torch.device:
 def run_hash(model: str, variant: str, model_config: ModelConfig, train_config: TrainConfig, *,
              in_channels: int, grid: Sequence[int], train_ids: Sequence[str], val_ids: Sequence[str]) -> str:
     """Config hash of one training run (runtime-only settings excluded)."""
-    train = {k: v for k, v in dataclasses.asdict(train_config).items() if k not in _RUNTIME_FIELDS}
+    train = train_config.result_settings()
     return config_hash({"model": model, "variant": variant, "model_config": model_config, "train": train,
                         "in_channels": int(in_channels), "grid": [int(g) for g in grid],
                         "train_ids": list(train_ids), "val_ids": list(val_ids)})

@@ -601,11 +601,16 @@ class Profile:
         """Hash of the settings a workflow stage depends on (:data:`STAGE_SECTIONS`).
 
         Computed from the sections' dataclasses, defaults filled in, so that a
-        changed default re-runs the stage as an edited YAML does.
+        changed default re-runs the stage as an edited YAML does. Settings
+        that change only speed (:data:`dmrilib.crossval.RUNTIME_FIELDS`, e.g.
+        ``train.stack_folds``) are left out: switching them re-runs nothing.
         """
         if stage not in STAGE_SECTIONS:
             raise KeyError(f"unknown stage {stage!r}; known: {sorted(STAGE_SECTIONS)}")
-        return config_hash(*(self.section(name) for name in STAGE_SECTIONS[stage]), self.seed)
+        # speed settings (e.g. train.stack_folds, compile, device) give the same results: not hashed
+        sections = (getattr(section, "result_settings", lambda: section)()
+                    for section in (self.section(name) for name in STAGE_SECTIONS[stage]))
+        return config_hash(*sections, self.seed)
 
     def hash(self) -> str:
         """Config hash of the whole profile."""

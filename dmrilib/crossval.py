@@ -18,10 +18,15 @@ import numpy as np
 from dmrilib._atomic import write_json_atomic
 from dmrilib.fidelity import resolve as resolve_fidelity
 
-__all__ = ["TrainConfig", "Fold", "FOLD_SPLITS", "make_folds", "write_folds", "read_folds"]
+__all__ = ["TrainConfig", "Fold", "FOLD_SPLITS", "RUNTIME_FIELDS", "make_folds", "write_folds", "read_folds"]
 
 #: How :func:`make_folds` cuts the subjects: the authors' slices or a seeded shuffle.
 FOLD_SPLITS = ("contiguous", "random")
+#: TrainConfig fields that change speed, not results: left out of a run's hash
+#: (a run started on one machine resumes on another) and of the workflow's
+#: stage hash (switching them re-runs nothing).
+RUNTIME_FIELDS = ("device", "compile", "compile_mode", "cudnn_benchmark", "stack_folds", "num_threads",
+                  "checkpoint_every")
 #: ``mode`` values of ``torch.compile`` (``train.compile_mode``).
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
@@ -268,6 +273,11 @@ class TrainConfig:
             if len(crop) != 3 or min(crop) < 1:
                 raise ValueError(f"train.recdisc_crop must be null or 3 positive sizes, got {self.recdisc_crop}.")
             object.__setattr__(self, "recdisc_crop", crop)
+
+
+    def result_settings(self) -> dict[str, Any]:
+        """Every setting that decides a run's result: all fields but :data:`RUNTIME_FIELDS`."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in RUNTIME_FIELDS}
 
 
 @dataclass(frozen=True)

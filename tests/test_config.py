@@ -314,3 +314,22 @@ def test_stage_hash_follows_the_resolved_settings_not_the_yaml_text():
     assert p.stage_hash("train") != p.stage_hash("cohort")
     with pytest.raises(KeyError, match="unknown stage"):
         p.stage_hash("book")
+
+
+def test_speed_settings_leave_the_train_stage_hash_alone():
+    import yaml
+
+    from dmrilib.config import PROFILES_DIR, Profile
+    from dmrilib.crossval import RUNTIME_FIELDS
+
+    data = yaml.safe_load((PROFILES_DIR / "smoke.yaml").read_text())
+
+    def train_hash(**train):
+        return Profile.from_dict(dict(data, train=dict(data["train"], **train)), source="t.yaml").stage_hash("train")
+
+    plain = train_hash()
+    # switching a speed setting (e.g. stacking the DAE folds on a GPU) re-runs no training job
+    assert train_hash(stack_folds=7, compile=True, compile_mode="reduce-overhead", cudnn_benchmark=True,
+                      device="cpu", num_threads=1, checkpoint_every=3) == plain
+    assert {"stack_folds", "compile", "device"} <= set(RUNTIME_FIELDS)
+    assert train_hash(lr=5e-4) != plain and train_hash(precision="bf16") != plain

@@ -8,21 +8,18 @@ import torch
 
 import dmrilib.stack as stack_module
 from dmrilib.checkpoint import CHECKPOINT_FORMAT, read_checkpoint, run_hash
-from dmrilib.models import ModelConfig, build_model, dae_loss
+from dmrilib.models import build_model, dae_loss
 from dmrilib.stack import StackedModels, StackMember, stacked_dae_loss, train_stacked
 from dmrilib.train import TrainConfig, load_checkpoint, train_run
 
-GRID = (16, 16, 16)
-MODEL = ModelConfig(dae_widths=(4, 8), recon_base=4, recon_depth=2, disc_base=4, disc_depth=2)
+from test_train import GRID, MODEL
+from test_train import _data as _subjects
+
 VARIANT = "lsd16-sigmoid"
 
 
-def _data(n=9, c=4, seed=0):
-    rng = np.random.default_rng(seed)
-    brain = np.zeros((n, *GRID), bool)
-    brain[:, 3:13, 2:14, 3:13] = True
-    vols = (rng.random((n, c, *GRID), dtype=np.float32) * 0.5 + 0.25) * brain[:, None]
-    return vols.astype(np.float32), brain, [f"sub-H{i:02d}" for i in range(1, n + 1)]
+def _data():
+    return _subjects(n=9)  # nine subjects: three overlapping folds of 3 + 2
 
 
 def _config(**kw):

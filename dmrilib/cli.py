@@ -73,9 +73,14 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from dmrilib.config import load_profile
 
     profile = load_profile(args.config)
-    run = pipeline.run_train(profile, args.model, args.variant, args.fold, args.results)
-    print(f"trained {args.model}/{args.variant} fold {args.fold}: best epoch {run.get('best_epoch')}, "
-          f"validation loss {run.get('best_val_loss')}")
+    if args.folds:  # several DAE folds at once, as stacked networks (train.stack_folds' job)
+        folds, runs = args.folds, pipeline.run_train_stack(profile, args.model, args.variant, args.folds,
+                                                           args.results)
+    else:
+        folds, runs = [args.fold], [pipeline.run_train(profile, args.model, args.variant, args.fold, args.results)]
+    for fold, run in zip(folds, runs):
+        print(f"trained {args.model}/{args.variant} fold {fold}: best epoch {run.get('best_epoch')}, "
+              f"validation loss {run.get('best_val_loss')}")
     return 0
 
 
@@ -134,7 +139,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", default="quick", help="profile name or YAML path (default: quick)")
     p.add_argument("--model", choices=MODELS, required=True)
     p.add_argument("--variant", required=True, help="e.g. lsd512-sigmoid or mix-mix-half")
-    p.add_argument("--fold", type=int, default=0)
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--fold", type=int, default=0)
+    which.add_argument("--folds", type=int, nargs="+", metavar="FOLD",
+                       help="several DAE folds at once, as stacked networks on one device (dmrilib.stack; "
+                            "a GPU speed setting: the runs agree with --fold runs to float32 rounding)")
     p.add_argument("--results", type=Path, default=Path("results"),
                    help="results root; the run goes to <results>/<profile>/runs/... (default: results)")
     p.set_defaults(func=_cmd_train, writes='results')

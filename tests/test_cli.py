@@ -213,3 +213,23 @@ def test_info_exits_2_on_a_nan_voxel(tmp_path, capsys):
     nib.save(nib.Nifti1Image(data, img.affine), image)
     assert main(["info", str(image)]) == 2
     assert "NaN or infinite" in _one_error_line(capsys.readouterr().err, "info")
+
+
+def test_train_folds_trains_several_dae_folds_at_once_and_fold_one(capsys, monkeypatch):
+    from dmrilib import pipeline
+
+    calls = []
+    monkeypatch.setattr(pipeline, "run_train_stack",
+                        lambda profile, model, variant, folds, results: calls.append(("stack", folds)) or
+                        [{"best_epoch": f, "best_val_loss": 0.5} for f in folds])
+    monkeypatch.setattr(pipeline, "run_train",
+                        lambda profile, model, variant, fold, results: calls.append(("one", fold)) or
+                        {"best_epoch": 3, "best_val_loss": 0.25})
+    args = ["train", "--config", "smoke", "--model", "dae", "--variant", "lsd16-linear"]
+    assert main(args + ["--folds", "0", "2"]) == 0
+    assert main(args + ["--fold", "1"]) == 0
+    assert calls == [("stack", [0, 2]), ("one", 1)]
+    out = capsys.readouterr().out
+    assert "fold 0: best epoch 0" in out and "fold 2: best epoch 2" in out and "fold 1: best epoch 3" in out
+    with pytest.raises(SystemExit):  # one or the other
+        main(args + ["--fold", "1", "--folds", "0", "2"])

@@ -274,7 +274,6 @@ class TrainConfig:
                 raise ValueError(f"train.recdisc_crop must be null or 3 positive sizes, got {self.recdisc_crop}.")
             object.__setattr__(self, "recdisc_crop", crop)
 
-
     def result_settings(self) -> dict[str, Any]:
         """Every setting that decides a run's result: all fields but :data:`RUNTIME_FIELDS`."""
         return {k: v for k, v in dataclasses.asdict(self).items() if k not in RUNTIME_FIELDS}

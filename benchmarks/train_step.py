@@ -259,7 +259,6 @@ def _single(model: str, mode: Mode, cfg: TrainConfig, grid: tuple[int, ...], mod
     opt = _adam(net.parameters(), cfg, device, fast)
     jood = JoodConfig.from_variant(variant, radius=radius) if model == "recdisc" else None
     loss_fn = compiled(_Step(model, net, cfg, jood, device).loss, cfg)
-    graphs = cfg.compile and cfg.compile_mode == "reduce-overhead"
 
     data_dev = torch.rand(BATCH, CHANNELS, *grid, device=device if fast else "cpu")
     brain = torch.zeros(BATCH, *grid, dtype=torch.bool, device=data_dev.device)
@@ -267,8 +266,6 @@ def _single(model: str, mode: Mode, cfg: TrainConfig, grid: tuple[int, ...], mod
     gen = torch.Generator(device=data_dev.device).manual_seed(0)
 
     def one_step() -> torch.Tensor:
-        if graphs:  # a new training iteration for the CUDA graph trees
-            torch.compiler.cudagraph_mark_step_begin()
         clean = data_dev
         if model == "dae":
             clean = clean.to(device, non_blocking=True)
@@ -299,13 +296,10 @@ def _stacked(mode: Mode, cfg: TrainConfig, grid: tuple[int, ...], model_config: 
     stack.train()
     opt = _adam(stack.parameters(), cfg, device, fast=True)
     loss_fn = compiled(stacked_dae_loss(stack, cfg, device), cfg)
-    graphs = cfg.compile and cfg.compile_mode == "reduce-overhead"
     clean = torch.rand(mode.stack, BATCH, CHANNELS, *grid, device=device)
     gen = torch.Generator(device=device).manual_seed(0)
 
     def one_step() -> torch.Tensor:
-        if graphs:
-            torch.compiler.cudagraph_mark_step_begin()
         eps = torch.randn(mode.stack, BATCH, lsd, generator=gen, device=device)
         losses = loss_fn(clean, eps)
         opt.zero_grad(set_to_none=True)

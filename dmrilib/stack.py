@@ -117,10 +117,6 @@ class StackedModels:
     def eval(self) -> StackedModels:
         return self.train(False)
 
-    @property
-    def training(self) -> bool:
-        return self._base.training
-
     def functional(self, fn: Any) -> Any:
         """``vmap`` of ``fn(net, *args)`` over the stack: ``net`` is member ``k`` as a callable module.
 

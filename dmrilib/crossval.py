@@ -18,7 +18,8 @@ import numpy as np
 from dmrilib._atomic import write_json_atomic
 from dmrilib.fidelity import resolve as resolve_fidelity
 
-__all__ = ["TrainConfig", "Fold", "FOLD_SPLITS", "RUNTIME_FIELDS", "make_folds", "write_folds", "read_folds"]
+__all__ = ["TrainConfig", "Fold", "FOLD_SPLITS", "RUNTIME_FIELDS", "make_folds", "fold_sizes", "fold_stacks",
+           "write_folds", "read_folds"]
 
 #: How :func:`make_folds` cuts the subjects: the authors' slices or a seeded shuffle.
 FOLD_SPLITS = ("contiguous", "random")
@@ -179,7 +180,8 @@ class TrainConfig:
     stack_folds : int
         DAE only: train this many folds of one configuration at once on one
         device as stacked models (:mod:`dmrilib.stack`): the workflow then
-        makes one job of each group of folds. 1 (default): one run per job.
+        makes one job of each group of folds (folds of one size only:
+        :func:`fold_stacks`). 1 (default): one run per job.
     device : {"auto", "cpu", "cuda"}
         ``auto``: CUDA when available.
     num_threads : int or None
@@ -327,16 +329,81 @@ def make_folds(subject_ids: Sequence[str], n_folds: int, seed: int,
         raise ValueError(f"make_folds: split must be one of {list(FOLD_SPLITS)}, got {split!r}.")
     if split == "contiguous":
         ids = sorted(ids)
-        slices = np.array_split(np.arange(len(ids)), n_folds)
-        parts = [slices[-1], *slices[:-1]]
-    else:
-        parts = np.array_split(np.random.default_rng(seed).permutation(len(ids)), n_folds)
+    parts = _validation_parts(len(ids), n_folds, seed, split)
     folds = []
     for k, part in enumerate(parts):
         val = set(part.tolist())
         folds.append(Fold(k, tuple(s for i, s in enumerate(ids) if i not in val),
                           tuple(s for i, s in enumerate(ids) if i in val)))
     return folds
+
+
+def _validation_parts(n_subjects: int, n_folds: int, seed: int, split: str) -> list[np.ndarray]:
+    """Positions of each fold's validation subjects (in the sorted ids for ``contiguous``)."""
+    if split == "contiguous":
+        slices = np.array_split(np.arange(n_subjects), n_folds)
+        return [slices[-1], *slices[:-1]]
+    return np.array_split(np.random.default_rng(seed).permutation(n_subjects), n_folds)
+
+
+def fold_sizes(n_subjects: int, n_folds: int, split: Literal["contiguous", "random"] = "random") -> list[tuple[int, int]]:
+    """How many subjects each fold of :func:`make_folds` trains and validates on, without the ids.
+
+    The sizes do not depend on the seed, so the workflow knows them before
+    the cohort exists (``train.stack_folds`` stacks only folds of one size).
+
+    Returns
+    -------
+    list of (int, int)
+        ``(n_train, n_val)`` per fold, in fold order.
+    """
+    n_subjects, n_folds = int(n_subjects), int(n_folds)
+    if not 2 <= n_folds <= n_subjects:
+        raise ValueError(f"fold_sizes: n_folds must be between 2 and the number of subjects ({n_subjects}), "
+                         f"got {n_folds}.")
+    if split not in FOLD_SPLITS:
+        raise ValueError(f"fold_sizes: split must be one of {list(FOLD_SPLITS)}, got {split!r}.")
+    return [(n_subjects - len(part), len(part)) for part in _validation_parts(n_subjects, n_folds, 0, split)]
+
+
+def fold_stacks(folds: Sequence[int], sizes: Sequence[tuple[int, int]], stack_folds: int) -> list[list[int]]:
+    """Group folds into stacks of at most ``stack_folds`` folds of equal size (``train.stack_folds``).
+
+    Stacked networks (:func:`dmrilib.stack.train_stacked`) step through
+    their folds' batches together, so a stack holds only folds with the
+    same numbers of training and validation subjects. Folds of each size
+    keep the order of ``folds`` and are cut into groups of ``stack_folds``
+    (the last group of a size may be smaller); groups are ordered by their
+    first fold's place in ``folds``.
+
+    Parameters
+    ----------
+    folds : sequence of int
+        The folds to train (a profile's ``folds``), each once.
+    sizes : sequence of (int, int)
+        :func:`fold_sizes` of every fold of the split.
+    stack_folds : int
+        At least 1; 1 makes every fold its own group.
+
+    Examples
+    --------
+    >>> fold_stacks(range(7), fold_sizes(30, 7), 3)
+    [[0, 1], [2, 3, 4], [5, 6]]
+    """
+    folds = [int(f) for f in folds]
+    if int(stack_folds) < 1:
+        raise ValueError(f"fold_stacks: stack_folds must be at least 1, got {stack_folds}.")
+    if len(set(folds)) != len(folds):
+        raise ValueError(f"fold_stacks: folds {folds} name a fold more than once.")
+    unknown = [f for f in folds if not 0 <= f < len(sizes)]
+    if unknown:
+        raise ValueError(f"fold_stacks: folds {unknown} do not exist; the split has {len(sizes)} folds "
+                         f"(0..{len(sizes) - 1}).")
+    by_size: dict[tuple[int, int], list[int]] = {}
+    for fold in folds:
+        by_size.setdefault(tuple(sizes[fold]), []).append(fold)
+    groups = [same[i:i + int(stack_folds)] for same in by_size.values() for i in range(0, len(same), int(stack_folds))]
+    return sorted(groups, key=lambda group: folds.index(group[0]))
 
 
 def write_folds(folds: Sequence[Fold], path: str | os.PathLike, **extra: Any) -> Path:

@@ -179,3 +179,28 @@ def test_without_lesion_masks_the_run_writes_maps_only_and_says_so(clinical, tmp
     assert set(exported["subject"]) == {"sub-PAT01", "sub-PAT02", "sub-PAT03"}
     for page in ("bids_index", "bids_results", "bids_maps"):
         assert "Nothing is scored" in (book_out / "_build" / "html" / f"{page}.html").read_text(), page
+
+
+def test_stacked_dae_folds_are_grouped_by_the_datasets_number_of_controls(clinical, tmp_path):
+    """`train.stack_folds` stacks only folds of equal size; with BIDS data the controls decide the sizes."""
+    import re
+
+    import yaml
+
+    from dmrilib.config import PROFILES_DIR
+
+    data = yaml.safe_load((PROFILES_DIR / "smoke.yaml").read_text())
+    # The profile's simulated cohort (9 healthy: 3 equal folds) is not what the run reads: the
+    # dataset's 7 controls in 3 contiguous folds validate on 2, 3 and 2 subjects.
+    data["cohort"]["n_healthy"] = 9
+    data.update(name="smokestack", folds=[0, 1, 2])
+    data["train"].update(n_folds=3, stack_folds=3)
+    profile = tmp_path / "smokestack.yaml"
+    profile.write_text(yaml.safe_dump(data))
+    snakemake = Path(sys.executable).parent / "snakemake"
+    proc = subprocess.run([str(snakemake), "-s", "workflow/Snakefile", "-n", "--quiet", "rules", "--cores", "1",
+                           "--config", f"profile={profile}", f"bids={clinical}", f"results={tmp_path / 'results'}"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    stacks = set(re.findall(r"^(train_stack_\w+)\s+\d+$", proc.stdout, flags=re.M))
+    assert stacks == {"train_stack_0_2", "train_stack_1"}

@@ -214,6 +214,19 @@ def test_stack_folds_trains_the_dae_folds_of_each_variant_in_groups(tmp_path, st
     assert counts["evaluate"] == 24 * 7 and counts["baseline"] == 7
 
 
+def test_stacks_hold_only_folds_of_one_size_when_the_controls_do_not_split_evenly(tmp_path):
+    # 30 controls in 7 contiguous folds (the paper profile's split): folds 1 and 2 validate on 5
+    # subjects, the others on 4 (crossval.fold_sizes)
+    data = yaml.safe_load((ROOT / "configs" / "paper.yaml").read_text())
+    data["cohort"]["n_healthy"] = 30
+    data["train"]["stack_folds"] = 7
+    path = tmp_path / "paper.yaml"
+    path.write_text(yaml.safe_dump(data))
+    counts = _dry_run(str(path), "workflow/profiles/local", tmp_path / "results")
+    assert {rule: n for rule, n in counts.items() if rule.startswith("train_stack_")} == {
+        "train_stack_0_3_4_5_6": 12, "train_stack_1_2": 12}
+
+
 @pytest.fixture(scope="module")
 def stacked_commands(tmp_path_factory):
     """A dry run through the SLURM profile of three folds stacked two at a time: rule -> (resources, commands)."""

@@ -28,15 +28,22 @@ def repo(tmp_path):
     shutil.copy(ROOT / "tools" / "gpu_session.sh", tools)
     for name, env in (("gpu_book.sh", "BOOK"), ("gpu_step.sh", "STEP")):
         (tools / name).write_text(STAND_IN.replace("${SLEEP", "${" + env + "_SLEEP").replace("${EXIT", "${" + env + "_EXIT"))
+    # the Python that would run tests/test_cuda.py
+    python = tools / "python"
+    python.write_text(STAND_IN.replace('exit "${EXIT:-0}"', 'echo "5 passed in 9.1s"; exit "${PYTEST_EXIT:-0}"'))
+    python.chmod(0o755)
     return tools.parent
 
 
 def _session(repo: Path, *args: str, **env: str) -> tuple[subprocess.CompletedProcess, list[str]]:
     out = repo / "out"
+    (out / "calls.txt").unlink(missing_ok=True)
+    env = {"CUDA_TESTS_LIMIT": "0", "PYTHON": str(repo / "tools" / "python"), **env}
     proc = subprocess.run(["bash", "tools/gpu_session.sh", *args], cwd=repo, capture_output=True, text=True,
                           timeout=60, env={**os.environ, "OUT": str(out), **env})
     calls = (out / "calls.txt").read_text().splitlines() if (out / "calls.txt").exists() else []
-    return proc, [c.split("/")[-1] for c in calls]
+    # each call as "<script name> <arguments>"
+    return proc, [" ".join([Path(c.split()[0]).name, *c.split()[1:]]) for c in calls]
 
 
 def test_the_rows_get_the_time_the_book_leaves(repo):
@@ -46,6 +53,18 @@ def test_the_rows_get_the_time_the_book_leaves(repo):
     assert book == "gpu_book.sh smoke 170"  # LIMIT_S less the reserve for installing and checking
     assert step.startswith("gpu_step.sh ") and 195 <= int(step.split()[1]) <= 200
     assert "book: exit 0" in proc.stdout and "built" in proc.stdout
+
+
+def test_the_cuda_tests_run_between_the_book_and_the_rows_when_time_allows(repo):
+    proc, calls = _session(repo, "300", CUDA_TESTS_LIMIT="60", STEP_MIN="90")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert calls[0].startswith("gpu_book.sh") and calls[2].startswith("gpu_step.sh")
+    assert calls[1] == "python -m pytest -q -p no:cacheprovider tests/test_cuda.py"
+    assert "CUDA tests: exit 0" in proc.stdout and "5 passed" in proc.stdout
+    # too little time for both: the rows come first
+    proc, calls = _session(repo, "140", CUDA_TESTS_LIMIT="60", STEP_MIN="90")
+    assert [c.split()[0] for c in calls] == ["gpu_book.sh", "gpu_step.sh"]
+    assert "CUDA tests: skipped" in proc.stdout
 
 
 def test_a_long_book_leaves_no_rows_and_its_exit_status_is_the_verdict(repo):

@@ -54,8 +54,8 @@ steps until that many seconds have passed, ``--time-limit`` bounds the whole
 run (rows that would start after it are recorded as skipped),
 ``--row-limit`` bounds each row (a row past it, e.g. a long compilation, is
 recorded as timed out and the next one starts), ``--keep-going`` records a
-failing row (out of memory, a compiler error) instead of stopping, and
-``--json`` is rewritten after every row. ``tools/gpu_step.sh`` is such a
+failing row (out of memory, a compiler error) instead of stopping (the run
+then exits with status 3), and ``--json`` is rewritten after every row. ``tools/gpu_step.sh`` is such a
 call; ``--summarize FILE`` prints the table of a JSON written earlier.
 
 ``--flops-only`` counts parameters and forward+backward FLOP per sample on the
@@ -650,5 +650,14 @@ def main(argv: list[str] | None = None) -> list[dict]:
     return results
 
 
+#: Exit status when a row failed (``--keep-going`` ran the others): the table was printed.
+ROWS_FAILED = 3
+
+
+def exit_status(results: list[dict]) -> int:
+    """0, or :data:`ROWS_FAILED` when a row failed; timed-out and skipped rows are not failures."""
+    return ROWS_FAILED if any(str(r.get("status", "")).startswith("failed") for r in results) else 0
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(exit_status(main()))

@@ -92,3 +92,10 @@ def test_stacked_paper_grid_hours_count_stacks_of_folds(bench):
     one = bench._paper_hours("dae", 0.01, "code")
     assert bench._paper_hours("dae", 0.01, "code", stack=7) == pytest.approx(one / 7)
     assert bench._paper_hours("dae", 0.01, "code", stack=4) == pytest.approx(one * 2 / 7)  # 7 folds: 4 + 3
+
+
+def test_a_failed_row_fails_the_run_but_timed_out_and_skipped_rows_do_not(bench):
+    ok = {"status": "ok"}
+    assert bench.exit_status([ok, {"status": "timed out after 100 s"}, {"status": "skipped: time limit reached"}]) == 0
+    assert bench.exit_status([ok, {"status": "failed: ModuleNotFoundError: No module named 'nibabel'"}]) == 3
+    assert bench.exit_status([]) == 0

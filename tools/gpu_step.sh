@@ -13,9 +13,11 @@
 # after the time left are recorded as skipped, and the run is interrupted at SECONDS at the
 # latest. train_step.json is rewritten after every row, so an interrupted run keeps its rows.
 #
-# Needs only torch, numpy, PyYAML and tqdm, all on the machine: no wheels to carry. dmrilib runs
-# from this checkout (PYTHONPATH); none of the modules the benchmark imports loads nibabel,
-# nilearn or dipy.
+# At paper size (the default) it needs only torch, numpy, PyYAML and tqdm, all on the machine: no
+# wheels to carry. dmrilib runs from this checkout (PYTHONPATH); none of the modules the benchmark
+# imports there loads nibabel, nilearn or dipy. SIZE=smoke or quick reads that profile
+# (dmrilib.config), which imports nibabel: put the carried wheels on PYTHONPATH (gpu_session.sh does).
+# Exit status 3 when a row failed (the others are still run and recorded).
 #
 # Writes to $OUT two files (so that it fits beside tools/gpu_book.sh's six in one call's eight):
 # train_step.json (rows and their settings; `train_step.py --summarize` prints its table) and
@@ -89,7 +91,7 @@ main() {
       --keep-going --json "$OUT/train_step.json" 2>&1 | tee -a "$LOG"
   rc=${PIPESTATUS[0]}
   [ -s "$OUT/train_step.json" ] || { say "no rows were written (exit $rc)" | tee -a "$LOG"; return 1; }
-  if [ "$rc" != 0 ]; then  # cut short: the benchmark printed no table of its own
+  if [ "$rc" != 0 ] && [ "$rc" != 3 ]; then  # cut short: the benchmark printed no table of its own
     { echo; "$PYTHON" benchmarks/train_step.py --summarize "$OUT/train_step.json"; } 2>&1 | tee -a "$LOG"
   fi
   say "done after $(( $(date +%s) - T0 )) s (benchmark exit $rc): $OUT" | tee -a "$LOG"

@@ -346,7 +346,8 @@ def _validation_parts(n_subjects: int, n_folds: int, seed: int, split: str) -> l
     return np.array_split(np.random.default_rng(seed).permutation(n_subjects), n_folds)
 
 
-def fold_sizes(n_subjects: int, n_folds: int, split: Literal["contiguous", "random"] = "random") -> list[tuple[int, int]]:
+def fold_sizes(n_subjects: int, n_folds: int,
+               split: Literal["contiguous", "random"] = "random") -> list[tuple[int, int]]:
     """How many subjects each fold of :func:`make_folds` trains and validates on, without the ids.
 
     The sizes do not depend on the seed, so the workflow knows them before

@@ -27,7 +27,8 @@ def repo(tmp_path):
     tools.mkdir(parents=True)
     shutil.copy(ROOT / "tools" / "gpu_session.sh", tools)
     for name, env in (("gpu_book.sh", "BOOK"), ("gpu_step.sh", "STEP")):
-        (tools / name).write_text(STAND_IN.replace("${SLEEP", "${" + env + "_SLEEP").replace("${EXIT", "${" + env + "_EXIT"))
+        own = STAND_IN.replace("${SLEEP", "${" + env + "_SLEEP").replace("${EXIT", "${" + env + "_EXIT")
+        (tools / name).write_text(own)
     # the Python that would run tests/test_cuda.py
     python = tools / "python"
     python.write_text(STAND_IN.replace('exit "${EXIT:-0}"', 'echo "5 passed in 9.1s"; exit "${PYTEST_EXIT:-0}"'))

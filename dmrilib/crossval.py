@@ -322,14 +322,9 @@ def make_folds(subject_ids: Sequence[str], n_folds: int, seed: int,
     ids = [str(s) for s in subject_ids]
     if len(set(ids)) != len(ids):
         raise ValueError("make_folds: subject_ids contains duplicates.")
-    if not 2 <= n_folds <= len(ids):
-        raise ValueError(f"make_folds: n_folds must be between 2 and the number of subjects ({len(ids)}), "
-                         f"got {n_folds}.")
-    if split not in FOLD_SPLITS:
-        raise ValueError(f"make_folds: split must be one of {list(FOLD_SPLITS)}, got {split!r}.")
+    parts = _validation_parts(len(ids), n_folds, seed, split, caller="make_folds")
     if split == "contiguous":
         ids = sorted(ids)
-    parts = _validation_parts(len(ids), n_folds, seed, split)
     folds = []
     for k, part in enumerate(parts):
         val = set(part.tolist())
@@ -338,8 +333,13 @@ def make_folds(subject_ids: Sequence[str], n_folds: int, seed: int,
     return folds
 
 
-def _validation_parts(n_subjects: int, n_folds: int, seed: int, split: str) -> list[np.ndarray]:
+def _validation_parts(n_subjects: int, n_folds: int, seed: int, split: str, *, caller: str) -> list[np.ndarray]:
     """Positions of each fold's validation subjects (in the sorted ids for ``contiguous``)."""
+    if not 2 <= n_folds <= n_subjects:
+        raise ValueError(f"{caller}: n_folds must be between 2 and the number of subjects ({n_subjects}), "
+                         f"got {n_folds}.")
+    if split not in FOLD_SPLITS:
+        raise ValueError(f"{caller}: split must be one of {list(FOLD_SPLITS)}, got {split!r}.")
     if split == "contiguous":
         slices = np.array_split(np.arange(n_subjects), n_folds)
         return [slices[-1], *slices[:-1]]
@@ -358,13 +358,9 @@ def fold_sizes(n_subjects: int, n_folds: int,
     list of (int, int)
         ``(n_train, n_val)`` per fold, in fold order.
     """
-    n_subjects, n_folds = int(n_subjects), int(n_folds)
-    if not 2 <= n_folds <= n_subjects:
-        raise ValueError(f"fold_sizes: n_folds must be between 2 and the number of subjects ({n_subjects}), "
-                         f"got {n_folds}.")
-    if split not in FOLD_SPLITS:
-        raise ValueError(f"fold_sizes: split must be one of {list(FOLD_SPLITS)}, got {split!r}.")
-    return [(n_subjects - len(part), len(part)) for part in _validation_parts(n_subjects, n_folds, 0, split)]
+    n_subjects = int(n_subjects)
+    parts = _validation_parts(n_subjects, int(n_folds), 0, split, caller="fold_sizes")
+    return [(n_subjects - len(part), len(part)) for part in parts]
 
 
 def fold_stacks(folds: Sequence[int], sizes: Sequence[tuple[int, int]], stack_folds: int) -> list[list[int]]:

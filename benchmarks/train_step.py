@@ -55,8 +55,9 @@ run (rows that would start after it are recorded as skipped),
 ``--row-limit`` bounds each row (a row past it, e.g. a long compilation, is
 recorded as timed out and the next one starts), ``--keep-going`` records a
 failing row (out of memory, a compiler error) instead of stopping (the run
-then exits with status 3), and ``--json`` is rewritten after every row. ``tools/gpu_step.sh`` is such a
-call; ``--summarize FILE`` prints the table of a JSON written earlier.
+then exits with status 3), and ``--json`` is rewritten after every row.
+``tools/gpu_step.sh`` is such a call; ``--summarize FILE`` prints the table
+of a JSON written earlier.
 
 ``--flops-only`` counts parameters and forward+backward FLOP per sample on the
 meta device (no memory, no timing; any size on a CPU) and the FLOP of the

@@ -34,6 +34,7 @@ CUDA_TESTS_LIMIT=${CUDA_TESTS_LIMIT:-90}
 PYTHON=$(command -v "${PYTHON:-python3}")
 SITE=${DMRI_SITE:-/tmp/site}
 PYTEST_LOG=$(mktemp /tmp/gpu-session-pytest.XXXX)
+trap 'rm -f "$PYTEST_LOG"' EXIT
 export OUT=${OUT:-$PWD/gpu-session-out}
 mkdir -p "$OUT"
 
